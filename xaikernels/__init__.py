@@ -1,0 +1,31 @@
+"""xaikernels: compiled-kernel acceleration for explaining PyTorch models.
+
+Importing this package needs only torch: the compiled extension, Triton and Numba are
+loaded lazily by the ops that use them, and :func:`backend_status` says which are live.
+"""
+from xaikernels._backend import (
+    BackendUnavailableError,
+    backend_status,
+    last_backend,
+    load_extension,
+)
+from xaikernels.methods.cam import cam, grad_cam, guided_grad_cam
+from xaikernels.methods.gradient import deconvnet, guided_backprop, input_x_gradient, saliency
+from xaikernels.ops import grad_cam_reduce
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "backend_status",
+    "cam",
+    "deconvnet",
+    "grad_cam",
+    "grad_cam_reduce",
+    "guided_backprop",
+    "guided_grad_cam",
+    "input_x_gradient",
+    "last_backend",
+    "load_extension",
+    "saliency",
+]

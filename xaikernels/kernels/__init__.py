@@ -1,0 +1,1 @@
+"""Kernels (bottom layer).  Never import the layers above."""

@@ -1,0 +1,1 @@
+"""Numba kernels.  Import only through xaikernels.ops (Numba is optional)."""

@@ -1,0 +1,1 @@
+"""Triton kernels.  Import only through xaikernels.ops (Triton is optional)."""

@@ -1,0 +1,1 @@
+"""Method layer: model-level logic (hooks, batching) on top of the ops."""
