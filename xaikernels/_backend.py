@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import os
 import warnings
 from typing import Callable, Dict, Optional
@@ -89,7 +88,13 @@ def triton_interpreting() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
+    """Importable (not just present): a broken install counts as missing.  Imported only when a
+    backend is asked about, never at package import."""
+    try:
+        importlib.import_module(name)
+        return True
+    except Exception:
+        return False
 
 
 def backend_status() -> Dict[str, str]:

@@ -80,17 +80,19 @@ _TRAIN_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._Dropout
 
 def check_mode(model: nn.Module) -> None:
     """Error when train mode would change results; warn otherwise."""
-    if not model.training:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(m.training for m in model.modules()):
         return
     sensitive = [name or "<root>" for name, m in model.named_modules()
                  if m.training and isinstance(m, _TRAIN_SENSITIVE)]
     if sensitive:
         raise ValueError(
-            f"the model is in train mode and has {len(sensitive)} BatchNorm/Dropout module(s) "
+            f"the model is (partly) in train mode and has {len(sensitive)} BatchNorm/Dropout module(s) "
             f"(e.g. {sensitive[0]!r}) whose train-mode behaviour makes attributions batch-dependent or "
             "random (and would update BatchNorm running statistics); call model.eval() first"
         )
-    warnings.warn("the model is in train mode; attributions are computed as-is (call model.eval() "
+    warnings.warn("the model (or a submodule) is in train mode; attributions are computed as-is (call model.eval() "
                   "if it has train-dependent layers)", UserWarning, stacklevel=3)
 
 
