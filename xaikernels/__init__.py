@@ -11,6 +11,7 @@ from xaikernels._backend import (
 )
 from xaikernels.methods.cam import cam, grad_cam, guided_grad_cam
 from xaikernels.methods.gradient import deconvnet, guided_backprop, input_x_gradient, saliency
+from xaikernels.methods.integrated import expected_gradients, integrated_gradients, smoothgrad
 from xaikernels.ops import grad_cam_reduce
 
 __version__ = "0.1.0"
@@ -20,12 +21,15 @@ __all__ = [
     "backend_status",
     "cam",
     "deconvnet",
+    "expected_gradients",
     "grad_cam",
     "grad_cam_reduce",
     "guided_backprop",
     "guided_grad_cam",
     "input_x_gradient",
+    "integrated_gradients",
     "last_backend",
     "load_extension",
     "saliency",
+    "smoothgrad",
 ]
