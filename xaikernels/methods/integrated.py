@@ -128,9 +128,18 @@ class _Explainer:
         out = self.outputs(self.x[:1])
         return out.shape[1]
 
-    def grads(self, rows: torch.Tensor, p0: int) -> torch.Tensor:
-        """Gradient of each row's target score w.r.t. the row; rows (r, M) at flat index p0."""
-        idx = torch.arange(p0, p0 + rows.shape[0]) % self.n
+    def scores(self, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Target scores of rows belonging to examples ``idx`` (forward only)."""
+        inp = rows.view(rows.shape[0], *self.shape)
+        with torch.no_grad():
+            out = _validate.check_output(self.model(inp, *_rows_forward_args(self.forward_args, self.n, idx)))
+        return out.gather(1, self.t.to(out.device)[idx].unsqueeze(1)).squeeze(1)
+
+    def grads(self, rows: torch.Tensor, p0: int, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Gradient of each row's target score w.r.t. the row; rows (r, M) at flat index p0
+        (example ``p % N``), or belonging to examples ``idx``."""
+        if idx is None:
+            idx = torch.arange(p0, p0 + rows.shape[0]) % self.n
         inp = rows.view(rows.shape[0], *self.shape).detach().requires_grad_(True)
         with torch.enable_grad():
             out = _validate.check_output(self.model(inp, *_rows_forward_args(self.forward_args, self.n, idx)))
@@ -170,11 +179,95 @@ def _ig_core(ex: _Explainer, x2, b2, n_steps, method, chunk, backend, progress):
     return acc
 
 
+def _ig_adaptive(ex: "_Explainer", x2, b2, fx, fb, tol, atol, max_steps, chunk, orders, progress):
+    """Adaptive composite Gauss–Legendre IG with exact local errors, per example.
+
+    The completeness integrand h(α) = ∇f(b + α(x − b))·(x − b) has a known integral on every
+    interval: ∫_a^c h = F(c) − F(a), F(α) = f_t(b + α(x − b)).  So each interval's quadrature
+    error on h is exact (one forward-only pass per new interval end point), and so is the
+    completeness delta of the current estimate.  Start with ``orders[0]`` Gauss–Legendre nodes on
+    [0, 1]; while ``|delta| > tol·|f(x) − f(b)| + atol`` bisect the interval with the largest
+    |error| and put ``orders[1]`` nodes on each half.  Returns (acc (N, M), gradient evaluations
+    (N,), forward-only evaluations (N,)).
+    """
+    from tqdm.auto import tqdm
+
+    n, m = x2.shape
+    k0, k1 = orders
+    acc_t = ops.acc_dtype(x2.dtype)
+    diff = (x2 - b2).to(acc_t)
+    fx, fb = fx.double().cpu(), fb.double().cpu()
+    bound = tol * (fx - fb).abs() + atol
+    F = [{0.0: float(fb[e]), 1.0: float(fx[e])} for e in range(n)]
+    intervals = [[] for _ in range(n)]  # [a, c, vec (M,), integral of h]
+    grads_used = torch.zeros(n, dtype=torch.long)
+    fwd_used = torch.zeros(n, dtype=torch.long)
+    bar = tqdm(desc="integrated gradients (auto)", unit="grad", disable=not progress, leave=False)
+
+    def rows_of(e_idx, alpha):
+        a = alpha.to(acc_t).unsqueeze(1).to(x2.device)
+        return (b2[e_idx].to(acc_t) + a * diff[e_idx]).to(x2.dtype)
+
+    def evaluate(new):  # new: list of (e, a, c, k) -> appends intervals
+        if not new:
+            return
+        e_idx, alpha, weight, owner = [], [], [], []
+        for i, (e, a, c, k) in enumerate(new):
+            gx, gw = np.polynomial.legendre.leggauss(k)
+            alpha += list(a + (c - a) * (gx + 1) / 2)
+            weight += list((c - a) * gw / 2)
+            e_idx += [e] * k
+            owner += [i] * k
+        e_idx, alpha = torch.tensor(e_idx), torch.tensor(alpha, dtype=torch.float64)
+        weight = torch.tensor(weight, dtype=torch.float64).to(acc_t)
+        owner = torch.tensor(owner)
+        vecs = torch.zeros(len(new), m, dtype=acc_t, device=x2.device)
+
+        def work(p0, p1):
+            g = ex.grads(rows_of(e_idx[p0:p1], alpha[p0:p1]), 0, idx=e_idx[p0:p1]).to(acc_t)
+            vecs.index_add_(0, owner[p0:p1].to(x2.device), weight[p0:p1].unsqueeze(1).to(x2.device) * g)
+            bar.update(p1 - p0)
+
+        run_chunks(len(alpha), chunk, work, False)
+        hs = (vecs * diff[torch.tensor([e for e, *_ in new])]).sum(1).double().cpu()
+        for i, (e, a, c, k) in enumerate(new):
+            intervals[e].append([a, c, vecs[i], float(hs[i])])
+            grads_used[e] += k
+
+    evaluate([(e, 0.0, 1.0, k0) for e in range(n)])
+    while True:
+        splits = []
+        for e in range(n):
+            errs = [h - (F[e][c] - F[e][a]) for a, c, _, h in intervals[e]]
+            if abs(sum(errs)) <= bound[e] or grads_used[e] + 2 * k1 > max_steps:
+                continue
+            worst = max(range(len(errs)), key=lambda i: abs(errs[i]))
+            a, c, *_ = intervals[e].pop(worst)
+            splits.append((e, a, 0.5 * (a + c), c))
+        if not splits:
+            break
+        # F at the new midpoints: forward only, no backward.
+        e_idx = torch.tensor([e for e, *_ in splits])
+        mids = torch.tensor([mid for _, _, mid, _ in splits], dtype=torch.float64)
+        vals = torch.cat([ex.scores(rows_of(e_idx[i:i + chunk], mids[i:i + chunk]), e_idx[i:i + chunk])
+                          for i in range(0, len(splits), chunk)]).double().cpu()
+        for (e, a, mid, c), v in zip(splits, vals.tolist()):
+            F[e][mid] = v
+            fwd_used[e] += 1
+        evaluate([item for e, a, mid, c in splits for item in ((e, a, mid, k1), (e, mid, c, k1))])
+    bar.close()
+    acc = torch.stack([sum(iv[2] for iv in intervals[e]) for e in range(n)])
+    return acc, grads_used, fwd_used
+
+
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike = None, *,
-                         baseline: BaselineLike = None, n_steps: int = 50, method: str = "gausslegendre",
+                         baseline: BaselineLike = None, n_steps: Union[int, str] = 50,
+                         method: str = "gausslegendre", tol: float = 5e-3, atol: float = 1e-6,
+                         max_steps: int = 512, auto_orders: Tuple[int, int] = (6, 3),
                          batch_size: Optional[int] = None, return_delta: bool = False,
                          memory_budget: Optional[int] = None, blur_sigma: Optional[float] = None,
-                         backend: str = "auto", progress: bool = False, forward_args: Sequence = ()):
+                         backend: str = "auto", progress: bool = False, forward_args: Sequence = (),
+                         return_steps: bool = False):
     """Integrated Gradients (Sundararajan et al. 2017), streamed.
 
     ``IG(x) = (x − b) ⊙ ∫_0^1 ∇f_t(b + α (x − b)) dα ≈ (x − b) ⊙ Σ_j w_j ∇f_t(b + α_j (x − b))``
@@ -190,9 +283,17 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: _validate.Ta
     target : int | sequence | tensor (N,) | None (predicted class).
     baseline : None (zeros) | number | tensor broadcastable to ``x`` | "blur" (Gaussian-blurred
         input, sigma ``blur_sigma`` px, default min(H, W)/8).
-    n_steps : int, default 50.
+    n_steps : int (default 50) or "auto".  "auto": adaptive composite Gauss–Legendre per
+        example (see ``_ig_adaptive``: exact local errors from forward-only evaluations at
+        interval ends, bisection of the worst interval) until the completeness delta
+        ``|Σ IG − (f(x) − f(b))| ≤ tol·|f(x) − f(b)| + atol`` or ``max_steps`` gradient
+        evaluations; ``method`` is then ignored.
     method : "gausslegendre" (default) | "riemann_left" | "riemann_right" | "riemann_middle" |
         "riemann_trapezoid" — Captum's names, nodes and weights.
+    tol, atol, max_steps : stopping rule of ``n_steps="auto"``.
+    auto_orders : Gauss–Legendre nodes on [0, 1] first, then on each half of a split interval.
+    return_steps : also return the gradient and forward-only evaluations spent per example
+        (two (N,) tensors; fixed ``n_steps`` spends ``n_steps`` and 0).
     batch_size : rows (path points) per model call; default: chosen from ``memory_budget``
         (bytes; default 768 MiB, env ``XAIKERNELS_MEMORY_BUDGET_MB``).  A chunk that runs out
         of memory is retried in halves.
@@ -203,9 +304,19 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: _validate.Ta
 
     Returns
     -------
-    Tensor shaped like ``x`` (and the delta (N,) when ``return_delta``).
+    Tensor shaped like ``x``; then the delta (N,) when ``return_delta``; then the evaluation
+    counts when ``return_steps``.
     """
     _check_common(model, x, batch_size)
+    adaptive = isinstance(n_steps, str)
+    if adaptive and n_steps != "auto":
+        raise ValueError(f"n_steps must be an int or 'auto', got {n_steps!r}")
+    if adaptive and (not tol >= 0 or not atol >= 0 or tol + atol <= 0):
+        raise ValueError("tol and atol must be >= 0 and not both 0")
+    if adaptive and (len(auto_orders) != 2 or min(auto_orders) < 1):
+        raise ValueError(f"auto_orders must be two positive ints, got {auto_orders!r}")
+    if not adaptive:
+        quadrature(method, n_steps)  # validate before any model work
     b = resolve_baseline(x, baseline, blur_sigma)
     n = x.shape[0]
     with ModelGuard(model) as guard:
@@ -213,14 +324,23 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: _validate.Ta
         ex.resolve_targets()
         chunk = _chunk(model, x, batch_size, memory_budget, forward_args)
         x2, b2 = x.reshape(n, -1), b.reshape(n, -1)
-        acc = _ig_core(ex, x2, b2, n_steps, method, chunk, backend, progress)
+        if adaptive or return_delta:
+            fx = ex.outputs(x).gather(1, ex.t.unsqueeze(1)).squeeze(1)
+            fb = ex.outputs(b).gather(1, ex.t.unsqueeze(1)).squeeze(1)
+        if adaptive:
+            acc, grads_used, fwd_used = _ig_adaptive(ex, x2, b2, fx, fb, tol, atol, max_steps, chunk,
+                                                     auto_orders, progress)
+        else:
+            acc = _ig_core(ex, x2, b2, n_steps, method, chunk, backend, progress)
+            grads_used = torch.full((n,), n_steps, dtype=torch.long)
+            fwd_used = torch.zeros(n, dtype=torch.long)
         attr = (acc * (x2 - b2).to(acc.dtype)).to(x.dtype).reshape(x.shape)
-        if not return_delta:
-            return attr
-        fx = ex.outputs(x).gather(1, ex.t.unsqueeze(1)).squeeze(1)
-        fb = ex.outputs(b).gather(1, ex.t.unsqueeze(1)).squeeze(1)
-    delta = attr.reshape(n, -1).sum(1) - (fx - fb)
-    return attr, delta
+    out = (attr,)
+    if return_delta:
+        out += (attr.reshape(n, -1).sum(1) - (fx - fb),)
+    if return_steps:
+        out += (grads_used, fwd_used)
+    return out[0] if len(out) == 1 else out
 
 
 # ---- SmoothGrad family -------------------------------------------------------------------------
