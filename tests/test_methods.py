@@ -102,9 +102,10 @@ def test_target_forms_and_predicted_class():
 
 
 def _gradcam_oracle(model, x, target, relu=True):
-    acts = model.features(x)
+    """Grad-CAM at features.5 (the last conv, before its in-place ReLU)."""
+    acts = model.features[:6](x)
     acts_d = acts.detach().requires_grad_(True)
-    out = model.fc(model.pool(acts_d).flatten(1))
+    out = model.fc(model.pool(torch.relu(acts_d)).flatten(1))
     (g,) = torch.autograd.grad(out.gather(1, torch.tensor(target)[:, None]).sum(), acts_d)
     w = g.mean(dim=(2, 3), keepdim=True)
     cam = (w * acts).sum(1, keepdim=True)
@@ -116,7 +117,8 @@ def test_grad_cam_family_vs_oracle(shape):
     model = SmallCNN().eval()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(5))
     target = [i % 5 for i in range(shape[0])]
-    raw_exp, acts = _gradcam_oracle(model, x, target)
+    raw_exp, pre = _gradcam_oracle(model, x, target)
+    acts = torch.relu(pre)  # features.6 output, for CAM
     up, raw = xk.grad_cam(model, x, target, layer="features.5", return_raw=True)
     torch.testing.assert_close(raw, raw_exp)
     assert up.shape == (shape[0], 1, *shape[2:])
@@ -155,3 +157,18 @@ def test_warns_when_rule_has_no_target():
     model = nn.Sequential(nn.Linear(4, 3)).eval()
     with pytest.warns(UserWarning, match="changes nothing"):
         xk.guided_backprop(model, torch.randn(2, 4), 0)
+
+
+def test_grad_cam_layer_followed_by_inplace_relu():
+    """The captured map must be the layer's own output, not the in-place ReLU's result."""
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    model = nn.Sequential(conv, nn.ReLU(inplace=True), head).eval()
+    x = torch.randn(2, 2, 5, 5)
+    acts = conv(x).detach().requires_grad_(True)
+    out = head(torch.relu(acts))
+    (g,) = torch.autograd.grad(out[:, 1].sum(), acts)
+    exp = (g.mean((2, 3), keepdim=True) * acts).sum(1, keepdim=True).detach()
+    _, raw = xk.grad_cam(model, x, 1, layer="0", relu=False, return_raw=True)
+    torch.testing.assert_close(raw, exp)
+    assert (acts < 0).any()  # the ReLU would have changed them

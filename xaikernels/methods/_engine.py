@@ -69,7 +69,12 @@ def run_forward(model: nn.Module, x: torch.Tensor, forward_args: Sequence = ()) 
 
 
 class LayerCapture:
-    """Record a layer's output (or input) during the forward pass."""
+    """Record a layer's output (or input) during the forward pass.
+
+    The recorded tensor is handed to the rest of the model as a copy, so an in-place op after
+    the layer (``ReLU(inplace=True)`` right after a conv) cannot overwrite the activations or
+    reroute their gradient.  (For ``to_input`` the layer itself may still modify its input in
+    place; the input is recorded before the layer runs.)"""
 
     def __init__(self, layer: nn.Module, to_input: bool = False, name: str = "layer"):
         self.value: Optional[torch.Tensor] = None
@@ -85,6 +90,9 @@ class LayerCapture:
             raise TypeError(f"layer {self.name!r} {'input' if self.to_input else 'output'} is a "
                             f"{type(val).__name__}, a tensor is required")
         self.value = val
+        if not self.to_input:
+            return output.clone()
+        return None
 
     def get(self) -> torch.Tensor:
         if self.calls == 0 or self.value is None:
