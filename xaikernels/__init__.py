@@ -12,6 +12,7 @@ from xaikernels._backend import (
 from xaikernels.methods.cam import cam, grad_cam, guided_grad_cam
 from xaikernels.methods.gradient import deconvnet, guided_backprop, input_x_gradient, saliency
 from xaikernels.methods.integrated import expected_gradients, integrated_gradients, smoothgrad
+from xaikernels.methods.lrp import lrp
 from xaikernels.ops import grad_cam_reduce
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "integrated_gradients",
     "last_backend",
     "load_extension",
+    "lrp",
     "saliency",
     "smoothgrad",
 ]

@@ -34,6 +34,8 @@ METHOD_KINDS: Dict[str, str] = {
     "grad_cam": "overlay",
     "guided_grad_cam": "signed",
     "cam": "overlay_signed",
+    "integrated_gradients": "signed",
+    "smoothgrad": "unsigned",
 }
 
 METHOD_TITLES: Dict[str, str] = {
@@ -44,6 +46,8 @@ METHOD_TITLES: Dict[str, str] = {
     "grad_cam": "Grad-CAM",
     "guided_grad_cam": "Guided Grad-CAM",
     "cam": "CAM",
+    "integrated_gradients": "Integrated Gradients",
+    "smoothgrad": "SmoothGrad |·|",
 }
 
 _SEQUENTIAL = "inferno"

@@ -1,0 +1,170 @@
+"""LRP rule ops on every backend against the dense closed-form oracle (float64, term by term).
+
+Each case runs ``lrp_layer`` forward (the layer output) and backward (the rule) and compares
+with :func:`xaikernels.reference.lrp.dense_layer_rule`, which writes the layer out as an explicit
+matrix per example and evaluates the rule formula contribution by contribution.  Lower
+precisions: the error against the float64 oracle is at most 2× that of the oracle itself run
+in that precision (plain torch).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import xaikernels
+from xaikernels import _backend
+from xaikernels.ops.lrp import lrp_layer
+from xaikernels.reference import lrp as ref
+from xaikernels.reference.lrp import ConvGeom, RuleParams
+
+from conftest import TOL
+
+RULES = {
+    "epsilon": RuleParams("epsilon", eps=1e-2),
+    "zplus": RuleParams("zplus", eps=1e-6),
+    "alpha2beta1": RuleParams("alphabeta", eps=1e-6, alpha=2.0, beta=1.0),
+    "alpha3beta2": RuleParams("alphabeta", eps=1e-6, alpha=3.0, beta=2.0),
+    "gamma": RuleParams("gamma", eps=1e-6, gamma=0.25),
+    "zbox": RuleParams("zbox", eps=1e-6, low=-2.5, high=2.5),
+    "flat": RuleParams("flat", eps=1e-6),
+    "wsquare": RuleParams("wsquare", eps=1e-6),
+    "captum_gamma": RuleParams("epsilon", eps=1e-9, gamma=0.3, wmod="gamma"),
+    "captum_plus_nobias": RuleParams("epsilon", eps=1e-9, wmod="positive", zero_bias=True),
+}
+
+# (name, in_shape (N, ...), weight shape, geom or None)
+LAYERS = {
+    "linear_5x7": ((3, 7), (5, 7), None),
+    "linear_b1_leading": ((1, 2, 9), (4, 9), None),
+    "conv2d_stride_pad_dil": ((2, 3, 7, 6), (4, 3, 3, 3), ConvGeom((2, 1), (1, 2), (2, 1), 1)),
+    "conv2d_groups": ((1, 4, 5, 5), (6, 2, 3, 2), ConvGeom((1, 1), (1, 0), (1, 1), 2)),
+    "conv2d_depthwise": ((2, 3, 6, 5), (3, 1, 3, 3), ConvGeom((2, 2), (1, 1), (1, 1), 3)),
+    "conv1d": ((2, 3, 11), (5, 3, 4), ConvGeom((3,), (2,), (1,), 1)),
+    "conv3d": ((1, 2, 3, 4, 4), (3, 2, 2, 2, 3), ConvGeom((1, 1, 2), (0, 1, 1), (1, 1, 1), 1)),
+}
+
+
+def _backends(geom):
+    op = "lrp_linear" if geom is None else "lrp_conv"
+    out = ["reference"]
+    if _backend._available("triton", op, torch.device("cpu")) is None:
+        out.append("triton")
+    return out
+
+
+def _data(layer, signed, seed):
+    in_shape, w_shape, geom = LAYERS[layer]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(in_shape, generator=g, dtype=torch.float64)
+    if not signed:
+        x = x.clamp(min=0)  # as after a ReLU: exact zeros included
+    w = torch.randn(w_shape, generator=g, dtype=torch.float64)
+    b = torch.randn(w_shape[0], generator=g, dtype=torch.float64) * 0.3
+    return x, w, b, geom, g
+
+
+def _run(x, w, b, geom, rule, r, backend):
+    xg = x.detach().requires_grad_(True)
+    z = lrp_layer(xg, lambda: (w, b), rule, geom, backend)
+    (rel,) = torch.autograd.grad(z, xg, r)
+    return z.detach(), rel
+
+
+def _oracle(x, w, b, geom, rule, r):
+    """Oracle in float64 on the given (possibly rounded) values."""
+    b64 = None if b is None else b.double()
+    return (ref._fwd(x.double(), w.double(), b64, geom),
+            ref.dense_layer_rule(x.double(), w.double(), b64, r.double(), geom, rule))
+
+
+CASES = [(layer, rule) for layer in LAYERS for rule in RULES]
+
+
+@pytest.mark.parametrize("layer,rule_name", CASES)
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_rule_float64_vs_oracle(layer, rule_name, signed, bias):
+    x, w, b, geom, g = _data(layer, signed, seed=hash((layer, rule_name, signed)) % 2**31)
+    b = b if bias else None
+    rule = RULES[rule_name]
+    z_o = ref._fwd(x, w, b, geom)
+    r = torch.randn(z_o.shape, generator=g, dtype=torch.float64)
+    z_exp, rel_exp = _oracle(x, w, b, geom, rule, r)
+    rtol, atol = TOL[torch.float64]
+    for backend in _backends(geom):
+        z, rel = _run(x, w, b, geom, rule, r, backend)
+        assert xaikernels.last_backend("lrp_linear" if geom is None else "lrp_conv") == backend
+        assert z.shape == z_exp.shape and rel.shape == x.shape and rel.dtype == x.dtype
+        torch.testing.assert_close(z, z_exp, rtol=rtol, atol=atol)
+        # Relevance divides by z: allow for the conditioning of the smallest denominators.
+        scale = rel_exp.abs().max().item() + 1.0
+        torch.testing.assert_close(rel, rel_exp, rtol=1e-9, atol=1e-11 * scale, msg=lambda m: f"{backend}: {m}")
+
+
+@pytest.mark.parametrize("layer", ["linear_5x7", "conv2d_groups", "conv2d_stride_pad_dil"])
+@pytest.mark.parametrize("rule_name", ["epsilon", "zplus", "alpha2beta1", "gamma", "zbox"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_error_within_2x_of_plain_torch(layer, rule_name, dtype):
+    x, w, b, geom, g = _data(layer, True, seed=7)
+    rule = RULES[rule_name]
+    z64 = ref._fwd(x, w, b, geom)
+    r = torch.randn(z64.shape, generator=g, dtype=torch.float64)
+    xl, wl, bl, rl = x.to(dtype), w.to(dtype), b.to(dtype), r.to(dtype)
+    # Exact answer for the rounded inputs, and plain torch's answer at this precision.
+    _, exact = _oracle(xl, wl, bl, geom, rule, rl)
+    if dtype == torch.float32:
+        plain = ref.dense_layer_rule(xl, wl, bl, rl, geom, rule).double()
+    else:  # CPU half matmuls are patchy; plain = the oracle's own float32 run, rounded to dtype
+        plain = ref.dense_layer_rule(xl.float(), wl.float(), bl.float(), rl.float(), geom, rule).to(dtype).double()
+    err_plain = (plain - exact).abs().max().item()
+    for backend in _backends(geom):
+        _, rel = _run(xl, wl, bl, geom, rule, rl, backend)
+        assert rel.dtype == dtype
+        err = (rel.double() - exact).abs().max().item()
+        assert err <= 2 * err_plain + 1e-6 * exact.abs().max().item(), (backend, err, err_plain)
+
+
+@pytest.mark.parametrize("rule_name", ["zplus", "alpha2beta1", "alpha3beta2", "epsilon"])
+@pytest.mark.parametrize("layer", ["linear_5x7", "conv2d_depthwise"])
+def test_conservation_without_bias(rule_name, layer):
+    """z⁺ and αβ conserve relevance exactly up to the stabiliser; ε → conservation as ε → 0."""
+    x, w, _, geom, g = _data(layer, True, seed=3)
+    rule = RULES[rule_name]._replace(eps=1e-12)
+    z = ref._fwd(x, w, None, geom)
+    r = torch.randn(z.shape, generator=g, dtype=torch.float64)
+    for backend in _backends(geom):
+        _, rel = _run(x, w, None, geom, rule, r, backend)
+        # every output whose denominators are non-zero passes its relevance on in full
+        torch.testing.assert_close(rel.sum(), r.sum(), rtol=1e-8, atol=1e-8)
+
+
+def test_stabilizer_sign_of_zero_is_plus():
+    z = torch.tensor([-1.0, 0.0, 2.0, -0.0], dtype=torch.float64)
+    torch.testing.assert_close(ref.stabilize(z, 0.5), torch.tensor([-1.5, 0.5, 2.5, 0.5], dtype=torch.float64))
+
+
+def test_block_weight_layout_groups():
+    """Stacked grouped weights keep each block in its group: the stacked conv equals separate convs."""
+    g = torch.Generator().manual_seed(0)
+    geom = ConvGeom((1, 1), (1, 1), (1, 1), 3)
+    w = torch.randn(6, 2, 3, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 6, 5, 5, generator=g, dtype=torch.float64)
+    y = ref._fwd(ref.stack_channels(["p", "n"], geom, base=x), ref.block_weight(w, [["p", "n"], ["n", "w"]], geom),
+                 None, geom)
+    top, bot = ref.split_channels(y, 2, geom)
+    def conv(a, k):
+        return F.conv2d(a, k, None, 1, 1, 1, 3)
+
+    xp, xn, wp, wn = x.clamp(min=0), x.clamp(max=0), w.clamp(min=0), w.clamp(max=0)
+    torch.testing.assert_close(top, conv(xp, wp) + conv(xn, wn))
+    torch.testing.assert_close(bot, conv(xp, wn) + conv(xn, w))
+
+
+def test_unknown_rule_kind():
+    with pytest.raises(ValueError, match="unknown LRP rule"):
+        _run(torch.ones(2, 3), torch.ones(4, 3), None, None, RuleParams("nope"), torch.ones(2, 4), "reference")
+
+
+def test_zbox_bound_shape_error():
+    with pytest.raises(ValueError, match="does not broadcast"):
+        _run(torch.ones(2, 3), torch.ones(4, 3), None, None, RuleParams("zbox", low=torch.zeros(5), high=1.0),
+             torch.ones(2, 4), "reference")

@@ -1,0 +1,178 @@
+"""LRP rule ops: each rule is the backward of one autograd Function.
+
+The forward of a rule Function is the layer's own forward (it *is* the layer call during an
+LRP pass), computing in the same product whatever the rule's backward needs (z⁺, z⁻, the
+stabilised denominators); the backward maps output relevance to input relevance.  One forward
+and one backward through the model therefore give the LRP attribution — no layer forward is
+re-run inside a hook.
+
+Ops (dispatched per call, :mod:`xaikernels._backend`):
+
+* ``lrp_linear`` — ``nn.Linear`` layers; backends ``triton`` (fused kernels) and ``reference``.
+* ``lrp_conv`` — N-d convolutions; backends ``triton`` (2-d) and ``reference``.
+
+Both take the layer's weights through a zero-argument *provider* (``() -> (W, b)``) rather than
+tensors, so that effective weights (BatchNorm merged in by a canonizer, sign-split stacks) are
+built when needed and never held alive between the forward and the backward.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from xaikernels import _backend
+from xaikernels.reference import lrp as _ref
+from xaikernels.reference.lrp import ConvGeom, RuleParams, stabilize
+
+WeightProvider = Callable[[], Tuple[torch.Tensor, Optional[torch.Tensor]]]
+
+LINEAR_OP = _backend.define_op(
+    "lrp_linear", auto_order={"cpu": ("reference",), "cuda": ("triton", "reference")})
+CONV_OP = _backend.define_op(
+    "lrp_conv", auto_order={"cpu": ("reference",), "cuda": ("triton", "reference")})
+
+
+def _triton_linear():
+    from xaikernels.kernels.triton import lrp as k
+
+    return k.linear_forward, k.linear_backward
+
+
+def _triton_conv():
+    from xaikernels.kernels.triton import lrp as k
+
+    return k.conv_forward, k.conv_backward
+
+
+class _Lazy:
+    """A (forward, backward) pair imported on first use (Triton is never imported eagerly)."""
+
+    def __init__(self, load):
+        self._load = load
+
+    def __iter__(self):
+        return iter(self._load())
+
+
+LINEAR_OP.register("reference", (_ref.layer_forward, _ref.layer_backward))
+CONV_OP.register("reference", (_ref.layer_forward, _ref.layer_backward))
+LINEAR_OP.register("triton", _Lazy(_triton_linear))
+CONV_OP.register("triton", _Lazy(_triton_conv))
+
+
+class _LayerRule(torch.autograd.Function):
+    """forward: the layer output; backward: the rule's input relevance."""
+
+    @staticmethod
+    def forward(ctx, x, weights, geom, rule, impl):
+        fwd, bwd = impl
+        w, b = weights()
+        z, saved = fwd(x, w, b, geom, rule)
+        ctx.save_for_backward(x, *saved)
+        ctx.weights, ctx.geom, ctx.rule, ctx.bwd = weights, geom, rule, bwd
+        return z
+
+    @staticmethod
+    def backward(ctx, r):
+        x, *saved = ctx.saved_tensors
+        w, b = ctx.weights()
+        return ctx.bwd(r.contiguous(), x, w, b, tuple(saved), ctx.geom, ctx.rule), None, None, None, None
+
+
+def lrp_layer(x: torch.Tensor, weights: WeightProvider, rule: RuleParams, geom: Optional[ConvGeom] = None,
+              backend: str = "auto") -> torch.Tensor:
+    """Apply a linear-like layer whose backward is an LRP rule.
+
+    ``z = W x + b`` forward;  backward ``R_in = rule(x, W, b, R)`` (see :mod:`xaikernels.reference.lrp`
+    for every rule's formula; stabiliser ``z + ε·sign(z)``, ``sign(0) = +1``).
+
+    Parameters
+    ----------
+    x : Tensor (N, ..., I) for a linear layer, (N, C, *spatial) for a convolution.
+    weights : callable returning ``(W, b)`` (detached; ``b`` may be None).
+    rule : :class:`~xaikernels.reference.lrp.RuleParams`.
+    geom : :class:`~xaikernels.reference.lrp.ConvGeom` for a convolution, None for a linear layer.
+    backend : {"auto", "triton", "reference"}.
+
+    Returns
+    -------
+    Tensor, the layer output; its gradient w.r.t. ``x`` is the rule's relevance.
+    """
+    op = LINEAR_OP if geom is None else CONV_OP
+    _, impl = op.launcher(x.device, backend)
+    return _LayerRule.apply(x, weights, geom, rule, tuple(impl))
+
+
+class _Pass(torch.autograd.Function):
+    """forward: ``fn(x)``; backward: relevance passed through unchanged (activations)."""
+
+    @staticmethod
+    def forward(ctx, x, fn):
+        with torch.no_grad():
+            out = fn(x)
+        # A fresh tensor: the activation must not alias its input (in-place activations).
+        return out.clone() if out.data_ptr() == x.data_ptr() else out
+
+    @staticmethod
+    def backward(ctx, r):
+        return r, None
+
+
+def pass_through(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn(x)`` forward, identity backward (the pass rule; ``fn`` must keep the shape)."""
+    return _Pass.apply(x, fn)
+
+
+class _Norm(torch.autograd.Function):
+    """Norm rule for a parameter-free linear map ``A``: ``R_in = x ⊙ Aᵀ(R / s(A x))``.
+
+    ``A``'s adjoint comes from the small autograd graph built in the forward (pooling ops save
+    no activations), so nothing is recomputed in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, fn, eps):
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(True)
+            z = fn(xd)
+        zd = z.detach()
+        ctx.save_for_backward(x, stabilize(zd, eps))
+        ctx.graph = (xd, z)
+        return zd.clone()
+
+    @staticmethod
+    def backward(ctx, r):
+        x, den = ctx.saved_tensors
+        xd, z = ctx.graph
+        del ctx.graph
+        (adj,) = torch.autograd.grad(z, xd, r / den)
+        return x * adj, None, None
+
+
+def norm_rule(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], eps: float) -> torch.Tensor:
+    """``fn(x)`` forward (``fn`` linear, parameter-free), norm-rule relevance backward."""
+    return _Norm.apply(x, fn, float(eps))
+
+
+class _SumNorm(torch.autograd.Function):
+    """Norm rule on ``a + b`` (residual additions): ``R_a = a ⊙ R / s(a + b)``, same for b."""
+
+    @staticmethod
+    def forward(ctx, a, b, eps):
+        z = a + b
+        den = stabilize(z, eps)
+        ctx.save_for_backward(a / den, b / den)
+        return z
+
+    @staticmethod
+    def backward(ctx, r):
+        fa, fb = ctx.saved_tensors
+        return r * fa, r * fb, None
+
+
+def sum_norm(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """``a + b`` forward, relevance split in proportion to each summand backward."""
+    if a.shape != b.shape:
+        a, b = torch.broadcast_tensors(a, b)
+    return _SumNorm.apply(a, b, float(eps))
