@@ -12,6 +12,8 @@ from xaikernels._backend import (
 from xaikernels.methods.cam import cam, grad_cam, guided_grad_cam
 from xaikernels.methods.gradient import deconvnet, guided_backprop, input_x_gradient, saliency
 from xaikernels.methods.integrated import expected_gradients, integrated_gradients, smoothgrad
+from xaikernels.methods.kernel_shap import kernel_shap
+from xaikernels.methods.lime import lime_image, lime_tabular, lime_text
 from xaikernels.methods.lrp import lrp
 from xaikernels.ops import grad_cam_reduce
 
@@ -29,7 +31,11 @@ __all__ = [
     "guided_grad_cam",
     "input_x_gradient",
     "integrated_gradients",
+    "kernel_shap",
     "last_backend",
+    "lime_image",
+    "lime_tabular",
+    "lime_text",
     "load_extension",
     "lrp",
     "saliency",

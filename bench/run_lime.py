@@ -1,0 +1,261 @@
+"""LIME / KernelSHAP: library overhead and end-to-end time, xaikernels vs lime vs Captum.
+
+Overhead = wall time of one explanation minus the time spent inside the model, with a
+near-zero-cost model (a few strided pixels through a tiny linear map), so what remains is the
+library's own work: sampling, building the perturbed batches, distances, weights, fits.
+Cases (issue 5):
+
+* image: 64×64×3, 1000 samples, lime's defaults (top_labels=5, feature_selection='auto',
+  batch_size=10), the same precomputed quickshift segments for both (segmentation time is
+  reported separately: it is the same scikit-image call in both libraries);
+* tabular: 5000 samples, 20 features (quartile discretiser, lime's defaults);
+* Captum Lime / KernelShap: 3×64×64, 49-cell feature mask, 1000 samples,
+  perturbations_per_eval=50 for both;
+* end to end: lime image on a small CNN (64×64, 1000 samples, batch 100 for both).
+
+Targets: overhead ≥ 50× lower than lime (image, tabular), ≥ 10× lower than Captum; end to end
+≥ 10× faster than lime.  One thread (``torch.set_num_threads(1)``), medians of repeats after a
+warm-up, all providers in this one process.
+
+Usage::
+
+    NUMBA_THREADING_LAYER=workqueue .venv/bin/python bench/run_lime.py [--repeats 5] [--quick]
+
+Appends rows to ``bench/results/lime.jsonl`` and writes ``bench/results/lime.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+# one thread everywhere (BLAS included) for every provider: on this shared 2-core machine a
+# multi-threaded OpenBLAS spin-waits under load and turns a 0.2 ms Gram product into 30 ms
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+
+class Timed:
+    """Wrap a model/classifier and accumulate the seconds spent inside it."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.t = 0.0
+
+    def __call__(self, *a, **k):
+        t0 = time.perf_counter()
+        out = self.fn(*a, **k)
+        self.t += time.perf_counter() - t0
+        return out
+
+
+def measure(run, repeats):
+    """run() -> model seconds; returns (median total, median overhead) in seconds."""
+    run()  # warm-up (Numba compile / caches)
+    tot, ovh = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model_s = run()
+        dt = time.perf_counter() - t0
+        tot.append(dt)
+        ovh.append(dt - model_s)
+    return statistics.median(tot), statistics.median(ovh)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.f = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                               nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                               nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.fc = nn.Linear(16, classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+    def forward(self, x):
+        return self.fc(self.f(x).flatten(1))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="fewer samples, 1 repeat")
+    ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    reps = 1 if args.quick else args.repeats
+    n_img = 200 if args.quick else 1000
+    n_tab = 1000 if args.quick else 5000
+    rows = []
+
+    def row(case, provider, total, overhead, **extra):
+        r = dict(case=case, provider=provider, total_ms=1e3 * total, overhead_ms=1e3 * overhead, **extra)
+        rows.append(r)
+        print(f"{case:24s} {provider:22s} total {r['total_ms']:9.2f} ms   overhead {r['overhead_ms']:9.2f} ms",
+              flush=True)
+
+    from xaikernels import lime as XL
+    from xaikernels.integrations import captum_lime as XC
+    from xaikernels.methods.lime import segment_image
+
+    have_lime = have_captum = True
+    try:
+        import lime.lime_image as LI
+        import lime.lime_tabular as LT
+    except ImportError:
+        have_lime = False
+    try:
+        import captum.attr as CA
+    except ImportError:
+        have_captum = False
+
+    # ---------------------------------------------------------------- image overhead
+    rng = np.random.RandomState(0)
+    from skimage import data as skdata
+    from skimage.transform import resize
+
+    img = resize(skdata.astronaut(), (64, 64), anti_aliasing=True)  # float64 in [0, 1]
+    t0 = time.perf_counter()
+    # lime's quickshift defaults (max_dist=200) are tuned for 0..255 images
+    seg = segment_image(img * 255.0, "quickshift", rng=0)
+    seg_ms = 1e3 * (time.perf_counter() - t0)
+    n_seg = int(seg.max()) + 1
+    print(f"quickshift 64x64: {seg_ms:.1f} ms, {n_seg} segments")
+    Wc = rng.randn(16 * 16 * 3, 10) * 0.5
+
+    def cheap_clf(b):
+        z = b[:, ::4, ::4, :].reshape(len(b), -1) @ Wc
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def img_run(explainer_cls):
+        def run():
+            clf = Timed(cheap_clf)
+            explainer_cls(random_state=0).explain_instance(img, clf, num_samples=n_img, segmentation_fn=lambda i: seg,
+                                                           random_seed=0)
+            return clf.t
+        return run
+
+    if have_lime:
+        row("image_overhead", "lime", *measure(img_run(LI.LimeImageExplainer), reps), segments=n_seg,
+            segmentation_ms=seg_ms)
+    row("image_overhead", "xaikernels.lime", *measure(img_run(XL.LimeImageExplainer), reps), segments=n_seg,
+        segmentation_ms=seg_ms)
+
+    # -------------------------------------------------------------- tabular overhead
+    Xtr = rng.randn(1000, 20)
+    Wt = rng.randn(20, 3)
+
+    def cheap_pf(X):
+        z = X @ Wt
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def tab_run(cls):
+        ex = cls(Xtr, random_state=0)
+
+        def run():
+            pf = Timed(cheap_pf)
+            ex.explain_instance(Xtr[0], pf, num_samples=n_tab)
+            return pf.t
+        return run
+
+    if have_lime:
+        row("tabular_overhead", "lime", *measure(tab_run(LT.LimeTabularExplainer), reps))
+    row("tabular_overhead", "xaikernels.lime", *measure(tab_run(XL.LimeTabularExplainer), reps))
+
+    # ----------------------------------------------------------- captum overhead
+    x = torch.from_numpy(img.transpose(2, 0, 1)).float()[None].contiguous()
+    fm = torch.from_numpy((np.arange(64)[:, None] * 7 // 64) * 7 + (np.arange(64)[None, :] * 7 // 64))[None, None]
+    lin = nn.Linear(16 * 16 * 3, 10).eval()
+
+    def cheap_model(t):
+        return lin(t[:, :, ::4, ::4].reshape(t.shape[0], -1))
+
+    for name in ("Lime", "KernelShap"):
+        def cap_run(mod, name=name):
+            def run():
+                f = Timed(cheap_model)
+                with torch.no_grad():
+                    getattr(mod, name)(f).attribute(x, target=3, feature_mask=fm, n_samples=n_img,
+                                                    perturbations_per_eval=50)
+                return f.t
+            return run
+        if have_captum:
+            row(f"captum_{name}_overhead", "captum", *measure(cap_run(CA), max(1, reps // 2)))
+        row(f"captum_{name}_overhead", "xaikernels.captum", *measure(cap_run(XC), reps))
+
+    # ---------------------------------------------------------------- end to end
+    cnn = SmallCNN().eval()
+
+    def cnn_clf(b):
+        with torch.no_grad():
+            t = torch.from_numpy(np.ascontiguousarray(b.transpose(0, 3, 1, 2))).float()
+            return torch.softmax(cnn(t), 1).numpy()
+
+    def e2e(cls):
+        def run():
+            clf = Timed(cnn_clf)
+            cls(random_state=0).explain_instance(img, clf, num_samples=n_img, segmentation_fn=lambda i: seg,
+                                                 random_seed=0, batch_size=100)
+            return clf.t
+        return run
+
+    if have_lime:
+        row("image_end_to_end_cnn", "lime", *measure(e2e(LI.LimeImageExplainer), reps))
+    row("image_end_to_end_cnn", "xaikernels.lime", *measure(e2e(XL.LimeImageExplainer), reps))
+
+    # ------------------------------------------------------------------ report
+    by = {(r["case"], r["provider"]): r for r in rows}
+    summary = []
+    for case, peer, ours, key, target in (
+            ("image_overhead", "lime", "xaikernels.lime", "overhead_ms", 50),
+            ("tabular_overhead", "lime", "xaikernels.lime", "overhead_ms", 50),
+            ("captum_Lime_overhead", "captum", "xaikernels.captum", "overhead_ms", 10),
+            ("captum_KernelShap_overhead", "captum", "xaikernels.captum", "overhead_ms", 10),
+            ("image_end_to_end_cnn", "lime", "xaikernels.lime", "total_ms", 10)):
+        if (case, peer) in by:
+            ratio = by[(case, peer)][key] / max(by[(case, ours)][key], 1e-9)
+            summary.append((case, key, by[(case, peer)][key], by[(case, ours)][key], ratio, target))
+    cmd = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *(argv or sys.argv[1:])])
+    try:
+        from xaikernels.benchmark import git_commit, versions
+
+        meta = dict(commit=git_commit(), versions=versions())
+    except Exception:  # pragma: no cover
+        meta = {}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    with open(args.out_dir / "lime.jsonl", "a") as fh:
+        for r in rows:
+            fh.write(json.dumps(dict(r, time=stamp, command=cmd, quick=args.quick, repeats=reps, **meta)) + "\n")
+    lines = [f"# LIME / KernelSHAP benchmark ({stamp})", "", f"Command: `NUMBA_THREADING_LAYER=workqueue {cmd}`", "",
+             f"One thread (torch, BLAS, Numba); medians of {reps} repeats after a warm-up; all providers in one process. "
+             f"Quickshift segmentation of the 64×64 image ({n_seg} segments) took {seg_ms:.1f} ms, outside the "
+             "timings (the same scikit-image call in both libraries).", "",
+             "| case | provider | total ms | overhead ms |", "|---|---|---:|---:|"]
+    lines += [f"| {r['case']} | {r['provider']} | {r['total_ms']:.2f} | {r['overhead_ms']:.2f} |" for r in rows]
+    lines += ["", "| case | metric | peer ms | xaikernels ms | ratio | target | pass |", "|---|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {c} | {k} | {p:.2f} | {o:.2f} | {rt:.1f}× | ≥{t}× | {'PASS' if rt >= t else 'FAIL'} |"
+              for c, k, p, o, rt, t in summary]
+    (args.out_dir / "lime.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[-len(summary) - 2:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

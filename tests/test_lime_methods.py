@@ -1,0 +1,326 @@
+"""LIME methods and drop-ins: backends agree, reproducibility, bad input, and parity with the
+``lime`` package and Captum given the same coalitions (peer tests)."""
+import numpy as np
+import pytest
+import torch
+
+from _models import MLP, SmallCNN
+from xaikernels import lime as XL
+from xaikernels.methods.lime import TextIndex, lime_image, lime_tabular
+
+from test_lime_ops import BACKENDS, needs_numba
+
+
+def _img_clf(H, W, K=4, seed=0):
+    Wt = np.random.RandomState(seed).randn(H * W * 3, K)
+
+    def clf(b):
+        z = b.reshape(len(b), -1) @ Wt * 0.05
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    return clf
+
+
+def _grid(H, W, r, c):
+    return (np.arange(H)[:, None] * r // H) * c + (np.arange(W)[None, :] * c // W)
+
+
+# ------------------------------------------------------------------------------ lime_image
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lime_image_backends_agree_and_reproduce(dtype):
+    model = SmallCNN().eval().to(dtype)
+    x = torch.rand(2, 3, 13, 10, dtype=dtype)
+    # logits: the random CNN saturates its softmax, leaving targets constant up to rounding
+    kw = dict(segments="grid", segment_kwargs=dict(rows=3, cols=2), n_samples=90, top_labels=2, seed=4,
+              output="logits")
+    a = lime_image(model, x, batch_size=16, backend="numba", **kw)
+    b = lime_image(model, x, batch_size=16, backend="reference", **kw)
+    for ca, cb in zip(a.coef, b.coef):
+        np.testing.assert_allclose(ca, cb, rtol=1e-9, atol=1e-12)
+    if dtype == torch.float64:  # float32 convolutions round differently per batch size
+        c7 = lime_image(model, x, batch_size=7, backend="numba", **kw)
+        for ca, cb in zip(a.coef, c7.coef):
+            np.testing.assert_allclose(ca, cb, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.score, b.score, rtol=1e-9, atol=1e-12)
+    assert a.attribution().shape == (2, 2, 13, 10)
+    c = lime_image(model, x, batch_size=16, backend="numba", **{**kw, "seed": 5})
+    assert not np.allclose(a.coef[0], c.coef[0])
+
+
+def test_lime_image_batch_equals_single_instances():
+    model = SmallCNN().eval()
+    x = torch.rand(3, 3, 9, 9)
+    seg = torch.from_numpy(_grid(9, 9, 3, 3))
+    full = lime_image(model, x, target=[0, 1, 2], segments=seg, n_samples=60, batch_size=25, seed=1)
+    one = lime_image(model, x[1:2], target=1, segments=seg, n_samples=60, batch_size=60, seed=1)
+    # instance 1 of the batch uses stream 1; the single call uses stream 0: compare stream 0
+    zero = lime_image(model, x[:1], target=0, segments=seg, n_samples=60, batch_size=11, seed=1)
+    np.testing.assert_allclose(full.coef[0], zero.coef[0], rtol=1e-5, atol=1e-7)
+    assert one.coef[0].shape == (1, 9)
+
+
+def test_lime_image_fills_and_bad_input():
+    model = SmallCNN().eval()
+    x = torch.rand(1, 3, 8, 8)
+    for fill in ("mean", 0.0, ("blur", 1.0), torch.zeros(3, 8, 8)):
+        r = lime_image(model, x, segments="grid", segment_kwargs=dict(rows=2, cols=2), n_samples=20, fill=fill)
+        assert np.isfinite(r.coef[0]).all()
+    with pytest.raises(ValueError, match="cover"):
+        lime_image(model, x, segments=np.zeros((7, 8), np.int64), n_samples=20)
+    with pytest.raises(ValueError, match="without gaps"):
+        lime_image(model, x, segments=np.where(np.arange(64).reshape(8, 8) < 32, 0, 2), n_samples=20)
+    with pytest.raises(ValueError, match=r"\(batch, outputs\)"):
+        lime_image(lambda t: t.sum((1, 2, 3)) if t.shape[0] > 1 else t.mean((2, 3)), x, segments="grid",
+                   n_samples=20, check_mode=False, output="logits")
+
+
+def test_lime_tabular_method_reproducible():
+    rng = np.random.RandomState(0)
+    Xtr = rng.randn(200, 6)
+    model = MLP(d=6, classes=3).eval()
+    x = torch.from_numpy(Xtr[:2]).float()
+    a = lime_tabular(model, x, Xtr, target=[0, 1], n_samples=500, seed=3)
+    b = lime_tabular(model, x, Xtr, target=[0, 1], n_samples=500, seed=3, batch_size=77)
+    np.testing.assert_allclose(a.coef[0], b.coef[0], rtol=1e-6, atol=1e-9)
+    assert a.coef[1].shape == (1, 6) and np.all((a.score > -1) & (a.score <= 1))
+
+
+# --------------------------------------------------------------------------------- drop-ins
+def test_image_dropin_get_image_and_mask_and_errors():
+    img = np.random.RandomState(0).rand(12, 12, 3)
+    seg = _grid(12, 12, 2, 3)
+    ex = XL.LimeImageExplainer(random_state=0)
+    e = ex.explain_instance(img, _img_clf(12, 12), top_labels=2, num_samples=80, segmentation_fn=lambda i: seg)
+    lab = e.top_labels[0]
+    assert len(e.local_exp[lab]) == 6 and isinstance(e.score, float) and e.local_pred.shape == (1,)
+    temp, mask = e.get_image_and_mask(lab, positive_only=False, num_features=6, hide_rest=True)
+    signs = {f: np.sign(w) for f, w in e.local_exp[lab]}
+    for f, s in signs.items():
+        assert np.all(mask[seg == f] == (s if s != 0 else 0))
+    with pytest.raises(KeyError):
+        e.get_image_and_mask(99)
+    with pytest.raises(ValueError, match="rows"):
+        ex.explain_instance(img, lambda b: np.ones((1, 3)) / 3, num_samples=20, segmentation_fn=lambda i: seg)
+    with pytest.raises(ValueError, match="one id per pixel"):
+        ex.explain_instance(img, _img_clf(12, 12), num_samples=20, segmentation_fn=lambda i: seg[:5])
+
+
+def test_tabular_dropin_bad_input():
+    Xtr = np.random.RandomState(0).randn(50, 4)
+    ex = XL.LimeTabularExplainer(Xtr, random_state=0)
+    with pytest.raises(ValueError, match="classification"):
+        ex.explain_instance(Xtr[0], lambda X: X[:, 0], num_samples=30)
+    with pytest.warns(UserWarning, match="sum to 1"):
+        ex.explain_instance(Xtr[0], lambda X: np.c_[X[:, 0], X[:, 1]], labels=(0,), num_samples=30)
+    reg = XL.LimeTabularExplainer(Xtr, mode="regression", random_state=0)
+    e = reg.explain_instance(Xtr[0], lambda X: X @ np.arange(4.0), num_samples=300)
+    assert e.local_exp[1] == [(i, -w) for i, w in e.local_exp[0]]
+
+
+def test_text_index_semantics():
+    idx = TextIndex("a cat, a dog", r"\W+", bow=True)
+    assert idx.words == ["a", "cat", "dog"]
+    assert idx.render(np.array([0, 1, 1])) == " cat,  dog"
+    idx2 = TextIndex("a cat, a dog", r"\W+", bow=False)
+    assert idx2.n_features == 4 and idx2.render(np.array([1, 0, 1, 1])) == "a UNKWORDZ, a dog"
+    idx3 = TextIndex("a cat", lambda s: s.split(" "), bow=True)
+    assert idx3.words == ["a", "cat"] and idx3.render(np.array([1, 0])) == "a "
+
+
+# ------------------------------------------------------------------------------ peer: lime
+@pytest.mark.peer
+@pytest.mark.parametrize("selection", ["auto", "none", "highest_weights", "forward_selection", "lasso_path"])
+@pytest.mark.parametrize("num_features", [3, 100000])
+def test_image_equals_lime_given_same_masks(selection, num_features):
+    lime_image_mod = pytest.importorskip("lime.lime_image")
+    rng = np.random.RandomState(0)
+    H, W = 15, 17
+    img = rng.rand(H, W, 3)
+    seg = _grid(H, W, 4, 5)
+    clf = _img_clf(H, W)
+    ex = lime_image_mod.LimeImageExplainer(random_state=3, feature_selection=selection)
+    e1 = ex.explain_instance(img, clf, top_labels=3, num_samples=200, segmentation_fn=lambda im: seg,
+                             random_seed=5, batch_size=9, num_features=num_features)
+    F = int(seg.max()) + 1
+    masks = np.random.RandomState(3).randint(0, 2, 200 * F).reshape(200, F)  # lime's draw, replayed
+    masks[0] = 1
+    e2 = XL.LimeImageExplainer(random_state=3, feature_selection=selection).explain_instance(
+        img, clf, top_labels=3, num_samples=200, segmentation_fn=lambda im: seg, masks=masks,
+        num_features=num_features)
+    assert e1.top_labels == e2.top_labels
+    for lab in e1.top_labels:
+        assert [f for f, _ in e1.local_exp[lab]] == [f for f, _ in e2.local_exp[lab]]
+        np.testing.assert_allclose([w for _, w in e2.local_exp[lab]], [w for _, w in e1.local_exp[lab]],
+                                   rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(e2.intercept[lab], e1.intercept[lab], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(e2.score, e1.score, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(e2.local_pred, e1.local_pred, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("bow", [True, False])
+def test_text_equals_lime_given_same_masks(bow):
+    lime_text = pytest.importorskip("lime.lime_text")
+    text = "the cat sat on the mat, and the dog ate the cat's food"
+    vocab = sorted(set(text.replace(",", " ").replace("'", " ").split()))
+    wv = np.random.RandomState(0).randn(len(vocab), 3)
+
+    def clf(docs):
+        out = []
+        for d in docs:
+            z = np.zeros(3)
+            for w in d.replace(",", " ").replace("'", " ").split():
+                if w in vocab:
+                    z += wv[vocab.index(w)]
+            e = np.exp(z - z.max())
+            out.append(e / e.sum())
+        return np.array(out)
+
+    e1 = lime_text.LimeTextExplainer(random_state=2, bow=bow).explain_instance(text, clf, top_labels=2,
+                                                                                num_samples=300)
+    F = len(e1.domain_mapper.indexed_string.inverse_vocab)
+    rs = np.random.RandomState(2)
+    sizes = rs.randint(1, F + 1, 299)
+    masks = np.ones((300, F), np.uint8)
+    for i, s in enumerate(sizes, 1):
+        masks[i, rs.choice(range(F), s, replace=False)] = 0
+    e2 = XL.LimeTextExplainer(random_state=2, bow=bow).explain_instance(text, clf, top_labels=2, num_samples=300,
+                                                                        masks=masks)
+    assert e1.top_labels == e2.top_labels
+    for lab in e1.top_labels:
+        a, b = e1.as_list(lab), e2.as_list(lab)
+        assert [n for n, _ in a] == [n for n, _ in b]
+        np.testing.assert_allclose([v for _, v in b], [v for _, v in a], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(e2.intercept[lab], e1.intercept[lab], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("discretize", [True, False])
+def test_tabular_equals_lime_given_same_neighbourhood(discretize):
+    lime_tabular_mod = pytest.importorskip("lime.lime_tabular")
+    from sklearn.metrics import pairwise_distances
+
+    rng = np.random.RandomState(0)
+    Xtr = rng.randn(300, 6)
+    Xtr[:, 2] = rng.randint(0, 3, 300)
+    Wt = rng.randn(6, 3)
+
+    def pf(X):
+        z = X @ Wt * 0.5
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    lt = lime_tabular_mod.LimeTabularExplainer(Xtr, categorical_features=[2], discretize_continuous=discretize,
+                                               random_state=1)
+    xt = XL.LimeTabularExplainer(Xtr, categorical_features=[2], discretize_continuous=discretize, random_state=1)
+    # same training statistics: scaler, bins and value frequencies
+    np.testing.assert_allclose(xt.sampler.surrogate_scale, lt.scaler.scale_, rtol=1e-12)
+    np.testing.assert_allclose(xt.sampler.surrogate_mean, lt.scaler.mean_, rtol=1e-12, atol=1e-15)
+    for f, vals in lt.feature_values.items():
+        np.testing.assert_allclose(xt.sampler.value_table[f][0], vals)
+        np.testing.assert_allclose(xt.sampler.value_table[f][1], lt.feature_frequencies[f], rtol=1e-12)
+    data, inverse = lt._LimeTabularExplainer__data_inverse(Xtr[5], 400)
+    scaled = (data - lt.scaler.mean_) / lt.scaler.scale_
+    ys = pf(inverse)
+    dist = pairwise_distances(scaled, scaled[:1], metric="euclidean").ravel()
+    for lab in range(3):
+        i1, le, sc, lp = lt.base.explain_instance_with_data(scaled, ys, dist, lab, 4, feature_selection="auto")
+        e = XL.Explanation(None)
+        xt.base.fit(e, scaled, ys, dist, [lab], 4, None)
+        assert [f for f, _ in le] == [f for f, _ in e.local_exp[lab]]
+        np.testing.assert_allclose([w for _, w in e.local_exp[lab]], [w for _, w in le], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose([e.intercept[lab], e.score, e.local_pred[0]], [i1, sc, lp[0]], rtol=1e-6,
+                                   atol=1e-9)
+
+
+@pytest.mark.peer
+def test_tabular_sampling_statistics_match_lime():
+    """Our sampler draws the same distribution as lime's: compare means of the model inputs
+    and of the binary surrogate features over large neighbourhoods (within k·σ)."""
+    lime_tabular_mod = pytest.importorskip("lime.lime_tabular")
+    rng = np.random.RandomState(1)
+    Xtr = rng.randn(400, 4) * [1, 2, 0.5, 3] + [0, 1, -1, 2]
+    lt = lime_tabular_mod.LimeTabularExplainer(Xtr, random_state=0)
+    xt = XL.LimeTabularExplainer(Xtr, random_state=0)
+    n = 6000
+    d1, inv1 = lt._LimeTabularExplainer__data_inverse(Xtr[7], n)
+    d2, inv2, _ = xt.sampler.sample(Xtr[7], n, seed=3)
+    for a, b in ((inv1[1:], inv2[1:]), (d1[1:], d2[1:])):
+        se = np.sqrt(a.var(0) / n + b.var(0) / n) + 1e-12
+        assert np.all(np.abs(a.mean(0) - b.mean(0)) < 4.5 * se), (a.mean(0), b.mean(0))
+
+
+# ---------------------------------------------------------------------------- peer: captum
+@pytest.mark.peer
+@pytest.mark.parametrize("model_name", ["SkLearnLasso", "SkLearnRidge", "SkLearnLinearRegression"])
+def test_captum_lime_equals_captum_given_same_masks(model_name):
+    captum_attr = pytest.importorskip("captum.attr")
+    from captum._utils.models import linear_model as LM
+
+    from xaikernels.integrations import captum_lime as XC
+
+    model = SmallCNN().eval()
+    x = torch.rand(1, 3, 10, 12)
+    fm = torch.from_numpy(_grid(10, 12, 3, 4))[None, None]
+    F = int(fm.max()) + 1
+    rng = np.random.RandomState(0)
+    masks = [torch.from_numpy((rng.rand(1, F) < 0.5).astype(np.int64)) for _ in range(40)]
+
+    def gen(inp, **kw):
+        yield from masks
+
+    kw = dict(alpha=0.01) if model_name == "SkLearnLasso" else dict(alpha=1.0) if model_name == "SkLearnRidge" else {}
+    a = captum_attr.Lime(model, interpretable_model=getattr(LM, model_name)(**kw), perturb_func=gen).attribute(
+        x, target=1, feature_mask=fm, n_samples=40, perturbations_per_eval=8)
+    lm = getattr(LM, model_name)(**kw)
+    b = XC.Lime(model, interpretable_model=lm, perturb_func=gen).attribute(
+        x, target=1, feature_mask=fm, n_samples=40, perturbations_per_eval=8)
+    # Captum fits float32 data in float32; the residual difference is that rounding
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=5e-6)
+    assert lm.representation().shape == (1, F)
+
+
+@pytest.mark.peer
+def test_captum_kernel_shap_equals_captum_given_same_masks():
+    captum_attr = pytest.importorskip("captum.attr")
+    from xaikernels.integrations import captum_lime as XC
+
+    class Recording(captum_attr.KernelShap):
+        def kernel_shap_perturb_generator(self, original_inp, **kwargs):
+            gen = super().kernel_shap_perturb_generator(original_inp, **kwargs)
+            while True:
+                v = next(gen)
+                self.rec.append(v.clone())
+                yield v
+
+    model = SmallCNN().eval()
+    x = torch.rand(1, 3, 10, 12)
+    fm = torch.from_numpy(_grid(10, 12, 3, 4))[None, None]
+    torch.manual_seed(1)
+    ks = Recording(model)
+    ks.rec = []
+    a = ks.attribute(x, target=2, feature_mask=fm, n_samples=60, perturbations_per_eval=16)
+    masks = torch.cat(ks.rec[:60]).numpy().astype(np.uint8)
+    ours = XC.KernelShap(model)
+    ours._draw_masks = lambda n, F, seed: masks
+    b = ours.attribute(x, target=2, feature_mask=fm, n_samples=60, perturbations_per_eval=16)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=5e-6)
+
+
+@pytest.mark.peer
+def test_captum_lime_default_batched_runs_and_reproduces():
+    pytest.importorskip("captum")
+    from xaikernels.integrations import captum_lime as XC
+
+    model = SmallCNN().eval()
+    x = torch.rand(2, 3, 8, 8)
+    fm = torch.from_numpy(_grid(8, 8, 2, 2))[None, None]
+    torch.manual_seed(0)
+    a = XC.Lime(model).attribute(x, target=[0, 1], feature_mask=fm, n_samples=30, perturbations_per_eval=10)
+    torch.manual_seed(0)
+    b = XC.Lime(model).attribute(x, target=[0, 1], feature_mask=fm, n_samples=30, perturbations_per_eval=10)
+    assert a.shape == x.shape and torch.equal(a, b)
+    c = XC.Lime(model).attribute(x, target=[0, 1], feature_mask=fm, n_samples=30, return_input_shape=False)
+    assert c.shape == (2, 4)

@@ -1,0 +1,343 @@
+"""Perturbation ops (LIME / KernelSHAP): Numba kernels against the NumPy reference twins,
+counter-based RNG invariances and sampling statistics, surrogate fits against closed forms."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from xaikernels import _backend
+from xaikernels.ops import perturb as P
+from xaikernels.reference import perturb as R
+
+BACKENDS = [b for b in ("reference", "numba") if _backend._available(b, "perturb_sample_masks", torch.device("cpu")) is None]
+HAS_NUMBA = "numba" in BACKENDS
+needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+
+
+# ------------------------------------------------------------------------------------- masks
+MASK_CASES = [
+    dict(n_rows=1, n_features=1),
+    dict(n_rows=37, n_features=11, stream=3, row_offset=5),
+    dict(n_rows=64, n_features=5, p_on=0.3, paired=True),
+    dict(n_rows=29, n_features=13, first_row_ones=True),
+    dict(n_rows=41, n_features=9, sized="shapley", paired=True, row_offset=3),
+    dict(n_rows=33, n_features=7, sized="text", first_row_ones=True),
+]
+
+
+def _kw(case):
+    c = dict(case)
+    sized = c.pop("sized", None)
+    if sized == "shapley":
+        c["size_cdf"] = P.shapley_size_cdf(c["n_features"])
+    elif sized == "text":
+        c["size_cdf"] = P.lime_text_size_cdf(c["n_features"])
+    return c
+
+
+@needs_numba
+@pytest.mark.parametrize("case", MASK_CASES)
+def test_masks_numba_equals_reference(case):
+    kw = _kw(case)
+    a = P.sample_masks(seed=123, backend="numba", **kw)
+    b = P.sample_masks(seed=123, backend="reference", **kw)
+    assert a.dtype == np.uint8 and a.shape == (kw["n_rows"], kw["n_features"])
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sized", [None, "shapley"])
+def test_masks_chunking_invariance(backend, sized):
+    F = 10
+    cdf = P.shapley_size_cdf(F) if sized else None
+    whole = P.sample_masks(200, F, 7, size_cdf=cdf, paired=True, backend=backend)
+    parts = [P.sample_masks(n, F, 7, row_offset=o, size_cdf=cdf, paired=True, backend=backend)
+             for o, n in ((0, 33), (33, 100), (133, 67))]
+    np.testing.assert_array_equal(whole, np.vstack(parts))
+    # a different seed or stream changes the draw
+    assert not np.array_equal(whole, P.sample_masks(200, F, 8, size_cdf=cdf, paired=True, backend=backend))
+    assert not np.array_equal(whole, P.sample_masks(200, F, 7, stream=1, size_cdf=cdf, paired=True, backend=backend))
+
+
+@needs_numba
+def test_masks_thread_count_invariance():
+    import numba
+
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = P.sample_masks(500, 20, 3, size_cdf=P.shapley_size_cdf(20), backend="numba")
+        numba.set_num_threads(max(2, min(2, numba.config.NUMBA_NUM_THREADS)))
+        two = P.sample_masks(500, 20, 3, size_cdf=P.shapley_size_cdf(20), backend="numba")
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("p_on", [0.5, 0.2])
+def test_bernoulli_fraction_within_4_sigma(p_on):
+    S, F = 4000, 25
+    m = P.sample_masks(S, F, 11, p_on=p_on)
+    n = S * F
+    assert abs(m.mean() - p_on) < 4 * math.sqrt(p_on * (1 - p_on) / n)
+    # features are independent: the per-feature fractions scatter like binomials
+    per = m.mean(0)
+    assert np.all(np.abs(per - p_on) < 5 * math.sqrt(p_on * (1 - p_on) / S))
+
+
+def test_shapley_sizes_follow_kernel():
+    M, S = 8, 20000
+    m = P.sample_masks(S, M, 5, size_cdf=P.shapley_size_cdf(M))
+    k = m.sum(1)
+    p = np.array([0] + [(M - 1) / (j * (M - j)) for j in range(1, M)] + [0.0])
+    p /= p.sum()
+    counts = np.bincount(k, minlength=M + 1)
+    assert counts[0] == 0 and counts[M] == 0
+    sd = np.sqrt(S * p * (1 - p))
+    assert np.all(np.abs(counts - S * p) <= 4.5 * sd + 1e-9), (counts, S * p)
+    # given the size, every member is equally likely
+    for kk in (2, 5):
+        rows = m[k == kk]
+        frac = rows.mean(0)
+        q = kk / M
+        assert np.all(np.abs(frac - q) < 5 * math.sqrt(q * (1 - q) / len(rows)))
+
+
+def test_paired_masks_are_complements():
+    m = P.sample_masks(50, 9, 1, size_cdf=P.shapley_size_cdf(9), paired=True)
+    np.testing.assert_array_equal(m[0::2], 1 - m[1::2])
+    assert P.sample_masks(3, 4, 0, first_row_ones=True)[0].tolist() == [1, 1, 1, 1]
+
+
+def test_text_sizes_uniform():
+    M, S = 6, 12000
+    m = P.sample_masks(S, M, 2, size_cdf=P.lime_text_size_cdf(M))
+    removed = M - m.sum(1)
+    counts = np.bincount(removed, minlength=M + 1)
+    assert counts[0] == 0
+    p = 1 / M
+    assert np.all(np.abs(counts[1:] - S * p) < 4.5 * math.sqrt(S * p * (1 - p)))
+
+
+# ------------------------------------------------------------------------------ construction
+BUILD_SHAPES = [((1, 1, 1), 1, 1), ((3, 35, 1), 7, 5), ((1, 23, 3), 4, 1), ((2, 17, 2), 17, 9)]
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape,F,S", BUILD_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_build_matches_where(backend, shape, F, S, dtype):
+    g = torch.Generator().manual_seed(S * 7 + F)
+    x = torch.randn(shape, generator=g).to(dtype)
+    fill = torch.randn(shape, generator=g).to(dtype)
+    seg = np.arange(shape[1]) % F
+    np.random.RandomState(F).shuffle(seg)
+    masks = P.sample_masks(S, F, 9)
+    out = torch.empty((S,) + shape, dtype=dtype)
+    P.build_perturbed(x, fill, seg, masks, out, backend=backend)
+    keep = torch.from_numpy(masks[:, seg].astype(bool))[:, None, :, None]
+    expect = torch.where(keep, x[None], fill[None])
+    assert torch.equal(out, expect)  # a pure selection: bit-exact in every dtype
+
+
+def test_build_bad_input():
+    x = np.zeros((1, 4, 1), np.float32)
+    with pytest.raises(ValueError, match="out must be"):
+        P.build_perturbed(x, x, np.zeros(4, np.int64), np.ones((2, 1), np.uint8), np.zeros((3, 1, 4, 1), np.float32))
+    with pytest.raises(ValueError, match="seg must"):
+        P.build_perturbed(x, x, np.zeros(3, np.int64), np.ones((2, 1), np.uint8), np.zeros((2, 1, 4, 1), np.float32))
+
+
+def test_feature_map_checks():
+    with pytest.raises(ValueError, match="cover"):
+        P.check_feature_map(np.zeros((3, 4)), 16)
+    with pytest.raises(ValueError, match="negative"):
+        P.check_feature_map(np.array([0, 1, -1, 1]), 4)
+    with pytest.raises(ValueError, match="without gaps"):
+        P.check_feature_map(np.array([0, 2, 2, 0]), 4)
+    with pytest.raises(TypeError):
+        P.check_feature_map(np.array([0.5, 1.0]), 2)
+    seg, F = P.check_feature_map(np.array([[1, 0], [2, 1]]), 4)
+    assert F == 3 and seg.dtype == np.int64
+
+
+# -------------------------------------------------------------------------------- distances
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_mask_distances_equal_input_space(backend, metric):
+    rng = np.random.RandomState(0)
+    x = rng.randn(2, 30, 1)
+    fill = rng.randn(2, 30, 1) * 0.3
+    fill[:, :5] = 0.0
+    seg = rng.randint(0, 6, 30)
+    seg[:6] = np.arange(6)
+    masks = P.sample_masks(40, 6, 2)
+    masks[3] = 0
+    st = P.feature_stats(x, fill, seg, 6, backend=backend)
+    d = P.mask_distances(masks, st, metric, backend=backend)
+    out = np.empty((40,) + x.shape)
+    R.build_perturbed(x, fill, seg, masks, out)
+    a = x.ravel()
+    b = out.reshape(40, -1)
+    if metric == "cosine":
+        exp = 1 - (b @ a) / (np.linalg.norm(a) * np.linalg.norm(b, axis=1))
+    else:
+        exp = np.linalg.norm(b - a, axis=1)
+    np.testing.assert_allclose(d, exp, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_row_distances_and_kernels(backend, metric):
+    from sklearn.metrics import pairwise_distances
+
+    rng = np.random.RandomState(1)
+    z = rng.randn(23, 5)
+    z[4] = 0.0  # zero vector: cosine similarity 0, as scikit-learn
+    d = P.row_distances(z, z[0], metric, backend=backend)
+    np.testing.assert_allclose(d, pairwise_distances(z, z[:1], metric=metric).ravel(), rtol=1e-12, atol=1e-12)
+    w = P.exp_kernel(d, 0.7, backend=backend)
+    np.testing.assert_allclose(w, np.exp(-d ** 2 / (2 * 0.7 ** 2)), rtol=1e-14)
+    masks = P.sample_masks(30, 7, 3)
+    masks[0] = 1
+    masks[1] = 0
+    sk = P.shapley_kernel(masks, 1e6, backend=backend)
+    k = masks.sum(1)
+    exp = [1e6 if kk in (0, 7) else 6 / (math.comb(7, int(kk)) * kk * (7 - kk)) for kk in k]
+    np.testing.assert_allclose(sk, exp, rtol=1e-14)
+    with pytest.raises(ValueError, match="kernel_width"):
+        P.exp_kernel(d, 0.0)
+
+
+# -------------------------------------------------------------------------------------- fits
+def _ridge_oracle(X, y, w, alpha):
+    """Closed form with an explicit intercept column (unpenalised)."""
+    S, F = X.shape
+    A = np.hstack([np.ones((S, 1)), X])
+    pen = np.diag([0.0] + [alpha] * F)
+    sol = np.linalg.solve(A.T @ (w[:, None] * A) + pen, A.T @ (w * y))
+    pred = A @ sol
+    mu = (w @ y) / w.sum()
+    r2 = 1 - (w @ (y - pred) ** 2) / (w @ (y - mu) ** 2)
+    return sol[1:], sol[0], r2, pred[0]
+
+
+FIT_SHAPES = [(1, 12, 1, 1), (2, 57, 5, 3), (3, 200, 13, 2), (1, 31, 30, 4)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,S,F,T", FIT_SHAPES)
+@pytest.mark.parametrize("alpha", [1.0, 0.0])
+def test_fit_matches_closed_form(backend, B, S, F, T, alpha):
+    rng = np.random.RandomState(B * 100 + F)
+    X = (rng.rand(B, S, F) < 0.5).astype(np.float64)
+    X[:, 0] = 1
+    Y = rng.randn(B, S, T) + X @ rng.randn(F, T)
+    w = rng.rand(B, S) + 0.05
+    if alpha == 0 and S <= F + 1:
+        pytest.skip("underdetermined without a penalty")
+    out = P.fit_surrogate(X, Y, w, alpha=alpha, backend=backend)
+    for b in range(B):
+        for t in range(T):
+            c, i, r2, p0 = _ridge_oracle(X[b], Y[b, :, t], w[b], alpha)
+            np.testing.assert_allclose(out["coef"][b, t], c, rtol=1e-8, atol=1e-9)
+            np.testing.assert_allclose(out["intercept"][b, t], i, rtol=1e-8, atol=1e-9)
+            np.testing.assert_allclose(out["score"][b, t], r2, rtol=1e-8, atol=1e-9)
+            np.testing.assert_allclose(out["local_pred"][b, t], p0, rtol=1e-8, atol=1e-9)
+
+
+@needs_numba
+@pytest.mark.parametrize("selection", ["none", "highest_weights", "forward_selection", "lasso_path", "auto"])
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_selection_numba_equals_reference(selection, k):
+    rng = np.random.RandomState(k)
+    X = rng.randn(2, 150, 11)
+    Y = X @ rng.randn(11, 3) + 0.3 * rng.randn(2, 150, 3)
+    w = rng.rand(2, 150)
+    a = P.fit_surrogate(X, Y, w, feature_selection=selection, num_features=k, backend="numba")
+    b = P.fit_surrogate(X, Y, w, feature_selection=selection, num_features=k, backend="reference")
+    np.testing.assert_array_equal(a["used"], b["used"])
+    for key in ("coef", "intercept", "score", "local_pred"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-9, atol=1e-11)
+    if selection != "lasso_path":
+        assert ((a["used"] > 0).sum(-1) == (11 if selection == "none" else k)).all()
+
+
+def test_singular_design_falls_back_to_min_norm():
+    rng = np.random.RandomState(0)
+    x = rng.randn(40, 1)
+    X = np.hstack([x, x, rng.randn(40, 1)])  # two identical columns
+    y = 2 * x[:, 0] + rng.randn(40) * 0.1
+    w = np.ones(40)
+    for backend in BACKENDS:
+        out = P.fit_surrogate(X, y[:, None], w, alpha=0.0, backend=backend)
+        c = out["coef"][0]
+        # minimum norm splits the weight between the duplicates
+        assert abs(c[0] - c[1]) < 1e-8 and abs(c[0] + c[1] - 2) < 0.2
+        from sklearn.linear_model import LinearRegression
+
+        ref = LinearRegression().fit(X, y, sample_weight=w)
+        np.testing.assert_allclose(c, ref.coef_, rtol=1e-6, atol=1e-8)
+
+
+def test_all_zero_weights_error():
+    with pytest.raises(ValueError, match="all kernel weights are zero"):
+        P.fit_surrogate(np.ones((5, 2)), np.ones((5, 1)), np.zeros(5))
+    with pytest.raises(ValueError, match="finite"):
+        P.fit_surrogate(np.ones((5, 2)), np.ones((5, 1)), np.array([1, np.nan, 1, 1, 1.0]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lasso_matches_sklearn(backend):
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.RandomState(3)
+    X = (rng.rand(300, 12) < 0.5).astype(np.float64)
+    y = X @ (rng.randn(12) * 0.1) + rng.randn(300) * 0.05
+    w = rng.rand(300)
+    for a in (0.001, 0.01):
+        coef, icpt = P.lasso_fit(X[None], y[None, :, None], w[None], a, backend=backend)
+        ref = Lasso(alpha=a).fit(X, y, sample_weight=w)
+        np.testing.assert_allclose(coef[0, 0], ref.coef_, atol=1e-10)
+        np.testing.assert_allclose(icpt[0, 0], ref.intercept_, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_constrained_wls(backend):
+    rng = np.random.RandomState(4)
+    Z = (rng.rand(2, 60, 6) < 0.5).astype(np.float64)
+    Y = Z @ rng.randn(6, 2) + 0.1 * rng.randn(2, 60, 2)
+    w = rng.rand(2, 60)
+    delta = rng.randn(2, 2)
+    phi, flag = P.constrained_wls(Z, Y, w, delta, 0.0, backend=backend)
+    assert not flag.any()
+    np.testing.assert_allclose(phi.sum(-1), delta, atol=1e-10)
+    # KKT: the gradient of the weighted loss is parallel to 1 (a common multiplier)
+    for b in range(2):
+        for t in range(2):
+            g = Z[b].T @ (w[b] * (Y[b, :, t] - Z[b] @ phi[b, t]))
+            np.testing.assert_allclose(g, g.mean(), atol=1e-9)
+    ref, _ = P.constrained_wls(Z, Y, w, delta, 0.0, backend="reference")
+    np.testing.assert_allclose(phi, ref, rtol=1e-9, atol=1e-11)
+    # a rank-deficient design (fewer coalitions than features) takes the KKT fallback
+    phi2, flag2 = P.constrained_wls(Z[:, :3], Y[:, :3], w[:, :3], delta, 0.0, backend=backend)
+    assert flag2.all() and np.allclose(phi2.sum(-1), delta, atol=1e-8)
+
+
+@needs_numba
+def test_tabular_sampler_numba_equals_reference():
+    from xaikernels.methods.lime import TabularSampler
+
+    rng = np.random.RandomState(0)
+    Xtr = rng.randn(200, 5)
+    Xtr[:, 1] = rng.randint(0, 4, 200)
+    for disc in (True, False):
+        s = TabularSampler(Xtr, [1], discretize_continuous=disc)
+        plan = s.plan(Xtr[3])
+        a = P.tabular_sample(301, 9, plan, row_offset=0, backend="numba")
+        b = P.tabular_sample(301, 9, plan, row_offset=0, backend="reference")
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(a[1][0], Xtr[3])

@@ -1,0 +1,984 @@
+"""Numba kernels for perturbation explanations (LIME, KernelSHAP).
+
+Twins of :mod:`xaikernels.reference.perturb` (same signatures, same numbers): counter-based
+mask sampling, fused perturbed-batch construction, distances and kernel weights, and the
+weighted ridge / lasso surrogate fits with lime's feature-selection paths.
+
+Importing this module imports numba; the op layer imports it lazily.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S11 = np.uint64(11)
+_ONE = np.uint64(1)
+_TWO_M53 = 1.0 / 9007199254740992.0
+
+
+# ------------------------------------------------------------------------------------ RNG
+@njit(cache=True, inline="always")
+def _mix(z):
+    # SplitMix64 finaliser; uint64 arithmetic wraps, which is the point.
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True, inline="always")
+def _row_key(base, row):
+    return _mix(base + np.uint64(row) * _GOLDEN)
+
+
+@njit(cache=True, inline="always")
+def _u01(key, j):
+    z = _mix(key + (np.uint64(j) + _ONE) * _GOLDEN)
+    return np.float64(z >> _S11) * _TWO_M53
+
+
+@njit(cache=True)
+def _stream_base(seed, stream):
+    return _mix(_mix(np.uint64(seed)) + np.uint64(stream) * _GOLDEN)
+
+
+@njit(cache=True, parallel=True)
+def _masks_bernoulli(out, base, row_offset, p_on, paired, first_row_ones):
+    n, F = out.shape
+    for r in prange(n):
+        g = row_offset + r
+        key = _row_key(base, g // 2 if paired else g)
+        flip = paired and (g % 2 == 1)
+        for f in range(F):
+            on = _u01(key, f) < p_on
+            out[r, f] = np.uint8(on != flip)
+        if first_row_ones and g == 0:
+            out[r, :] = 1
+
+
+@njit(cache=True, parallel=True)
+def _masks_sized(out, base, row_offset, cdf, paired, first_row_ones):
+    n, F = out.shape
+    for r in prange(n):
+        g = row_offset + r
+        key = _row_key(base, g // 2 if paired else g)
+        flip = paired and (g % 2 == 1)
+        u = _u01(key, F)
+        k = 0
+        while k < F and not (u < cdf[k]):
+            k += 1
+        perm = np.arange(F)
+        for i in range(k):
+            j = i + int(math.floor(_u01(key, F + 1 + i) * (F - i)))
+            t = perm[i]
+            perm[i] = perm[j]
+            perm[j] = t
+        on = np.uint8(1) if not flip else np.uint8(0)
+        for f in range(F):
+            out[r, f] = np.uint8(1) - on
+        for i in range(k):
+            out[r, perm[i]] = on
+        if first_row_ones and g == 0:
+            out[r, :] = 1
+
+
+def sample_masks(n_rows, n_features, seed, stream=0, row_offset=0, p_on=0.5, size_cdf=None,
+                 paired=False, first_row_ones=False):
+    """See :func:`xaikernels.reference.perturb.sample_masks`."""
+    out = np.empty((int(n_rows), int(n_features)), dtype=np.uint8)
+    base = np.uint64(_stream_base(np.uint64(seed % 2**64), np.uint64(stream % 2**64)))
+    if size_cdf is None:
+        _masks_bernoulli(out, base, np.int64(row_offset), float(p_on), bool(paired), bool(first_row_ones))
+    else:
+        cdf = np.ascontiguousarray(size_cdf, dtype=np.float64)
+        _masks_sized(out, base, np.int64(row_offset), cdf, bool(paired), bool(first_row_ones))
+    return out
+
+
+# ------------------------------------------------------------------------------ construction
+@njit(cache=True)
+def _runs(seg):
+    """Run-length encoding of the feature map: (start, stop, feature) of each maximal run."""
+    P = seg.shape[0]
+    n = 1
+    for p in range(1, P):
+        if seg[p] != seg[p - 1]:
+            n += 1
+    out = np.empty((n, 3), dtype=np.int64)
+    r = 0
+    out[0, 0] = 0
+    out[0, 2] = seg[0]
+    for p in range(1, P):
+        if seg[p] != seg[p - 1]:
+            out[r, 1] = p
+            r += 1
+            out[r, 0] = p
+            out[r, 2] = seg[p]
+    out[r, 1] = P
+    return out
+
+
+@njit(cache=True, inline="always")
+def _build_row(x, fill, runs, m, o, Bn):
+    # superpixels are spatially coherent: each run is one straight copy (vectorised by LLVM)
+    A = x.shape[0]
+    for a in range(A):
+        xa = x[a]
+        fa = fill[a]
+        oa = o[a]
+        for r in range(runs.shape[0]):
+            lo = runs[r, 0] * Bn
+            hi = runs[r, 1] * Bn
+            src = xa if m[runs[r, 2]] else fa
+            for i in range(lo, hi):  # an element loop: slicing would build a view per run
+                oa[i] = src[i]
+
+
+@njit(cache=True)
+def _build_serial(x, fill, runs, masks, out, Bn):
+    for s in range(out.shape[0]):
+        _build_row(x, fill, runs, masks[s], out[s], Bn)
+
+
+@njit(cache=True, parallel=True)
+def _build_parallel(x, fill, runs, masks, out, Bn):
+    for s in prange(out.shape[0]):
+        _build_row(x, fill, runs, masks[s], out[s], Bn)
+
+
+_RAW = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_PARALLEL_MIN = 1 << 21  # elements; below this a parallel launch costs more than it saves
+
+
+class Builder:
+    """``build_perturbed`` for one (x, fill, seg), prepared once (raw views, run-length
+    encoded feature map) and then called per batch with no per-call set-up."""
+
+    def __init__(self, x, fill, seg):
+        self.raw = _RAW[x.dtype.itemsize]
+        self.A, Pn, self.Bn = x.shape
+        self.L = Pn * self.Bn
+        self.runs = _runs(np.ascontiguousarray(seg, dtype=np.int64))
+        self.xv = np.ascontiguousarray(x).view(self.raw).reshape(self.A, self.L)
+        self.fv = np.ascontiguousarray(fill).view(self.raw).reshape(self.A, self.L)
+
+    def __call__(self, masks, out):
+        S = out.shape[0]
+        if S:
+            ov = out.view(self.raw).reshape(S, self.A, self.L)
+            fn = _build_parallel if out.size >= _PARALLEL_MIN else _build_serial
+            fn(self.xv, self.fv, self.runs, masks, ov, self.Bn)
+        return out
+
+
+def build_perturbed(x, fill, seg, masks, out):
+    """See :func:`xaikernels.reference.perturb.build_perturbed`.  A pure selection, so it runs
+    on the raw bits (any 1/2/4/8-byte dtype, bfloat16 included via a uint16 view)."""
+    return Builder(x, fill, seg)(masks, out)
+
+
+# ------------------------------------------------------------------------------ distances
+@njit(cache=True)
+def feature_stats(x, fill, seg, n_features):
+    """See :func:`xaikernels.reference.perturb.feature_stats`."""
+    out = np.zeros((n_features, 4))
+    A, P, Bn = x.shape
+    for a in range(A):
+        for p in range(P):
+            f = seg[p]
+            for b in range(Bn):
+                xv = np.float64(x[a, p, b])
+                fv = np.float64(fill[a, p, b])
+                out[f, 0] += xv * xv
+                out[f, 1] += xv * fv
+                out[f, 2] += fv * fv
+                out[f, 3] += (xv - fv) * (xv - fv)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _mask_distances(masks, stats, cosine, out):
+    S, F = masks.shape
+    nx = 0.0
+    for f in range(F):
+        nx += stats[f, 0]
+    for s in prange(S):
+        if cosine:
+            dot = 0.0
+            nn = 0.0
+            for f in range(F):
+                if masks[s, f]:
+                    dot += stats[f, 0]
+                    nn += stats[f, 0]
+                else:
+                    dot += stats[f, 1]
+                    nn += stats[f, 2]
+            den = math.sqrt(nx) * math.sqrt(max(nn, 0.0))
+            out[s] = 1.0 - (dot / den if den > 0 else 0.0)
+        else:
+            d2 = 0.0
+            for f in range(F):
+                if not masks[s, f]:
+                    d2 += stats[f, 3]
+            out[s] = math.sqrt(max(d2, 0.0))
+
+
+def mask_distances(masks, stats, metric):
+    """See :func:`xaikernels.reference.perturb.mask_distances`."""
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"unknown metric {metric!r}")
+    out = np.empty(masks.shape[0])
+    _mask_distances(masks, np.ascontiguousarray(stats, dtype=np.float64), metric == "cosine", out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _row_distances(z, z0, cosine, out):
+    S, F = z.shape
+    n0 = 0.0
+    for f in range(F):
+        n0 += z0[f] * z0[f]
+    n0 = math.sqrt(n0)
+    for s in prange(S):
+        if cosine:
+            dot = 0.0
+            nz = 0.0
+            for f in range(F):
+                v = np.float64(z[s, f])
+                dot += v * z0[f]
+                nz += v * v
+            den = math.sqrt(nz) * n0
+            d = 1.0 - (dot / den if den > 0 else 0.0)
+            out[s] = min(max(d, 0.0), 2.0)
+        else:
+            d2 = 0.0
+            for f in range(F):
+                v = np.float64(z[s, f]) - z0[f]
+                d2 += v * v
+            out[s] = math.sqrt(d2)
+
+
+def row_distances(z, z0, metric):
+    """See :func:`xaikernels.reference.perturb.row_distances`."""
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"unknown metric {metric!r}")
+    out = np.empty(z.shape[0])
+    _row_distances(z, np.ascontiguousarray(z0, dtype=np.float64), metric == "cosine", out)
+    return out
+
+
+@njit(cache=True)
+def exp_kernel(d, width):
+    """See :func:`xaikernels.reference.perturb.exp_kernel`."""
+    out = np.empty(d.shape[0])
+    w2 = width * width
+    for i in range(d.shape[0]):
+        out[i] = math.sqrt(math.exp(-(d[i] * d[i]) / w2))
+    return out
+
+
+@njit(cache=True)
+def _log_comb(n, k):
+    return math.lgamma(n + 1.0) - math.lgamma(k + 1.0) - math.lgamma(n - k + 1.0)
+
+
+@njit(cache=True)
+def shapley_kernel(masks, inf_weight):
+    """See :func:`xaikernels.reference.perturb.shapley_kernel`."""
+    S, F = masks.shape
+    table = np.empty(F + 1)
+    for k in range(F + 1):
+        if k == 0 or k == F:
+            table[k] = inf_weight
+        else:
+            # exact binomial for small F (matches math.comb), log-gamma beyond
+            if F <= 60:
+                c = 1.0
+                for i in range(k):
+                    c = c * (F - i) / (i + 1)
+                c = np.round(c)
+            else:
+                c = math.exp(_log_comb(F, k))
+            table[k] = (F - 1) / (c * k * (F - k))
+    out = np.empty(S)
+    for s in range(S):
+        k = 0
+        for f in range(F):
+            k += masks[s, f]
+        out[s] = table[k]
+    return out
+
+
+# ------------------------------------------------------------------------------------ fits
+@njit(cache=True)
+def _chol_solve(A, b):
+    """Solve SPD ``A x = b`` (b: (n,) or (n, m)); returns (x, ok).  ``ok`` is False when a
+    pivot is not clearly positive (relative 1e-14 of the largest diagonal entry)."""
+    n = A.shape[0]
+    L = np.zeros((n, n))
+    dmax = 0.0
+    for i in range(n):
+        dmax = max(dmax, A[i, i])
+    for j in range(n):
+        s = A[j, j]
+        for k in range(j):
+            s -= L[j, k] * L[j, k]
+        if not (s > 1e-14 * dmax) or dmax <= 0.0:
+            return b.copy(), False
+        L[j, j] = math.sqrt(s)
+        for i in range(j + 1, n):
+            s2 = A[i, j]
+            for k in range(j):
+                s2 -= L[i, k] * L[j, k]
+            L[i, j] = s2 / L[j, j]
+    # a tiny pivot relative to the largest one means a numerically singular design:
+    # prefer the minimum-norm answer, as the reference does
+    lmin = np.inf
+    lmax = 0.0
+    for j in range(n):
+        lmin = min(lmin, L[j, j])
+        lmax = max(lmax, L[j, j])
+    if n > 0 and lmin <= 1e-7 * lmax:
+        return b.copy(), False
+    x = b.copy()
+    for i in range(n):
+        s = x[i]
+        for k in range(i):
+            s -= L[i, k] * x[k]
+        x[i] = s / L[i, i]
+    for i in range(n - 1, -1, -1):
+        s = x[i]
+        for k in range(i + 1, n):
+            s -= L[k, i] * x[k]
+        x[i] = s / L[i, i]
+    return x, True
+
+
+@njit(cache=True)
+def _pinv_solve(A, b, n_rows):
+    lam, V = np.linalg.eigh(A)
+    lmax = 0.0
+    for i in range(lam.shape[0]):
+        lmax = max(lmax, lam[i])
+    eps = 2.220446049250313e-16
+    cut = (eps * max(n_rows, A.shape[0])) ** 2 * lmax
+    vb = V.T @ b
+    for i in range(lam.shape[0]):
+        vb[i] = vb[i] / lam[i] if lam[i] > cut else 0.0
+    return V @ vb
+
+
+@njit(cache=True)
+def _solve(A, b, n_rows):
+    if A.shape[0] == 0:
+        return np.zeros(0)
+    x, ok = _chol_solve(A, b)
+    if ok:
+        return x
+    return _pinv_solve(A, b, n_rows)
+
+
+@njit(cache=True)
+def _sub(G, idx):
+    n = idx.shape[0]
+    out = np.empty((n, n))
+    for i in range(n):
+        for j in range(n):
+            out[i, j] = G[idx[i], idx[j]]
+    return out
+
+
+@njit(cache=True)
+def _subv(v, idx):
+    out = np.empty(idx.shape[0])
+    for i in range(idx.shape[0]):
+        out[i] = v[idx[i]]
+    return out
+
+
+@njit(cache=True)
+def _rss(G, b, yy, beta):
+    n = beta.shape[0]
+    r = yy
+    for i in range(n):
+        r -= 2.0 * beta[i] * b[i]
+        gi = 0.0
+        for j in range(n):
+            gi += G[i, j] * beta[j]
+        r += beta[i] * gi
+    return r
+
+
+@njit(cache=True)
+def _r2(rss, tss):
+    if tss > 0:
+        return 1.0 - rss / tss
+    return 1.0  # constant target: see the reference
+
+
+@njit(cache=True)
+def _stable_top(v, k):
+    # k passes of "first index with the largest |v|" = a stable descending sort's prefix
+    F = v.shape[0]
+    k = min(k, F)
+    taken = np.zeros(F, dtype=np.bool_)
+    out = np.empty(k, dtype=np.int64)
+    for i in range(k):
+        best = -1
+        bv = -1.0
+        for f in range(F):
+            if not taken[f] and (best < 0 or abs(v[f]) > bv):
+                best = f
+                bv = abs(v[f])
+        taken[best] = True
+        out[i] = best
+    return out
+
+
+@njit(cache=True)
+def _lars_lasso_gram(G, c0, max_steps):
+    """LARS-lasso path from the Gram matrix (see the reference); columns = breakpoints."""
+    F = G.shape[0]
+    tiny = 2.2250738585072014e-308
+    eps = 2.220446049250313e-16
+    beta = np.zeros(F)
+    path = np.zeros((F, max_steps + 1))
+    n_path = 1
+    active = np.empty(F, dtype=np.int64)
+    n_act = 0
+    is_act = np.zeros(F, dtype=np.bool_)
+    sign = np.zeros(F)
+    corr = c0.copy()
+    drop = False
+    for _ in range(max_steps):
+        if n_act == F and not drop:
+            break
+        if not drop:
+            j = -1
+            cj = -1.0
+            for f in range(F):
+                if not is_act[f] and abs(corr[f]) > cj:
+                    j = f
+                    cj = abs(corr[f])
+            C = cj
+            if C < eps * 100:
+                break
+            active[n_act] = j
+            n_act += 1
+            is_act[j] = True
+            sign[j] = 1.0 if corr[j] > 0 else (-1.0 if corr[j] < 0 else 0.0)
+        else:
+            C = 0.0
+            for i in range(n_act):
+                C = max(C, abs(corr[active[i]]))
+        drop = False
+        GA = np.empty((n_act, n_act))
+        for i in range(n_act):
+            for k in range(n_act):
+                GA[i, k] = G[active[i], active[k]] * sign[active[i]] * sign[active[k]]
+        ones_sol = np.linalg.solve(GA, np.ones(n_act))
+        denom = ones_sol.sum()
+        if denom <= 0:
+            break
+        AA = 1.0 / math.sqrt(denom)
+        wdir = np.empty(n_act)
+        for i in range(n_act):
+            wdir[i] = AA * ones_sol[i] * sign[active[i]]
+        a = np.zeros(F)
+        for f in range(F):
+            s = 0.0
+            for i in range(n_act):
+                s += G[f, active[i]] * wdir[i]
+            a[f] = s
+        gamma = C / AA
+        for jj in range(F):
+            if is_act[jj]:
+                continue
+            den = AA - a[jj]
+            if den > tiny:
+                g = (C - corr[jj]) / den
+                if 0 < g < gamma:
+                    gamma = g
+            den = AA + a[jj]
+            if den > tiny:
+                g = (C + corr[jj]) / den
+                if 0 < g < gamma:
+                    gamma = g
+        idx = -1
+        zmin = np.inf
+        for i in range(n_act):
+            if wdir[i] != 0:
+                z = -beta[active[i]] / wdir[i]
+                if z > 0 and z < zmin:
+                    zmin = z
+                    idx = i
+        if idx >= 0 and zmin < gamma:
+            gamma = zmin
+            drop = True
+        for i in range(n_act):
+            beta[active[i]] += gamma * wdir[i]
+        for f in range(F):
+            corr[f] -= gamma * a[f]
+        if drop:
+            j_out = active[idx]
+            beta[j_out] = 0.0
+            for i in range(idx, n_act - 1):
+                active[i] = active[i + 1]
+            n_act -= 1
+            is_act[j_out] = False
+            sign[j_out] = 0.0
+        path[:, n_path] = beta
+        n_path += 1
+        if not drop and n_act == F:
+            break
+    return path[:, :n_path]
+
+
+@njit(cache=True)
+def _select(code, G, b_t, yy_t, tss_t, x0, num_features, n_rows):
+    F = G.shape[0]
+    if code == 0 or F == 0:
+        return np.arange(F)
+    if code == 1:
+        A = G.copy()
+        for i in range(F):
+            A[i, i] += 0.01
+        beta = _solve(A, b_t, n_rows)
+        return _stable_top(beta * x0, num_features)
+    if code == 2:
+        kmax = min(num_features, F)
+        used = np.empty(kmax, dtype=np.int64)
+        taken = np.zeros(F, dtype=np.bool_)
+        idx = np.empty(kmax, dtype=np.int64)
+        for step in range(kmax):
+            best = 0
+            best_score = -1e8
+            for f in range(F):
+                if taken[f]:
+                    continue
+                for i in range(step):
+                    idx[i] = used[i]
+                idx[step] = f
+                cur = idx[: step + 1]
+                Gs = _sub(G, cur)
+                bs = _subv(b_t, cur)
+                beta = _solve(Gs, bs, n_rows)
+                sc = _r2(_rss(Gs, bs, yy_t, beta) + (tss_t - yy_t), tss_t)
+                if sc > best_score:
+                    best = f
+                    best_score = sc
+            used[step] = best
+            taken[best] = True
+        return used
+    # code == 3: lasso_path
+    path = _lars_lasso_gram(G, b_t, 500)
+    nonzero = np.arange(F)
+    for i in range(path.shape[1] - 1, 0, -1):
+        cnt = 0
+        for f in range(F):
+            if path[f, i] != 0.0:
+                cnt += 1
+        nonzero = np.empty(cnt, dtype=np.int64)
+        c = 0
+        for f in range(F):
+            if path[f, i] != 0.0:
+                nonzero[c] = f
+                c += 1
+        if cnt <= num_features:
+            break
+    return nonzero
+
+
+@njit(cache=True)
+def _fit_gram_one(G, XY, YY, TSS, xbar, ybar, x0, alpha, select, num_features, coef, icpt, score, pred0, used,
+                  n_rows):
+    T = XY.shape[1]
+    for t in range(T):
+        bt = XY[:, t].copy()
+        sel = _select(select, G, bt, YY[t], TSS[t], x0, num_features, n_rows)
+        n = sel.shape[0]
+        A = _sub(G, sel)
+        for i in range(n):
+            A[i, i] += alpha
+        bs = _subv(bt, sel)
+        beta = _solve(A, bs, n_rows)
+        Gs = _sub(G, sel)
+        rss = _rss(Gs, bs, YY[t], beta) + (TSS[t] - YY[t])
+        c = ybar[t]
+        p = 0.0
+        for i in range(n):
+            f = sel[i]
+            coef[t, f] = beta[i]
+            c -= xbar[f] * beta[i]
+            p += x0[f] * beta[i]
+            used[t, f] = i + 1
+        icpt[t] = c
+        score[t] = _r2(rss, TSS[t])
+        pred0[t] = c + p
+
+
+@njit(cache=True)
+def _fit_gram_all(G, XY, YY, TSS, xbar, ybar, x0, alpha, select, num_features, coef, icpt, score, pred0, used,
+                  n_rows):
+    # small per-target problems; serial keeps results independent of the thread count
+    for b in range(G.shape[0]):
+        _fit_gram_one(G[b], XY[b], YY[b], TSS[b], xbar[b], ybar[b], x0[b], alpha, select, num_features,
+                      coef[b], icpt[b], score[b], pred0[b], used[b], n_rows)
+
+
+def fit_surrogate(X, Y, w, x0, alpha, fit_intercept=True, select=0, num_features=0):
+    """See :func:`xaikernels.reference.perturb.fit_surrogate`.  The one O(S·F²) step, the
+    weighted Gram matrix, goes to NumPy's BLAS (faster here than Numba's matmul); centring,
+    feature selection and the Cholesky solves for every target run in Numba."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    Y = np.ascontiguousarray(Y, dtype=np.float64)
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    x0 = np.ascontiguousarray(x0, dtype=np.float64)
+    B, S, F = X.shape
+    T = Y.shape[2]
+    sw = w.sum(1)
+    xmean = np.einsum("bs,bsf->bf", w, X) / sw[:, None]
+    ymean = np.einsum("bs,bst->bt", w, Y) / sw[:, None]
+    xbar = xmean if fit_intercept else np.zeros((B, F))
+    ybar = ymean if fit_intercept else np.zeros((B, T))
+    q = np.sqrt(w)[:, :, None]
+    Xw = (X - xbar[:, None, :]) * q
+    Yw = (Y - ybar[:, None, :]) * q
+    Xt = Xw.transpose(0, 2, 1)
+    G = np.ascontiguousarray(Xt @ Xw)
+    XY = np.ascontiguousarray(Xt @ Yw)
+    YY = np.ascontiguousarray((Yw * Yw).sum(1))
+    Yt = (Y - ymean[:, None, :]) * q
+    TSS = np.ascontiguousarray((Yt * Yt).sum(1))
+    coef = np.zeros((B, T, F))
+    icpt = np.zeros((B, T))
+    score = np.zeros((B, T))
+    pred0 = np.zeros((B, T))
+    used = np.zeros((B, T, F), dtype=np.int32)
+    _fit_gram_all(G, XY, YY, TSS, np.ascontiguousarray(xbar), np.ascontiguousarray(ybar), x0, float(alpha),
+                  int(select), int(num_features), coef, icpt, score, pred0, used, S)
+    return coef, icpt, score, pred0, used
+
+
+# ----------------------------------------------------------------------------------- lasso
+@njit(cache=True)
+def _gap(Xc, yc, R, beta, l1, XtA):
+    S, F = Xc.shape
+    dual_norm = 0.0
+    for j in range(F):
+        s = 0.0
+        for i in range(S):
+            s += Xc[i, j] * R[i]
+        XtA[j] = s
+        dual_norm = max(dual_norm, abs(s))
+    R_norm2 = 0.0
+    Ry = 0.0
+    for i in range(S):
+        R_norm2 += R[i] * R[i]
+        Ry += R[i] * yc[i]
+    l1n = 0.0
+    for j in range(F):
+        l1n += abs(beta[j])
+    primal = 0.5 * R_norm2 + l1 * l1n
+    scale = l1 / dual_norm if dual_norm > l1 else 1.0
+    dual = -0.5 * scale * scale * R_norm2 + scale * Ry
+    return primal - dual, dual_norm
+
+
+@njit(cache=True)
+def _screen(Xc, R, beta, norm2, XtA, dual_norm, gap, l1, excluded, active):
+    S, F = Xc.shape
+    n = 0
+    for j in range(F):
+        if excluded[j]:
+            continue
+        d_j = (1.0 - abs(XtA[j] / max(l1, dual_norm))) / math.sqrt(norm2[j])
+        if d_j <= math.sqrt(2.0 * gap) / l1:
+            active[n] = j
+            n += 1
+        else:
+            if beta[j] != 0.0:
+                for i in range(S):
+                    R[i] += beta[j] * Xc[i, j]
+                beta[j] = 0.0
+            excluded[j] = True
+    return n
+
+
+@njit(cache=True)
+def _lasso_one(X, y, w, alpha, max_iter, tol, beta_out):
+    S, F = X.shape
+    tw = 0.0
+    for s in range(S):
+        tw += w[s]
+    sw = np.empty(S)
+    for s in range(S):
+        sw[s] = w[s] * (S / tw)
+    tot = 0.0
+    for s in range(S):
+        tot += sw[s]
+    xbar = np.zeros(F)
+    ybar = 0.0
+    for s in range(S):
+        for f in range(F):
+            xbar[f] += sw[s] * X[s, f]
+        ybar += sw[s] * y[s]
+    for f in range(F):
+        xbar[f] /= tot
+    ybar /= tot
+    Xc = np.empty((S, F))
+    yc = np.empty(S)
+    for s in range(S):
+        q = math.sqrt(sw[s])
+        for f in range(F):
+            Xc[s, f] = (X[s, f] - xbar[f]) * q
+        yc[s] = (y[s] - ybar) * q
+    l1 = alpha * S
+    beta = np.zeros(F)
+    norm2 = np.zeros(F)
+    for f in range(F):
+        for s in range(S):
+            norm2[f] += Xc[s, f] * Xc[s, f]
+    R = yc.copy()
+    yy = 0.0
+    for s in range(S):
+        yy += yc[s] * yc[s]
+    tol_s = tol * yy
+    XtA = np.empty(F)
+    gap, dual_norm = _gap(Xc, yc, R, beta, l1, XtA)
+    if gap > tol_s:
+        excluded = np.zeros(F, dtype=np.bool_)
+        for f in range(F):
+            excluded[f] = norm2[f] == 0.0
+        active = np.empty(F, dtype=np.int64)
+        n_act = _screen(Xc, R, beta, norm2, XtA, dual_norm, gap, l1, excluded, active)
+        for it in range(max_iter):
+            w_max = 0.0
+            d_w_max = 0.0
+            for a in range(n_act):
+                j = active[a]
+                old = beta[j]
+                tmp = 0.0
+                for s in range(S):
+                    tmp += Xc[s, j] * R[s]
+                tmp += old * norm2[j]
+                new = 0.0
+                if tmp != 0.0:
+                    new = math.copysign(max(abs(tmp) - l1, 0.0), tmp) / norm2[j]
+                beta[j] = new
+                if new != old:
+                    dlt = old - new
+                    for s in range(S):
+                        R[s] += dlt * Xc[s, j]
+                d_w_max = max(d_w_max, abs(new - old))
+                w_max = max(w_max, abs(new))
+            if w_max == 0.0 or d_w_max / w_max <= tol or it == max_iter - 1:
+                gap, dual_norm = _gap(Xc, yc, R, beta, l1, XtA)
+                if gap <= tol_s:
+                    break
+                n_act = _screen(Xc, R, beta, norm2, XtA, dual_norm, gap, l1, excluded, active)
+    c = ybar
+    for f in range(F):
+        beta_out[f] = beta[f]
+        c -= xbar[f] * beta[f]
+    return c
+
+
+@njit(cache=True, parallel=True)
+def _lasso_all(X, Y, w, alpha, max_iter, tol, coef, icpt):
+    B = X.shape[0]
+    T = Y.shape[2]
+    for k in prange(B * T):
+        b = k // T
+        t = k % T
+        icpt[b, t] = _lasso_one(X[b], Y[b, :, t].copy(), w[b], alpha, max_iter, tol, coef[b, t])
+
+
+def lasso_fit(X, Y, w, alpha, max_iter=1000, tol=1e-4):
+    """Weighted lasso for every instance and target: (B, S, F), (B, S, T), (B, S) → coef
+    (B, T, F), intercept (B, T).  See :func:`xaikernels.reference.perturb.lasso_cd`."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    Y = np.ascontiguousarray(Y, dtype=np.float64)
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    B, S, F = X.shape
+    T = Y.shape[2]
+    coef = np.zeros((B, T, F))
+    icpt = np.zeros((B, T))
+    _lasso_all(X, Y, w, float(alpha), int(max_iter), float(tol), coef, icpt)
+    return coef, icpt
+
+
+# ------------------------------------------------------------------------ constrained (SHAP)
+@njit(cache=True)
+def _kkt_pinv(A, C, delta, n_rows):
+    F = A.shape[0]
+    T = C.shape[1]
+    K = np.zeros((F + 1, F + 1))
+    for i in range(F):
+        for j in range(F):
+            K[i, j] = A[i, j]
+        K[i, F] = 1.0
+        K[F, i] = 1.0
+    rhs = np.empty((F + 1, T))
+    for i in range(F):
+        for t in range(T):
+            rhs[i, t] = C[i, t]
+    for t in range(T):
+        rhs[F, t] = delta[t]
+    lam, V = np.linalg.eigh(K)
+    amax = 0.0
+    for i in range(F + 1):
+        amax = max(amax, abs(lam[i]))
+    cut = 2.220446049250313e-16 * max(n_rows, F + 1) * amax
+    vr = V.T @ rhs
+    for i in range(F + 1):
+        for t in range(T):
+            vr[i, t] = vr[i, t] / lam[i] if abs(lam[i]) > cut else 0.0
+    return (V @ vr)[:F]
+
+
+@njit(cache=True)
+def _constrained_one(Z, Y, w, delta, alpha, phi):
+    S, F = Z.shape
+    T = Y.shape[1]
+    Zw = np.empty((S, F))
+    Yw = np.empty((S, T))
+    for s in range(S):
+        q = math.sqrt(w[s])
+        for f in range(F):
+            Zw[s, f] = Z[s, f] * q
+        for t in range(T):
+            Yw[s, t] = Y[s, t] * q
+    A = Zw.T @ Zw
+    for i in range(F):
+        A[i, i] += alpha
+    C = Zw.T @ Yw
+    rhs = np.empty((F, T + 1))
+    for i in range(F):
+        for t in range(T):
+            rhs[i, t] = C[i, t]
+        rhs[i, T] = 1.0
+    sol, ok = _chol_solve(A, rhs)
+    if not ok:
+        P = _kkt_pinv(A, C, delta, S)
+        for t in range(T):
+            for f in range(F):
+                phi[t, f] = P[f, t]
+        return 1
+    sv = 0.0
+    for f in range(F):
+        sv += sol[f, T]
+    for t in range(T):
+        su = 0.0
+        for f in range(F):
+            su += sol[f, t]
+        lam = (su - delta[t]) / sv
+        for f in range(F):
+            phi[t, f] = sol[f, t] - sol[f, T] * lam
+    return 0
+
+
+@njit(cache=True, parallel=True)
+def _constrained_all(Z, Y, w, delta, alpha, phi, flag):
+    for b in prange(Z.shape[0]):
+        flag[b] = _constrained_one(Z[b], Y[b], w[b], delta[b], alpha, phi[b])
+
+
+def constrained_wls(Z, Y, w, delta, alpha):
+    """See :func:`xaikernels.reference.perturb.constrained_wls`."""
+    Z = np.ascontiguousarray(Z, dtype=np.float64)
+    Y = np.ascontiguousarray(Y, dtype=np.float64)
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    delta = np.ascontiguousarray(delta, dtype=np.float64)
+    B, S, F = Z.shape
+    T = Y.shape[2]
+    phi = np.zeros((B, T, F))
+    flag = np.zeros(B, dtype=np.int32)
+    _constrained_all(Z, Y, w, delta, float(alpha), phi, flag)
+    return phi, flag
+
+
+# ----------------------------------------------------------------------------------- tabular
+_TWO_M32 = 1.0 / 4294967296.0
+_S32 = np.uint64(32)
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(cache=True, inline="always")
+def _ndtri(p):
+    # Acklam's approximation, as the reference
+    if p < 0.02425:
+        q = math.sqrt(-2.0 * math.log(p))
+        return ((((((-7.784894002430293e-03 * q - 3.223964580411365e-01) * q - 2.400758277161838e+00) * q
+                   - 2.549671010135326e+00) * q + 4.374664141464968e+00) * q + 2.938163982698783e+00)
+                / ((((7.784695709041462e-03 * q + 3.224671290700398e-01) * q + 2.445134137142996e+00) * q
+                    + 3.754408661907416e+00) * q + 1.0))
+    if p > 1.0 - 0.02425:
+        q = math.sqrt(-2.0 * math.log(1.0 - p))
+        return -((((((-7.784894002430293e-03 * q - 3.223964580411365e-01) * q - 2.400758277161838e+00) * q
+                    - 2.549671010135326e+00) * q + 4.374664141464968e+00) * q + 2.938163982698783e+00)
+                 / ((((7.784695709041462e-03 * q + 3.224671290700398e-01) * q + 2.445134137142996e+00) * q
+                     + 3.754408661907416e+00) * q + 1.0))
+    q = p - 0.5
+    r = q * q
+    return ((((((-3.969683028665376e+01 * r + 2.209460984245205e+02) * r - 2.759285104469687e+02) * r
+               + 1.383577518672690e+02) * r - 3.066479806614716e+01) * r + 2.506628277459239e+00) * q
+            / (((((-5.447609879822406e+01 * r + 1.615858368580409e+02) * r - 1.556989798598866e+02) * r
+                 + 6.680131188771972e+01) * r - 1.328068155288572e+01) * r + 1.0))
+
+
+@njit(cache=True, parallel=True)
+def _tabular(data, inv, base, row_offset, kind, cdf, values, inst, center, scale, lo_p, hi_p,
+             bin_mean, bin_std, bin_lo, row0):
+    n, D = data.shape
+    V = cdf.shape[1]
+    for r in prange(n):
+        g = row_offset + r
+        key = _row_key(base, g)
+        if g == 0:
+            for d in range(D):
+                data[r, d] = row0[d] if kind[d] == 0 else 1.0
+                inv[r, d] = row0[d]
+            continue
+        for d in range(D):
+            h = _mix(key + (np.uint64(d) + _ONE) * _GOLDEN)
+            u1 = (np.float64(np.int64(h >> _S32)) + 0.5) * _TWO_M32
+            if kind[d] == 0:
+                x = center[d] + scale[d] * _ndtri(u1)
+                data[r, d] = x
+                inv[r, d] = x
+                continue
+            k = 0
+            while k < V - 1 and u1 >= cdf[d, k]:
+                k += 1
+            v = values[d, k]
+            data[r, d] = 1.0 if v == inst[d] else 0.0
+            if kind[d] == 1:
+                inv[r, d] = v
+            else:
+                pl = lo_p[d, k]
+                ph = hi_p[d, k]
+                if ph > pl:
+                    u2 = (np.float64(np.int64(h & _LOW32)) + 0.5) * _TWO_M32
+                    inv[r, d] = bin_mean[d, k] + bin_std[d, k] * _ndtri(pl + u2 * (ph - pl))
+                else:
+                    inv[r, d] = bin_lo[d, k]
+
+
+def tabular_sample(n_rows, seed, stream, row_offset, kind, cdf, values, inst, center, scale, lo_p, hi_p,
+                   bin_mean, bin_std, bin_lo, row0):
+    """See :func:`xaikernels.reference.perturb.tabular_sample`."""
+    D = kind.shape[0]
+    data = np.empty((int(n_rows), D))
+    inv = np.empty((int(n_rows), D))
+    base = np.uint64(_stream_base(np.uint64(seed % 2**64), np.uint64(stream % 2**64)))
+    _tabular(data, inv, base, np.int64(row_offset), kind, cdf, values, inst, center, scale, lo_p, hi_p,
+             bin_mean, bin_std, bin_lo, row0)
+    return data, inv

@@ -1,0 +1,702 @@
+"""LIME (Ribeiro, Singh & Guestrin 2016, "Why Should I Trust You?") on the perturbation ops.
+
+For an instance ``x`` with interpretable features ``f = 0..F-1`` (superpixels, table columns,
+tokens), LIME draws binary coalitions ``z_s``, evaluates the model on the perturbed inputs
+``h(z_s)``, weights each sample by ``π_s = sqrt(exp(-d(z_s)²/width²))`` and fits, for every
+target ``t``, the weighted ridge surrogate
+
+    min_{c,β} Σ_s π_s (f_t(h(z_s)) - c_t - z_s·β_t)² + α |β_t|²
+
+(α = 1 as lime's default ``Ridge``).  The library's work — sampling, construction of the
+perturbed batch, distances, kernel weights and the fits for all targets at once — runs in the
+Numba kernels of :mod:`xaikernels.ops.perturb`; the model sees preallocated batches.
+
+Public entry points: :func:`lime_image`, :func:`lime_tabular`, :func:`lime_text` and the
+building blocks reused by the lime / Captum drop-ins (:class:`TabularSampler`,
+:class:`TextIndex`, :func:`segment_image`, :func:`segment_fill`).
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from xaikernels import _validate
+from xaikernels._model_guard import ModelGuard
+from xaikernels.ops import perturb as P
+
+
+# ------------------------------------------------------------------------------------ results
+@dataclass
+class LimeResult:
+    """Surrogate fits for a batch of instances (lists are per instance: the number of
+    interpretable features may differ between instances).
+
+    Attributes
+    ----------
+    coef : list of (T, F_n) float64 arrays — surrogate coefficients (0 outside the selection).
+    intercept, score, local_pred : (N, T) float64 — intercept, weighted R², surrogate at the
+        first sample (the instance).
+    targets : (N, T) int64 — the explained output indices.
+    feature_map : list of int64 arrays — feature id of every position (segments), or None.
+    used : list of (T, F_n) int32 — selection order + 1 (0 = not selected).
+    n_evals : int — model evaluations (samples) per instance.
+    """
+
+    coef: List[np.ndarray]
+    intercept: np.ndarray
+    score: np.ndarray
+    local_pred: np.ndarray
+    targets: np.ndarray
+    feature_map: Optional[List[np.ndarray]] = None
+    used: Optional[List[np.ndarray]] = None
+    n_evals: int = 0
+    extras: Dict[str, object] = field(default_factory=dict)
+
+    def attribution(self) -> torch.Tensor:
+        """Coefficients painted onto the feature map: (N, T, *spatial) float32."""
+        if self.feature_map is None:
+            raise ValueError("no feature map recorded")
+        maps = [torch.from_numpy(c[:, fm]).float() for c, fm in zip(self.coef, self.feature_map)]
+        shape = self.extras.get("spatial")
+        out = torch.stack(maps)
+        return out.reshape(out.shape[0], out.shape[1], *shape) if shape is not None else out
+
+
+# -------------------------------------------------------------------------------- model calls
+def postprocess(out: torch.Tensor, output: Union[str, Callable, None]) -> torch.Tensor:
+    if output is None or output == "logits" or output == "identity":
+        return out
+    if output == "softmax":
+        return torch.softmax(out.float() if out.dtype in (torch.float16, torch.bfloat16) else out, dim=1)
+    if output == "sigmoid":
+        return torch.sigmoid(out)
+    if callable(output):
+        return output(out)
+    raise ValueError(f"output must be 'softmax', 'sigmoid', 'logits' or a callable, got {output!r}")
+
+
+def _resolve_targets(target, first_out: torch.Tensor, top_labels: Optional[int]) -> np.ndarray:
+    """Targets (N, T) from an int / sequence / (N,) or (N, T) tensor / None (argmax)."""
+    n, k = first_out.shape
+    if top_labels is not None:
+        if top_labels < 1 or top_labels > k:
+            raise ValueError(f"top_labels must be in 1..{k}, got {top_labels}")
+        order = np.argsort(first_out.detach().cpu().double().numpy(), axis=1)[:, ::-1]
+        return np.ascontiguousarray(order[:, :top_labels])
+    if isinstance(target, torch.Tensor) and target.dim() == 2 or (
+            isinstance(target, (list, tuple)) and len(target) and isinstance(target[0], (list, tuple))):
+        t = torch.as_tensor(target, dtype=torch.long).reshape(n, -1)
+        if t.min() < 0 or t.max() >= k:
+            raise IndexError(f"target out of range: the model has {k} outputs")
+        return t.numpy()
+    return _validate.resolve_target(target, first_out).cpu().numpy().reshape(n, 1)
+
+
+class _Streamer:
+    """Evaluate the model on perturbed copies, ``batch_size`` rows at a time, written into
+    one preallocated buffer (rows of several instances may share a batch)."""
+
+    def __init__(self, model: Callable, sample_shape, dtype, device, batch_size: int,
+                 output, forward_args: Sequence = (), progress: bool = False, desc: str = "lime"):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.buf = torch.empty((self.batch_size,) + tuple(sample_shape), dtype=dtype)
+        self.device = device
+        self.output = output
+        self.forward_args = tuple(forward_args)
+        self.progress = progress
+        self.desc = desc
+
+    def run(self, n_rows: int, fill_rows: Callable[[torch.Tensor, int, int], None]) -> torch.Tensor:
+        """``fill_rows(buf_view, start, stop)`` writes global rows start..stop-1."""
+        outs = []
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_rows, desc=self.desc, unit="sample")
+        for start in range(0, n_rows, self.batch_size):
+            stop = min(start + self.batch_size, n_rows)
+            view = self.buf[: stop - start]
+            fill_rows(view, start, stop)
+            inp = view.to(self.device, non_blocking=True) if self.device.type != "cpu" else view
+            with torch.no_grad():
+                out = self.model(inp, *self.forward_args)
+            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != stop - start:
+                raise ValueError(
+                    f"the model must return (batch, outputs) for a batch of {stop - start}, got "
+                    f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+            outs.append(postprocess(out, self.output).detach().to("cpu", torch.float64))
+            if bar is not None:
+                bar.update(stop - start)
+        if bar is not None:
+            bar.close()
+        return torch.cat(outs)
+
+
+# ------------------------------------------------------------------------------- segmentation
+def grid_segments(height: int, width: int, rows: int = 8, cols: int = 8) -> np.ndarray:
+    """A regular grid of ``rows × cols`` cells (ids row-major), clipped to the image."""
+    if rows < 1 or cols < 1:
+        raise ValueError("grid needs rows, cols >= 1")
+    r = np.minimum((np.arange(height) * rows) // height, rows - 1)
+    c = np.minimum((np.arange(width) * cols) // width, cols - 1)
+    return (r[:, None] * cols + c[None, :]).astype(np.int64)
+
+
+def segment_image(img_hwc: np.ndarray, method: str = "quickshift", **kwargs) -> np.ndarray:
+    """Superpixels of an (H, W, C) image: ``quickshift`` (lime's default: kernel_size=4,
+    max_dist=200, ratio=0.2), ``slic``, ``felzenszwalb`` (scikit-image) or ``grid``
+    (``rows``, ``cols``).  Returns consecutive int64 ids."""
+    h, w = img_hwc.shape[:2]
+    if method == "grid":
+        return grid_segments(h, w, kwargs.get("rows", 8), kwargs.get("cols", 8))
+    try:
+        from skimage import segmentation as skseg
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError(f"segments={method!r} needs scikit-image (`pip install scikit-image`), "
+                          "or pass segments='grid' / your own segment map") from exc
+    img = np.asarray(img_hwc, dtype=np.float64)
+    if method == "quickshift":
+        kw = dict(kernel_size=4, max_dist=200, ratio=0.2, rng=0)
+        kw.update(kwargs)
+        if img.shape[2] != 3:
+            img = np.repeat(img[..., :1], 3, axis=2)
+        seg = skseg.quickshift(img, **kw)
+    elif method == "slic":
+        kw = dict(n_segments=50, compactness=10.0, start_label=0)
+        kw.update(kwargs)
+        seg = skseg.slic(img, channel_axis=-1, **kw)
+    elif method == "felzenszwalb":
+        kw = dict(scale=100, sigma=0.5, min_size=20)
+        kw.update(kwargs)
+        seg = skseg.felzenszwalb(img, channel_axis=-1, **kw)
+    else:
+        raise ValueError(f"unknown segmentation {method!r}; use 'quickshift', 'slic', 'felzenszwalb', "
+                         "'grid' or pass a segment map")
+    return np.unique(seg, return_inverse=True)[1].reshape(h, w).astype(np.int64)
+
+
+def segment_fill(x_apb: np.ndarray, seg: np.ndarray, n_features: int, mode) -> np.ndarray:
+    """Fill values for hidden features, (A, P, B) like ``x_apb``.
+
+    ``"mean"``: each segment's mean per channel (lime's default); a number: that constant;
+    ``"blur"`` / ``("blur", sigma)``: a Gaussian-blurred copy (needs the image layout, done by
+    the caller); an array: used as is (broadcast to the shape)."""
+    if isinstance(mode, str) and mode == "mean":
+        A, Pn, B = x_apb.shape
+        xf = x_apb.astype(np.float64)
+        cnt = np.bincount(seg, minlength=n_features).astype(np.float64)
+        out = np.empty_like(x_apb)
+        for a in range(A):
+            for b in range(B):
+                s = np.bincount(seg, weights=xf[a, :, b], minlength=n_features)
+                out[a, :, b] = (s / cnt)[seg]
+        return out
+    if isinstance(mode, (int, float)) and not isinstance(mode, bool):
+        return np.full_like(x_apb, mode)
+    arr = np.asarray(mode)
+    if arr.dtype.kind in "fiu":
+        return np.ascontiguousarray(np.broadcast_to(arr.astype(x_apb.dtype).reshape(-1), (x_apb.size,))
+                                    .reshape(x_apb.shape)) if arr.size in (1, x_apb.size) else _bad_fill(arr, x_apb)
+    raise ValueError(f"fill must be 'mean', 'blur', a number or an array, got {mode!r}")
+
+
+def _bad_fill(arr, x):
+    raise ValueError(f"fill array has {arr.size} values; expected 1 or {x.size}")
+
+
+def _blur_chw(x_chw: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-t * t / (2 * sigma * sigma))
+    k = (k / k.sum()).to(torch.float32)
+    c = x_chw.shape[0]
+    xx = x_chw.float()[None]
+    xx = torch.nn.functional.pad(xx, (radius, radius, radius, radius), mode="replicate")
+    xx = torch.nn.functional.conv2d(xx, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    xx = torch.nn.functional.conv2d(xx, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return xx[0].to(x_chw.dtype)
+
+
+def _as_np(t: torch.Tensor) -> np.ndarray:
+    return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+# --------------------------------------------------------------------------------- lime_image
+def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike = None, *,
+               segments: Union[str, np.ndarray, torch.Tensor] = "quickshift", n_samples: int = 1000,
+               batch_size: int = 100, fill="mean", kernel_width: float = 0.25, distance: str = "cosine",
+               alpha: float = 1.0, feature_selection: str = "none", num_features: Optional[int] = None,
+               top_labels: Optional[int] = None, output: Union[str, Callable, None] = "softmax",
+               seed: int = 0, segment_kwargs: Optional[dict] = None, masks: Optional[Sequence[np.ndarray]] = None,
+               forward_args: Sequence = (), progress: bool = False, check_mode: bool = True,
+               backend: str = "auto") -> LimeResult:
+    """LIME for image classifiers, batched over instances and targets.
+
+    Parameters
+    ----------
+    model : nn.Module mapping (B, C, H, W) to (B, K) scores; eval mode expected.
+    x : Tensor (N, C, H, W), floating point (float16/bfloat16 kept as is in the batches).
+    target : int | sequence of N ints | (N,) or (N, T) tensor | None (predicted class).
+    segments : "quickshift" | "slic" | "felzenszwalb" | "grid" | int array (H, W) or (N, H, W)
+        Superpixels; ``segment_kwargs`` go to the segmenter (grid: ``rows``, ``cols``).
+        A user map must give every pixel an id in 0..F-1 without gaps.
+    n_samples : int, default 1000 — samples per instance, the first being the instance.
+    batch_size : int, default 100 — rows per model call (one preallocated buffer).
+    fill : "mean" (segment mean colour, lime's default) | number | "blur" | ("blur", sigma) |
+        tensor (C, H, W) or (N, C, H, W).
+    kernel_width : float, default 0.25 — ``π = sqrt(exp(-d²/width²))``.
+    distance : "cosine" (lime) | "euclidean" — between binary coalitions and all-ones.
+    alpha : ridge penalty, default 1 (lime).
+    feature_selection : "none" (default) | "auto" | "highest_weights" | "forward_selection" |
+        "lasso_path"; num_features : k (default all).
+    top_labels : explain the k highest-scoring outputs of each instance instead of ``target``.
+    output : "softmax" (default; lime explains probabilities) | "sigmoid" | "logits" | callable.
+    seed : int — counter-based RNG seed; instance n uses stream n.
+    masks : optional list of (n_samples, F_n) uint8 masks per instance (bypasses sampling).
+    forward_args : extra positional arguments for ``model``.
+    progress : tqdm bar over model batches.
+    backend : "auto" | "numba" | "reference".
+
+    Returns
+    -------
+    LimeResult; ``result.attribution()`` is (N, T, H, W).
+    """
+    _validate.check_input(x, min_dim=4, max_dim=4)
+    if check_mode and isinstance(model, nn.Module):
+        _validate.check_mode(model)
+    if n_samples < 2:
+        raise ValueError(f"n_samples must be >= 2, got {n_samples}")
+    N, C, H, W = x.shape
+    xc = x.detach().cpu().contiguous()
+    seg_list = _image_segments(xc, segments, segment_kwargs or {})
+    guard = ModelGuard(model) if isinstance(model, nn.Module) else None
+    if guard is not None:
+        guard.__enter__()
+    try:
+        with torch.no_grad():
+            first = postprocess(model(x.detach(), *forward_args), output)
+        first = _validate.check_output(first)
+        targets = _resolve_targets(target, first, top_labels)
+        feats, fills, mask_list = [], [], []
+        for n in range(N):
+            seg_n, F = P.check_feature_map(seg_list[n], H * W, "segments")
+            feats.append((seg_n, F))
+            x_apb = P.as_apb(xc[n], "chw")
+            fills.append(_image_fill(xc[n], x_apb, seg_n, F, fill, n))
+            if masks is not None:
+                m = np.ascontiguousarray(masks[n], dtype=np.uint8)
+                if m.shape != (n_samples, F):
+                    raise ValueError(f"masks[{n}] must be ({n_samples}, {F}), got {m.shape}")
+            else:
+                m = P.sample_masks(n_samples, F, seed, stream=n, first_row_ones=True, backend=backend)
+            mask_list.append(m)
+
+        def fill_rows(view, start, stop):
+            r = start
+            while r < stop:
+                n, s = divmod(r, n_samples)
+                e = min(stop, (n + 1) * n_samples)
+                dst = view[r - start: e - start].reshape(e - r, C, H * W, 1)
+                P.build_perturbed(P.as_apb(xc[n], "chw"), fills[n], feats[n][0], mask_list[n][s: s + e - r],
+                                  dst, backend=backend)
+                r = e
+
+        streamer = _Streamer(model, (C, H, W), xc.dtype, x.device, batch_size, output, forward_args,
+                             progress, "lime_image")
+        Y = streamer.run(N * n_samples, fill_rows).numpy().reshape(N, n_samples, -1)
+    finally:
+        if guard is not None:
+            guard.__exit__(None, None, None)
+    return _fit_instances(mask_list, Y, targets, distance, kernel_width, alpha, feature_selection,
+                          num_features, backend, [f[0] for f in feats], (H, W), n_samples)
+
+
+def _image_segments(xc, segments, kw) -> List[np.ndarray]:
+    N, C, H, W = xc.shape
+    if isinstance(segments, str):
+        return [segment_image(xc[n].permute(1, 2, 0).float().numpy(), segments, **kw) for n in range(N)]
+    s = segments.cpu().numpy() if isinstance(segments, torch.Tensor) else np.asarray(segments)
+    if s.shape == (H, W):
+        return [s] * N
+    if s.shape == (N, H, W):
+        return list(s)
+    if s.ndim == 4 and s.shape[1] == 1 and s.shape[0] == N:
+        return list(s[:, 0])
+    raise ValueError(f"segments must be (H, W) = {(H, W)} or (N, H, W) covering the image, got {s.shape}")
+
+
+def _image_fill(x_chw: torch.Tensor, x_apb, seg, F, fill, n):
+    if isinstance(fill, str) and fill == "blur" or isinstance(fill, tuple) and fill and fill[0] == "blur":
+        sigma = fill[1] if isinstance(fill, tuple) else 3.0
+        return P.as_apb(_blur_chw(x_chw, float(sigma)), "chw").contiguous()
+    if isinstance(fill, torch.Tensor):
+        f = fill.detach().cpu().to(x_chw.dtype)
+        if f.dim() == 4:
+            f = f[n]
+        return P.as_apb(f.expand_as(x_chw).contiguous(), "chw")
+    if isinstance(fill, str) and fill == "mean":
+        # segment means in float64, stored in the image dtype (bfloat16 through float32)
+        xa = x_apb.float().numpy() if x_apb.dtype == torch.bfloat16 else x_apb.numpy()
+        m = segment_fill(xa, seg, F, "mean")
+        return torch.from_numpy(m).to(x_chw.dtype)
+    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+        return torch.full_like(x_apb, float(fill))
+    raise ValueError(f"fill must be 'mean', 'blur', ('blur', sigma), a number or a tensor, got {fill!r}")
+
+
+def _fit_instances(mask_list, Y, targets, distance, kernel_width, alpha, feature_selection, num_features,
+                   backend, feature_maps, spatial, n_samples) -> LimeResult:
+    N, T = targets.shape
+    coefs, used_l = [], []
+    icpt = np.zeros((N, T))
+    score = np.zeros((N, T))
+    pred = np.zeros((N, T))
+    for n in range(N):
+        m = mask_list[n]
+        F = m.shape[1]
+        d = P.row_distances(m, np.ones(F), distance, backend=backend)
+        w = P.exp_kernel(d, kernel_width, backend=backend)
+        Yt = np.ascontiguousarray(Y[n][:, targets[n]])
+        fit = P.fit_surrogate(m.astype(np.float64), Yt, w, alpha=alpha, feature_selection=feature_selection,
+                              num_features=num_features or F, backend=backend)
+        coefs.append(fit["coef"])
+        used_l.append(fit["used"])
+        icpt[n], score[n], pred[n] = fit["intercept"], fit["score"], fit["local_pred"]
+    return LimeResult(coefs, icpt, score, pred, targets, feature_maps, used_l, n_samples,
+                      extras={"spatial": spatial})
+
+
+# ------------------------------------------------------------------------------------ tabular
+class TabularSampler:
+    """lime's tabular sampling around training statistics, as a plan for the sampling kernel.
+
+    Continuous features are discretised (``"quartile"``, ``"decile"``, ``"entropy"``: bin
+    edges from training percentiles or a depth-3 entropy tree per feature, as lime) or, with
+    ``discretize_continuous=False``, sampled from ``N(mean, std)`` of the training data
+    (centred on the instance with ``sample_around_instance``).  Categorical (and discretised)
+    features take training values with their training frequencies; the surrogate sees
+    ``[value == instance value]``.  Discretised values are drawn from the bin's normal
+    truncated to the bin.
+    """
+
+    def __init__(self, training_data: np.ndarray, categorical_features: Sequence[int] = (),
+                 discretize_continuous: bool = True, discretizer: str = "quartile",
+                 training_labels: Optional[np.ndarray] = None, sample_around_instance: bool = False,
+                 random_state: int = 0):
+        X = np.asarray(training_data, dtype=np.float64)
+        if X.ndim != 2 or X.shape[0] < 1:
+            raise ValueError(f"training_data must be (n_rows, n_features), got shape {X.shape}")
+        D = X.shape[1]
+        self.n_features = D
+        self.categorical = sorted(int(c) for c in categorical_features)
+        if any(c < 0 or c >= D for c in self.categorical):
+            raise ValueError(f"categorical_features must be in 0..{D - 1}")
+        self.sample_around_instance = bool(sample_around_instance)
+        self.means = X.mean(0)
+        std = X.std(0)
+        self.scale = np.where(std == 0, 1.0, std)  # StandardScaler's convention
+        self.bins: Dict[int, np.ndarray] = {}
+        self.discretized = bool(discretize_continuous)
+        to_disc = [d for d in range(D) if d not in self.categorical] if discretize_continuous else []
+        for d in to_disc:
+            self.bins[d] = np.unique(self._edges(X[:, d], discretizer, training_labels, random_state))
+        self.bin_stats = {}
+        for d, qts in self.bins.items():
+            col = X[:, d]
+            idx = np.searchsorted(qts, col)
+            nb = len(qts) + 1
+            means = np.array([col[idx == k].mean() if np.any(idx == k) else 0.0 for k in range(nb)])
+            stds = np.array([col[idx == k].std() if np.any(idx == k) else 0.0 for k in range(nb)]) + 1e-11
+            mins = np.r_[col.min(), qts]
+            maxs = np.r_[qts, col.max()]
+            self.bin_stats[d] = (means, stds, mins, maxs)
+        self.value_table: Dict[int, tuple] = {}
+        cat_like = list(range(D)) if discretize_continuous else self.categorical
+        for d in cat_like:
+            col = np.searchsorted(self.bins[d], X[:, d]).astype(np.float64) if d in self.bins else X[:, d]
+            vals, counts = np.unique(col, return_counts=True)
+            self.value_table[d] = (vals, counts / counts.sum())
+        self.kind = np.zeros(D, dtype=np.int8)
+        for d in cat_like:
+            self.kind[d] = 2 if d in self.bins else 1
+        # the surrogate sees binary columns for categorical/discretised features (mean 0, scale 1)
+        self.surrogate_mean = np.where(self.kind == 0, self.means, 0.0)
+        self.surrogate_scale = np.where(self.kind == 0, self.scale, 1.0)
+
+    @staticmethod
+    def _edges(col, discretizer, labels, random_state):
+        if discretizer == "quartile":
+            return np.percentile(col, [25, 50, 75])
+        if discretizer == "decile":
+            return np.percentile(col, [10, 20, 30, 40, 50, 60, 70, 80, 90])
+        if discretizer == "entropy":
+            if labels is None:
+                raise ValueError("the entropy discretizer needs training_labels")
+            from sklearn.tree import DecisionTreeClassifier
+
+            dt = DecisionTreeClassifier(criterion="entropy", max_depth=3, random_state=random_state)
+            dt.fit(col.reshape(-1, 1), labels)
+            qts = dt.tree_.threshold[np.where(dt.tree_.children_left > -1)]
+            return np.sort(qts) if qts.shape[0] else np.array([np.median(col)])
+        raise ValueError(f"discretizer must be 'quartile', 'decile' or 'entropy', got {discretizer!r}")
+
+    def discretize(self, row: np.ndarray) -> np.ndarray:
+        out = np.array(row, dtype=np.float64, copy=True)
+        for d, qts in self.bins.items():
+            out[..., d] = np.searchsorted(qts, out[..., d])
+        return out
+
+    def plan(self, row: np.ndarray) -> dict:
+        """Kernel arrays for one instance."""
+        from math import erfc, sqrt
+
+        row = np.asarray(row, dtype=np.float64).reshape(-1)
+        D = self.n_features
+        if row.shape[0] != D:
+            raise ValueError(f"data_row has {row.shape[0]} features, training data {D}")
+        V = max([len(v[0]) for v in self.value_table.values()] + [1])
+        cdf = np.ones((D, V))
+        values = np.zeros((D, V))
+        lo_p = np.zeros((D, V))
+        hi_p = np.zeros((D, V))
+        bmean = np.zeros((D, V))
+        bstd = np.ones((D, V))
+        bfb = np.zeros((D, V))
+        inst = self.discretize(row)
+        for d, (vals, freq) in self.value_table.items():
+            k = len(vals)
+            c = np.cumsum(freq)
+            c[-1] = 1.0
+            cdf[d, :k] = c
+            values[d, :k] = vals
+            values[d, k:] = vals[-1]
+            if d in self.bin_stats:
+                means, stds, mins, maxs = self.bin_stats[d]
+                for j, v in enumerate(vals.astype(np.int64)):
+                    a = (mins[v] - means[v]) / stds[v]
+                    b = (maxs[v] - means[v]) / stds[v]
+                    lo_p[d, j] = 0.5 * erfc(-a / sqrt(2.0))
+                    hi_p[d, j] = 0.5 * erfc(-b / sqrt(2.0))
+                    bmean[d, j], bstd[d, j] = means[v], stds[v]
+                    bfb[d, j] = min(max(means[v], mins[v]), maxs[v])
+        center = row.copy() if self.sample_around_instance else self.means.copy()
+        return dict(kind=self.kind, cdf=cdf, values=values, inst=inst, center=center, scale=self.scale.copy(),
+                    lo_p=lo_p, hi_p=hi_p, bin_mean=bmean, bin_std=bstd, bin_fallback=bfb, row0=row.copy())
+
+    def sample(self, row: np.ndarray, n_samples: int, seed: int, stream: int = 0, backend: str = "auto"):
+        """(data, inverse, scaled): surrogate features, model inputs, standardised surrogate
+        features; row 0 is the instance."""
+        data, inv = P.tabular_sample(n_samples, seed, self.plan(row), stream=stream, backend=backend)
+        scaled = (data - self.surrogate_mean) / self.surrogate_scale
+        return data, inv, scaled
+
+
+def lime_tabular(model: Callable, x: Union[np.ndarray, torch.Tensor], training_data: np.ndarray,
+                 target: _validate.TargetLike = None, *, categorical_features: Sequence[int] = (),
+                 discretize_continuous: bool = True, discretizer: str = "quartile",
+                 training_labels: Optional[np.ndarray] = None, sample_around_instance: bool = False,
+                 n_samples: int = 5000, batch_size: int = 5000, kernel_width: Optional[float] = None,
+                 distance: str = "euclidean", alpha: float = 1.0, feature_selection: str = "none",
+                 num_features: Optional[int] = None, top_labels: Optional[int] = None,
+                 output: Union[str, Callable, None] = "softmax", seed: int = 0,
+                 sampler: Optional[TabularSampler] = None, backend: str = "auto") -> LimeResult:
+    """LIME for tabular models, batched over rows and targets.
+
+    Parameters
+    ----------
+    model : callable mapping a float tensor (B, D) to (B, K) scores (an nn.Module or a
+        function).
+    x : (N, D) rows to explain.
+    training_data : (n, D) array defining the sampling statistics (ignored with ``sampler``).
+    categorical_features, discretize_continuous, discretizer, training_labels,
+    sample_around_instance : lime's sampling options (:class:`TabularSampler`).
+    n_samples : int, default 5000; kernel_width : default ``0.75·sqrt(D)``;
+    distance : "euclidean" (lime) | "cosine", on the standardised surrogate features.
+    alpha, feature_selection, num_features, top_labels, output, seed, backend : as
+    :func:`lime_image`.
+
+    Returns
+    -------
+    LimeResult (coef per row: (T, D)); ``extras["sampler"]`` holds the sampler.
+    """
+    xn = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    if xn.ndim == 1:
+        xn = xn[None]
+    if xn.ndim != 2:
+        raise ValueError(f"x must be (N, D), got shape {xn.shape}")
+    if sampler is None:
+        sampler = TabularSampler(training_data, categorical_features, discretize_continuous, discretizer,
+                                 training_labels, sample_around_instance)
+    N, D = xn.shape
+    width = float(np.sqrt(D) * 0.75) if kernel_width is None else float(kernel_width)
+    dtype = torch.float32
+    if isinstance(model, nn.Module):
+        p = next(model.parameters(), None)
+        dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    dev = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+    with torch.no_grad():
+        first = postprocess(model(torch.as_tensor(xn, dtype=dtype, device=dev)), output)
+    first = _validate.check_output(first)
+    targets = _resolve_targets(target, first, top_labels)
+    coefs, used_l = [], []
+    icpt = np.zeros(targets.shape)
+    score = np.zeros(targets.shape)
+    pred = np.zeros(targets.shape)
+    for n in range(N):
+        data, inv, scaled = sampler.sample(xn[n], n_samples, seed, stream=n, backend=backend)
+        outs = []
+        for s0 in range(0, n_samples, batch_size):
+            with torch.no_grad():
+                o = model(torch.as_tensor(inv[s0: s0 + batch_size], dtype=dtype, device=dev))
+            outs.append(postprocess(_validate.check_output(o), output).detach().cpu().double())
+        Y = torch.cat(outs).numpy()
+        d = P.row_distances(scaled, scaled[0], distance, backend=backend)
+        w = P.exp_kernel(d, width, backend=backend)
+        fit = P.fit_surrogate(scaled, np.ascontiguousarray(Y[:, targets[n]]), w, alpha=alpha,
+                              feature_selection=feature_selection, num_features=num_features or D, backend=backend)
+        coefs.append(fit["coef"])
+        used_l.append(fit["used"])
+        icpt[n], score[n], pred[n] = fit["intercept"], fit["score"], fit["local_pred"]
+    return LimeResult(coefs, icpt, score, pred, targets, None, used_l, n_samples, extras={"sampler": sampler})
+
+
+# --------------------------------------------------------------------------------------- text
+class TextIndex:
+    """A document split into tokens and interpretable features (lime's ``IndexedString``
+    semantics, own implementation).
+
+    ``split_expression``: a regex whose matches separate tokens (the separators are kept in
+    the text) or a callable tokenizer returning the tokens in order.  ``bow=True``: one
+    feature per distinct word (all occurrences removed together); ``bow=False``: one per
+    position, replaced by ``mask_string`` (default ``"UNKWORDZ"``).
+    """
+
+    def __init__(self, text: str, split_expression: Union[str, Callable] = r"\W+", bow: bool = True,
+                 mask_string: Optional[str] = None, char_level: bool = False):
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        self.raw = text
+        self.bow = bool(bow)
+        if char_level:
+            pieces = list(text)
+            is_word = [True] * len(pieces)
+            self.mask_string = chr(0) if mask_string is None else mask_string
+        else:
+            self.mask_string = "UNKWORDZ" if mask_string is None else mask_string
+            if callable(split_expression):
+                tokens = list(split_expression(text))
+                pieces, is_word = self._around_tokens(text, tokens)
+            else:
+                splitter = re.compile(r"(%s)|$" % split_expression)
+                pieces = [s for s in splitter.split(text) if s]
+                is_word = [not splitter.match(s) for s in pieces]
+        self.pieces = pieces
+        self.words: List[str] = []
+        self.positions: List[List[int]] = []
+        vocab: Dict[str, int] = {}
+        for i, (p, ok) in enumerate(zip(pieces, is_word)):
+            if not ok:
+                continue
+            if self.bow:
+                if p not in vocab:
+                    vocab[p] = len(self.words)
+                    self.words.append(p)
+                    self.positions.append([])
+                self.positions[vocab[p]].append(i)
+            else:
+                self.words.append(p)
+                self.positions.append([i])
+        # piece -> feature id (-1 for separators) for vectorised reconstruction
+        self.piece_feature = np.full(len(pieces), -1, dtype=np.int64)
+        for f, pos in enumerate(self.positions):
+            self.piece_feature[pos] = f
+        starts = np.cumsum([0] + [len(p) for p in pieces[:-1]]) if pieces else np.zeros(0, dtype=np.int64)
+        self.starts = np.asarray(starts, dtype=np.int64)
+
+    @staticmethod
+    def _around_tokens(text, tokens):
+        pieces, is_word = [], []
+        ptr = 0
+        for tok in tokens:
+            j = text.find(tok, ptr)
+            if j < 0:
+                raise ValueError(f"the tokenizer produced {tok!r}, which is not in the remaining text")
+            if j > ptr:
+                pieces.append(text[ptr:j])
+                is_word.append(False)
+            pieces.append(tok)
+            is_word.append(True)
+            ptr = j + len(tok)
+        if ptr < len(text):
+            pieces.append(text[ptr:])
+            is_word.append(False)
+        return pieces, is_word
+
+    @property
+    def n_features(self) -> int:
+        return len(self.words)
+
+    def render(self, mask: np.ndarray) -> str:
+        """The text with the features where ``mask == 0`` removed (bow) or masked."""
+        keep = np.ones(len(self.pieces), dtype=bool)
+        pf = self.piece_feature
+        has = pf >= 0
+        keep[has] = mask[pf[has]].astype(bool)
+        if self.bow:
+            return "".join(p for p, k in zip(self.pieces, keep) if k)
+        return "".join(p if k else self.mask_string for p, k in zip(self.pieces, keep))
+
+    def word(self, f: int) -> str:
+        return self.words[f]
+
+    def string_position(self, f: int) -> np.ndarray:
+        return self.starts[self.positions[f]]
+
+
+def lime_text(classifier_fn: Callable[[List[str]], np.ndarray], text: str, *, labels: Sequence[int] = (1,),
+              top_labels: Optional[int] = None, n_samples: int = 5000, kernel_width: float = 25.0,
+              distance: str = "cosine", alpha: float = 1.0, feature_selection: str = "none",
+              num_features: Optional[int] = None, split_expression: Union[str, Callable] = r"\W+",
+              bow: bool = True, mask_string: Optional[str] = None, char_level: bool = False, seed: int = 0,
+              masks: Optional[np.ndarray] = None, backend: str = "auto"):
+    """LIME for text classifiers: tokens removed at random (lime's sampler: between 1 and all
+    features removed, uniformly, then a uniform subset), cosine distance × 100 on the binary
+    coalitions, exponential kernel of width 25.
+
+    ``classifier_fn`` maps a list of strings to (n, K) probabilities.  Returns
+    ``(index, fit, Y)``: the :class:`TextIndex`, the :func:`~xaikernels.ops.perturb.fit_surrogate`
+    dict for the explained labels, and the model outputs (n_samples, K).
+    """
+    idx = TextIndex(text, split_expression, bow, mask_string, char_level)
+    F = idx.n_features
+    if F == 0:
+        raise ValueError("the text has no tokens to explain")
+    if masks is None:
+        m = P.sample_masks(n_samples, F, seed, size_cdf=P.lime_text_size_cdf(F), first_row_ones=True,
+                           backend=backend)
+    else:
+        m = np.ascontiguousarray(masks, dtype=np.uint8)
+    docs = [text] + [idx.render(r) for r in m[1:]]
+    Y = np.asarray(classifier_fn(docs), dtype=np.float64)
+    if Y.ndim != 2 or Y.shape[0] != len(docs):
+        raise ValueError(f"classifier_fn must return (n_texts, classes) = ({len(docs)}, K), got {Y.shape}")
+    lab = list(np.argsort(Y[0])[-top_labels:][::-1]) if top_labels else list(labels)
+    d = P.row_distances(m, np.ones(F), distance, backend=backend) * 100
+    w = P.exp_kernel(d, kernel_width, backend=backend)
+    fit = P.fit_surrogate(m.astype(np.float64), np.ascontiguousarray(Y[:, lab]), w, alpha=alpha,
+                          feature_selection=feature_selection, num_features=num_features or F, backend=backend)
+    fit["labels"] = lab
+    fit["masks"] = m
+    fit["weights"] = w
+    return idx, fit, Y

@@ -1,0 +1,428 @@
+"""Perturbation ops for LIME and KernelSHAP, dispatched per call (``numba`` | ``reference``).
+
+    masks[s, f] ~ counter-based RNG(seed, stream, row s, f)         (sample_masks)
+    out[s] = where(masks[s, seg], x, fill)                          (build_perturbed)
+    d_s = dist(x, out[s]);  w_s = sqrt(exp(-d_s²/width²))            (distances, kernels)
+    min Σ_s w_s (y_s - c - z_s·β)² + α|β|²  for every target at once (fit_surrogate)
+
+The ops work on NumPy arrays on the CPU (the Numba kernels' native currency) and accept CPU
+torch tensors for the perturbed batch, which they fill in place without a copy.  All
+floating-point reductions run in float64.  ``backend="auto"`` picks Numba when it is
+installed and falls back to the NumPy reference twin otherwise.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from xaikernels import _backend
+from xaikernels.reference import perturb as _ref
+
+_ORDER = {"cpu": ("numba", "reference"), "cuda": ("numba", "reference")}
+_CPU = torch.device("cpu")
+
+SELECTIONS = ("auto", "none", "highest_weights", "forward_selection", "lasso_path")
+
+
+def _numba_attr(name):
+    def launcher(*args, **kwargs):
+        from xaikernels.kernels.numba import perturb as k
+
+        return getattr(k, name)(*args, **kwargs)
+
+    launcher.__name__ = f"numba_{name}"
+    return launcher
+
+
+def _define(name: str, ref_fn):
+    op = _backend.define_op(f"perturb_{name}", auto_order=_ORDER)
+    op.register("numba", _numba_attr(name))
+    op.register("reference", ref_fn)
+    return op
+
+
+OP_MASKS = _define("sample_masks", _ref.sample_masks)
+OP_BUILD = _define("build_perturbed", _ref.build_perturbed)
+OP_STATS = _define("feature_stats", _ref.feature_stats)
+OP_MASK_DIST = _define("mask_distances", _ref.mask_distances)
+OP_ROW_DIST = _define("row_distances", _ref.row_distances)
+OP_EXP = _define("exp_kernel", _ref.exp_kernel)
+OP_SHAPLEY = _define("shapley_kernel", _ref.shapley_kernel)
+OP_FIT = _define("fit_surrogate", _ref.fit_surrogate)
+OP_LASSO = _define("lasso_fit", _ref.lasso_fit)
+
+
+def _impl(op, backend):
+    return op.launcher(_CPU, backend)[1]
+
+
+# ----------------------------------------------------------------------------------- sampling
+def shapley_size_cdf(n_features: int) -> np.ndarray:
+    """CDF over coalition sizes ``k = 0..M`` with ``P(k) ∝ (M-1) / (k (M-k))`` for
+    ``0 < k < M``: the Shapley kernel summed over all coalitions of size ``k``."""
+    M = int(n_features)
+    p = np.zeros(M + 1)
+    for k in range(1, M):
+        p[k] = (M - 1) / (k * (M - k))
+    if p.sum() == 0:
+        raise ValueError("the Shapley size distribution needs at least 2 features")
+    c = np.cumsum(p / p.sum())
+    c[-1] = 1.0
+    return c
+
+
+def lime_text_size_cdf(n_features: int) -> np.ndarray:
+    """CDF over kept-feature counts for lime's text sampler: between 1 and M features are
+    removed, uniformly, so ``k = M - removed`` is uniform on ``0..M-1``."""
+    M = int(n_features)
+    p = np.zeros(M + 1)
+    p[:M] = 1.0 / M
+    c = np.cumsum(p)
+    c[-1] = 1.0
+    return c
+
+
+def sample_masks(n_rows: int, n_features: int, seed: int, *, stream: int = 0, row_offset: int = 0,
+                 p_on: float = 0.5, size_cdf: Optional[np.ndarray] = None, paired: bool = False,
+                 first_row_ones: bool = False, backend: str = "auto") -> np.ndarray:
+    """Binary coalition masks from a counter-based generator.
+
+    Row ``g`` (global index ``row_offset + i``) of stream ``stream`` depends only on
+    ``(seed, stream, g)``: the same masks come back for any thread count and any chunking.
+
+    Parameters
+    ----------
+    n_rows, n_features : int
+        Shape of the returned masks.
+    seed : int
+        Any integer (taken modulo 2**64).
+    stream : int
+        Independent stream, e.g. the instance index in a batch.
+    row_offset : int
+        Global index of the first returned row (for chunked generation).
+    p_on : float
+        Bernoulli probability that a feature is kept (used when ``size_cdf`` is None).
+    size_cdf : array (F+1,), optional
+        CDF of the number of kept features; the kept set is then uniform among sets of that
+        size (:func:`shapley_size_cdf`, :func:`lime_text_size_cdf`).
+    paired : bool
+        Row ``2i+1`` is the complement of row ``2i`` (antithetic coalitions, KernelSHAP).
+    first_row_ones : bool
+        Global row 0 keeps every feature (lime's first sample is the instance itself).
+
+    Returns
+    -------
+    uint8 array (n_rows, n_features), 1 = feature kept.
+    """
+    if n_rows < 0 or n_features < 1:
+        raise ValueError(f"need n_rows >= 0 and n_features >= 1, got {n_rows}, {n_features}")
+    if not 0.0 <= p_on <= 1.0:
+        raise ValueError(f"p_on must be in [0, 1], got {p_on}")
+    if size_cdf is not None:
+        size_cdf = np.ascontiguousarray(size_cdf, dtype=np.float64)
+        if size_cdf.shape != (n_features + 1,):
+            raise ValueError(f"size_cdf must have n_features + 1 = {n_features + 1} entries, "
+                             f"got shape {size_cdf.shape}")
+    return _impl(OP_MASKS, backend)(int(n_rows), int(n_features), int(seed), int(stream), int(row_offset),
+                                    float(p_on), size_cdf, bool(paired), bool(first_row_ones))
+
+
+# ------------------------------------------------------------------------------- construction
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+def _np_view(a: ArrayLike) -> np.ndarray:
+    """A NumPy view of a CPU tensor (bfloat16 through its int16 bits: construction only
+    copies values, so the bits are all it needs)."""
+    if isinstance(a, torch.Tensor):
+        if a.device.type != "cpu":
+            raise ValueError("build_perturbed works on CPU tensors; move the result to the device")
+        if a.dtype == torch.bfloat16:
+            return a.view(torch.int16).numpy()
+        return a.numpy()
+    return a
+
+
+def as_apb(x: ArrayLike, layout: str) -> ArrayLike:
+    """Reshape an input to the kernels' (A, P, B) layout: ``"chw"`` → (C, H·W, 1),
+    ``"hwc"`` → (1, H·W, C), ``"flat"`` → (1, numel, 1)."""
+    if layout == "chw":
+        return x.reshape(x.shape[0], -1, 1)
+    if layout == "hwc":
+        return x.reshape(1, -1, x.shape[-1])
+    if layout == "flat":
+        return x.reshape(1, -1, 1)
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def build_perturbed(x: ArrayLike, fill: ArrayLike, seg: np.ndarray, masks: np.ndarray,
+                    out: ArrayLike, backend: str = "auto") -> ArrayLike:
+    """Write ``out[s] = where(masks[s, seg], x, fill)`` for every sample, in place.
+
+    Parameters
+    ----------
+    x, fill : (A, P, B) arrays or CPU tensors of one dtype (see :func:`as_apb`).
+    seg : (P,) integer feature index of every position, in ``[0, F)``.
+    masks : (S, F) uint8.
+    out : (S, A, P, B) array or CPU tensor, same dtype as ``x``; returned.
+    """
+    xv, fv, ov = _np_view(x), _np_view(fill), _np_view(out)
+    if xv.shape != fv.shape or xv.dtype != fv.dtype or xv.ndim != 3:
+        raise ValueError(f"x and fill must be (A, P, B) of one dtype, got {xv.shape}/{xv.dtype} and "
+                         f"{fv.shape}/{fv.dtype}")
+    S, F = masks.shape
+    if ov.shape != (S,) + xv.shape or ov.dtype != xv.dtype:
+        raise ValueError(f"out must be {(S,) + xv.shape} of dtype {xv.dtype}, got {ov.shape}/{ov.dtype}")
+    if seg.shape != (xv.shape[1],):
+        raise ValueError(f"seg must have one entry per position ({xv.shape[1]}), got {seg.shape}")
+    if masks.dtype != np.uint8:
+        masks = masks.astype(np.uint8)
+    _impl(OP_BUILD, backend)(np.ascontiguousarray(xv), np.ascontiguousarray(fv), seg,
+                             np.ascontiguousarray(masks), ov)
+    return out
+
+
+OP_BUILDER = _define("Builder", _ref.Builder)
+
+
+class PerturbedBuilder:
+    """:func:`build_perturbed` prepared once for one input: validation, dtype views and the
+    kernel's set-up (a run-length encoding of the feature map) happen here, so that each
+    batch costs one kernel call.  ``PerturbedBuilder(x, fill, seg)(masks, out)``."""
+
+    def __init__(self, x: ArrayLike, fill: ArrayLike, seg: np.ndarray, backend: str = "auto"):
+        xv, fv = _np_view(x), _np_view(fill)
+        if xv.shape != fv.shape or xv.dtype != fv.dtype or xv.ndim != 3:
+            raise ValueError(f"x and fill must be (A, P, B) of one dtype, got {xv.shape}/{xv.dtype} and "
+                             f"{fv.shape}/{fv.dtype}")
+        if np.shape(seg) != (xv.shape[1],):
+            raise ValueError(f"seg must have one entry per position ({xv.shape[1]}), got {np.shape(seg)}")
+        self.shape = xv.shape
+        self.dtype = xv.dtype
+        self._impl = _impl(OP_BUILDER, backend)(np.ascontiguousarray(xv), np.ascontiguousarray(fv),
+                                                np.ascontiguousarray(seg, dtype=np.int64))
+
+    def __call__(self, masks: np.ndarray, out: ArrayLike) -> ArrayLike:
+        ov = _np_view(out)
+        if ov.shape[1:] != self.shape or ov.dtype != self.dtype or ov.shape[0] != masks.shape[0]:
+            raise ValueError(f"out must be {(masks.shape[0],) + self.shape} of dtype {self.dtype}, got "
+                             f"{ov.shape}/{ov.dtype}")
+        self._impl(masks, ov)
+        return out
+
+
+def check_feature_map(seg: np.ndarray, n_positions: int, name: str = "segments") -> Tuple[np.ndarray, int]:
+    """Validate a feature map and return it as contiguous int64 with the feature count.
+
+    Every position must carry a feature id in ``[0, F)`` and every id in that range must be
+    used (an unused id would be a feature that changes nothing: lime would still fit a
+    coefficient to pure noise)."""
+    seg = np.asarray(seg)
+    if seg.size != n_positions:
+        raise ValueError(f"{name} must cover the input: {n_positions} positions expected, got {seg.size} "
+                         f"(shape {seg.shape})")
+    if not np.issubdtype(seg.dtype, np.integer):
+        if np.issubdtype(seg.dtype, np.floating) and np.all(np.isfinite(seg)) and np.all(seg == np.round(seg)):
+            seg = seg.astype(np.int64)
+        else:
+            raise TypeError(f"{name} must hold integer feature ids, got dtype {seg.dtype}")
+    seg = np.ascontiguousarray(seg.reshape(-1), dtype=np.int64)
+    if seg.size == 0:
+        raise ValueError(f"{name} is empty")
+    if seg.min() < 0:
+        raise ValueError(f"{name} has negative ids (min {seg.min()}); every position needs a feature id >= 0 "
+                         "(a position outside every segment is not allowed)")
+    F = int(seg.max()) + 1
+    present = np.bincount(seg, minlength=F) > 0
+    if not present.all():
+        missing = np.nonzero(~present)[0]
+        raise ValueError(f"{name} ids must be 0..F-1 without gaps; ids {missing[:8].tolist()} are unused. "
+                         "Relabel with np.unique(seg, return_inverse=True)[1]")
+    return seg, F
+
+
+# ---------------------------------------------------------------------------------- distances
+def feature_stats(x: ArrayLike, fill: ArrayLike, seg: np.ndarray, n_features: int,
+                  backend: str = "auto") -> np.ndarray:
+    """Per-feature ``[Σx², Σx·fill, Σfill², Σ(x-fill)²]`` (F, 4) float64: with them the
+    input-space distance of any mask costs O(F) (:func:`mask_distances`)."""
+    xv = np.ascontiguousarray(_np_view(x) if not isinstance(x, torch.Tensor) or x.dtype != torch.bfloat16
+                              else x.float().numpy())
+    fv = np.ascontiguousarray(_np_view(fill) if not isinstance(fill, torch.Tensor) or fill.dtype != torch.bfloat16
+                              else fill.float().numpy())
+    if xv.dtype == np.float16:
+        xv, fv = xv.astype(np.float32), fv.astype(np.float32)
+    return _impl(OP_STATS, backend)(xv, fv, seg, int(n_features))
+
+
+def mask_distances(masks: np.ndarray, stats: np.ndarray, metric: str = "cosine",
+                   backend: str = "auto") -> np.ndarray:
+    """Input-space distance between the instance and each masked copy, (S,) float64."""
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"distance metric must be 'cosine' or 'euclidean', got {metric!r}")
+    return _impl(OP_MASK_DIST, backend)(np.ascontiguousarray(masks, dtype=np.uint8), stats, metric)
+
+
+def row_distances(z: np.ndarray, z0: np.ndarray, metric: str = "cosine", backend: str = "auto") -> np.ndarray:
+    """Distance of each row of ``z`` (S, F) to ``z0`` (F,), (S,) float64 (cosine as
+    scikit-learn's ``pairwise_distances``: a zero vector has similarity 0)."""
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"distance metric must be 'cosine' or 'euclidean', got {metric!r}")
+    z = np.ascontiguousarray(z)
+    if z.dtype not in (np.float64, np.uint8):
+        z = z.astype(np.float64)
+    return _impl(OP_ROW_DIST, backend)(z, np.ascontiguousarray(z0, dtype=np.float64), metric)
+
+
+def exp_kernel(d: np.ndarray, width: float, backend: str = "auto") -> np.ndarray:
+    """``sqrt(exp(-d²/width²))``: lime's kernel (and Captum's ``exp(-d²/(2 width²))``)."""
+    if not (width > 0 and math.isfinite(width)):
+        raise ValueError(f"kernel_width must be a positive finite number, got {width}")
+    return _impl(OP_EXP, backend)(np.ascontiguousarray(d, dtype=np.float64), float(width))
+
+
+def shapley_kernel(masks: np.ndarray, inf_weight: float = 1e6, backend: str = "auto") -> np.ndarray:
+    """Shapley kernel weight ``(M-1)/(C(M,k) k (M-k))`` of each coalition (``inf_weight`` for
+    the empty and the full one)."""
+    return _impl(OP_SHAPLEY, backend)(np.ascontiguousarray(masks, dtype=np.uint8), float(inf_weight))
+
+
+# ---------------------------------------------------------------------------------------- fit
+def resolve_selection(feature_selection: str, num_features: int) -> int:
+    """lime's ``auto``: forward selection up to 6 features, highest weights beyond."""
+    if feature_selection not in SELECTIONS:
+        raise ValueError(f"feature_selection must be one of {SELECTIONS}, got {feature_selection!r}")
+    if feature_selection == "auto":
+        feature_selection = "forward_selection" if num_features <= 6 else "highest_weights"
+    return _ref.SELECT_CODES[feature_selection]
+
+
+def _check_weights(w: np.ndarray) -> None:
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("kernel weights must be finite and non-negative")
+    sums = w.reshape(w.shape[0], -1).sum(1) if w.ndim > 1 else np.array([w.sum()])
+    if np.any(sums <= 0):
+        raise ValueError(
+            "all kernel weights are zero (every perturbed sample is too far from the instance for the "
+            "kernel width): increase kernel_width or use a different distance")
+
+
+def fit_surrogate(X: np.ndarray, Y: np.ndarray, w: np.ndarray, x0: Optional[np.ndarray] = None, *,
+                  alpha: float = 1.0, fit_intercept: bool = True, feature_selection: str = "none",
+                  num_features: Optional[int] = None, backend: str = "auto"):
+    """Weighted ridge surrogate for every instance and every target at once.
+
+    ``min_{c,β} Σ_s w_s (y_st - c_t - x_s·β_t)² + α |β_t|²`` on the features chosen by
+    ``feature_selection`` (lime's paths: ``highest_weights`` = top ``|β·x0|`` of a ridge with
+    α=0.01; ``forward_selection`` = greedy weighted R² of unregularised fits;
+    ``lasso_path`` = the last LARS-lasso breakpoint with ≤ k nonzeros; ``auto`` as lime).
+    The normal equations are solved by Cholesky; a numerically singular system falls back to
+    the minimum-norm least-squares answer (what ``lstsq`` gives).
+
+    Parameters
+    ----------
+    X : (B, S, F) or (S, F) interpretable samples.
+    Y : (B, S, T) or (S, T) model outputs to explain.
+    w : (B, S) or (S,) sample weights; not all zero.
+    x0 : (B, F) or (F,), optional
+        Row at which ``local_pred`` is evaluated; default: the first sample (lime).
+    alpha : ridge penalty (lime: 1; 0 = weighted least squares).
+    fit_intercept : bool
+    feature_selection : str; num_features : int (default: all features).
+
+    Returns
+    -------
+    dict with ``coef`` (B, T, F), ``intercept`` (B, T), ``score`` (B, T) weighted R²,
+    ``local_pred`` (B, T), ``used`` (B, T, F) selection order + 1 (0 = not selected);
+    without the leading B when the inputs had none.
+    """
+    squeeze = np.ndim(X) == 2
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    if squeeze:
+        X, Y, w = X[None], Y[None], w[None]
+        if x0 is not None:
+            x0 = np.asarray(x0)[None]
+    if Y.ndim == 2:
+        Y = Y[..., None]
+    if X.ndim != 3 or Y.shape[:2] != X.shape[:2] or w.shape != X.shape[:2]:
+        raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, w {w.shape}")
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(Y))):
+        raise ValueError("non-finite values in the surrogate data or model outputs")
+    _check_weights(w)
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    B, S, F = X.shape
+    k = F if num_features is None else int(num_features)
+    if k < 1:
+        raise ValueError(f"num_features must be >= 1, got {k}")
+    code = resolve_selection(feature_selection, k)
+    x0 = X[:, 0] if x0 is None else np.asarray(x0, dtype=np.float64).reshape(B, F)
+    coef, icpt, score, pred0, used = _impl(OP_FIT, backend)(
+        np.ascontiguousarray(X), np.ascontiguousarray(Y), np.ascontiguousarray(w),
+        np.ascontiguousarray(x0), float(alpha), bool(fit_intercept), code, k)
+    out = dict(coef=coef, intercept=icpt, score=score, local_pred=pred0, used=used)
+    if squeeze:
+        out = {kk: v[0] for kk, v in out.items()}
+    return out
+
+
+def lasso_fit(X: np.ndarray, Y: np.ndarray, w: np.ndarray, alpha: float, *, max_iter: int = 1000,
+              tol: float = 1e-4, backend: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
+    """Weighted lasso ``1/(2Σw) Σ w_s (y_s - c - x_s·β)² + α|β|₁`` for every instance and
+    target (scikit-learn's ``Lasso(alpha).fit(X, y, sample_weight=w)``, same algorithm and
+    stopping rule).  X (B, S, F), Y (B, S, T), w (B, S) → coef (B, T, F), intercept (B, T)."""
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    if Y.ndim == 2:
+        Y = Y[..., None]
+    _check_weights(w)
+    if not alpha > 0:
+        raise ValueError(f"lasso needs alpha > 0, got {alpha}")
+    return _impl(OP_LASSO, backend)(np.ascontiguousarray(X), np.ascontiguousarray(Y),
+                                    np.ascontiguousarray(w), float(alpha), int(max_iter), float(tol))
+
+
+OP_CWLS = _define("constrained_wls", _ref.constrained_wls)
+
+
+def constrained_wls(Z: np.ndarray, Y: np.ndarray, w: np.ndarray, delta: np.ndarray, alpha: float = 0.0,
+                    backend: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
+    """Weighted least squares under the efficiency constraint ``Σ_f φ_f = Δ`` (KernelSHAP):
+    ``min Σ_s w_s (y_s - z_s·φ)² + α|φ|²  s.t.  1ᵀφ = Δ``, every instance and target at once.
+
+    Z (B, S, F), Y (B, S, T) (outputs minus the baseline output), w (B, S), delta (B, T)
+    (``f(x) - f(baseline)``) → phi (B, T, F), fallback (B,) int32 (1 where the system was
+    singular and the minimum-norm KKT solution was used).
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    delta = np.asarray(delta, dtype=np.float64)
+    _check_weights(w)
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if Z.ndim != 3 or Y.shape[:2] != Z.shape[:2] or w.shape != Z.shape[:2] or delta.shape != (Z.shape[0], Y.shape[2]):
+        raise ValueError(f"shapes disagree: Z {Z.shape}, Y {Y.shape}, w {w.shape}, delta {delta.shape}")
+    return _impl(OP_CWLS, backend)(np.ascontiguousarray(Z), np.ascontiguousarray(Y), np.ascontiguousarray(w),
+                                   np.ascontiguousarray(delta), float(alpha))
+
+
+OP_TABULAR = _define("tabular_sample", _ref.tabular_sample)
+
+
+def tabular_sample(n_rows: int, seed: int, plan: dict, *, stream: int = 0, row_offset: int = 0,
+                   backend: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
+    """lime's tabular neighbourhood (surrogate features, model inputs), both (n_rows, D)
+    float64, from a sampling plan built by :func:`xaikernels.methods.lime.TabularSampler`
+    (arrays ``kind, cdf, values, inst, center, scale, lo_p, hi_p, bin_mean, bin_std,
+    bin_fallback, row0``).  Row ``g`` depends only on ``(seed, stream, g)``."""
+    p = plan
+    return _impl(OP_TABULAR, backend)(int(n_rows), int(seed), int(stream), int(row_offset), p["kind"], p["cdf"],
+                                      p["values"], p["inst"], p["center"], p["scale"], p["lo_p"], p["hi_p"],
+                                      p["bin_mean"], p["bin_std"], p["bin_fallback"], p["row0"])

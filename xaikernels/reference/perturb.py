@@ -1,0 +1,609 @@
+"""Reference twins of the perturbation kernels (NumPy), the oracle for ``kernels/numba/perturb.py``.
+
+Every function here has the same signature as the Numba launcher it mirrors and computes the
+same thing in the plainest vectorised form:
+
+* counter-based random numbers: ``u(seed, stream, row, j)`` is a pure function of its
+  arguments (SplitMix64 finaliser over a key derived from ``seed``, ``stream``, ``row``), so
+  the masks do not depend on thread count, chunking, or the order rows are produced in;
+* mask sampling (Bernoulli per feature, or "coalition size from a distribution, then a
+  uniform subset of that size", optionally paired with complements);
+* construction of the perturbed batch from an input, a fill value and a feature map;
+* distances (cosine, euclidean) and kernel weights (exponential, Shapley);
+* weighted least squares / ridge for many targets at once, with lime's feature-selection
+  paths.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+
+# SplitMix64 constants (Steele, Lea & Flood 2014).
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX2 = np.uint64(0x94D049BB133111EB)
+TWO_M53 = 1.0 / 9007199254740992.0  # 2**-53
+
+SELECT_CODES = {"none": 0, "highest_weights": 1, "forward_selection": 2, "lasso_path": 3}
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.uint64)
+    z = (z ^ (z >> np.uint64(30))) * MIX1
+    z = (z ^ (z >> np.uint64(27))) * MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def row_keys(seed: int, stream: int, rows: np.ndarray) -> np.ndarray:
+    """Key of each row: ``mix(mix(mix(seed) + stream·γ) + row·γ)`` (γ the golden-ratio constant)."""
+    with np.errstate(over="ignore"):
+        base = _mix(np.array([np.uint64(seed % 2**64)]))
+        base = _mix(base + np.uint64(stream % 2**64) * GOLDEN)
+        return _mix(base + rows.astype(np.uint64) * GOLDEN)
+
+
+def uniforms(keys: np.ndarray, js: np.ndarray) -> np.ndarray:
+    """``u[r, j] = (mix(key_r + (j+1)·γ) >> 11) · 2^-53`` in [0, 1)."""
+    with np.errstate(over="ignore"):
+        z = _mix(keys[:, None] + (js.astype(np.uint64)[None, :] + np.uint64(1)) * GOLDEN)
+    return (z >> np.uint64(11)).astype(np.float64) * TWO_M53
+
+
+def sample_masks(n_rows: int, n_features: int, seed: int, stream: int = 0, row_offset: int = 0,
+                 p_on: float = 0.5, size_cdf: Optional[np.ndarray] = None, paired: bool = False,
+                 first_row_ones: bool = False) -> np.ndarray:
+    """Binary masks ``(n_rows, n_features)`` (uint8, 1 = feature kept) for global rows
+    ``row_offset .. row_offset + n_rows - 1`` of stream ``stream``.
+
+    Without ``size_cdf``: ``m[r, f] = [u(r, f) < p_on]``.  With ``size_cdf`` (length F+1,
+    ``size_cdf[k] = P(size <= k)``): the number of kept features is the smallest ``k`` with
+    ``u(r, F) < size_cdf[k]`` and the kept set is the first ``k`` entries of a partial
+    Fisher-Yates shuffle of ``0..F-1`` driven by ``u(r, F+1+i)``.  ``paired``: row ``2i+1`` is
+    the complement of row ``2i`` (both drawn from key ``i``).  ``first_row_ones``: global row
+    0 keeps every feature (lime's convention: the first sample is the instance itself).
+    """
+    F = int(n_features)
+    rows = np.arange(row_offset, row_offset + n_rows, dtype=np.int64)
+    draw_rows = rows // 2 if paired else rows
+    keys = row_keys(seed, stream, draw_rows)
+    if size_cdf is None:
+        m = (uniforms(keys, np.arange(F)) < p_on).astype(np.uint8)
+    else:
+        cdf = np.asarray(size_cdf, dtype=np.float64)
+        u = uniforms(keys, np.arange(F, 2 * F + 1))
+        m = np.zeros((n_rows, F), dtype=np.uint8)
+        for r in range(n_rows):
+            k = int(np.searchsorted(cdf, u[r, 0], side="right"))
+            k = min(k, F)
+            perm = np.arange(F)
+            for i in range(k):
+                j = i + int(math.floor(u[r, 1 + i] * (F - i)))
+                perm[i], perm[j] = perm[j], perm[i]
+            m[r, perm[:k]] = 1
+    if paired:
+        odd = (rows % 2) == 1
+        m[odd] = 1 - m[odd]
+    if first_row_ones:
+        m[rows == 0] = 1
+    return m
+
+
+def build_perturbed(x: np.ndarray, fill: np.ndarray, seg: np.ndarray, masks: np.ndarray,
+                    out: np.ndarray) -> np.ndarray:
+    """``out[s, a, p, b] = x[a, p, b] if masks[s, seg[p]] else fill[a, p, b]``.
+
+    ``x``, ``fill``: (A, P, B) (e.g. CHW image as (C, H·W, 1), HWC as (1, H·W, C), a feature
+    vector as (1, D, 1)); ``seg``: (P,) feature index of each position; ``masks``: (S, F)
+    uint8; ``out``: (S, A, P, B), same dtype as ``x``.
+    """
+    keep = masks[:, seg].astype(bool)  # (S, P)
+    np.copyto(out, np.where(keep[:, None, :, None], x[None], fill[None]))
+    return out
+
+
+class Builder:
+    """:func:`build_perturbed` bound to one (x, fill, seg): ``Builder(x, fill, seg)(masks, out)``."""
+
+    def __init__(self, x, fill, seg):
+        self.x, self.fill, self.seg = x, fill, seg
+
+    def __call__(self, masks, out):
+        return build_perturbed(self.x, self.fill, self.seg, masks, out)
+
+
+def feature_stats(x: np.ndarray, fill: np.ndarray, seg: np.ndarray, n_features: int) -> np.ndarray:
+    """Per-feature sums ``[Σx², Σx·fill, Σfill², Σ(x-fill)²]`` over the positions of each feature:
+    (F, 4) float64, enough for input-space distances of any mask (see :func:`mask_distances`)."""
+    xa = x.astype(np.float64)
+    fa = fill.astype(np.float64)
+    idx = np.broadcast_to(seg[None, :, None], xa.shape).ravel()
+    out = np.zeros((n_features, 4))
+    for c, v in enumerate((xa * xa, xa * fa, fa * fa, (xa - fa) ** 2)):
+        out[:, c] = np.bincount(idx, weights=v.ravel(), minlength=n_features)[:n_features]
+    return out
+
+
+def mask_distances(masks: np.ndarray, stats: np.ndarray, metric: str) -> np.ndarray:
+    """Distance between the instance and each perturbed input, from the masks alone.
+
+    cosine: ``1 - <x, x_s> / (|x| |x_s|)`` (a zero norm counts as similarity 0);
+    euclidean: ``|x - x_s|``.  Exact rewrite of the input-space distance: kept features
+    contribute ``Σx²`` (resp. 0), hidden ones ``Σx·fill`` / ``Σfill²`` (resp. ``Σ(x-fill)²``).
+    """
+    m = masks.astype(np.float64)
+    if metric == "euclidean":
+        return np.sqrt(np.maximum((1.0 - m) @ stats[:, 3], 0.0))
+    if metric != "cosine":
+        raise ValueError(f"unknown metric {metric!r}")
+    dot = m @ stats[:, 0] + (1.0 - m) @ stats[:, 1]
+    nn = m @ stats[:, 0] + (1.0 - m) @ stats[:, 2]
+    nx = stats[:, 0].sum()
+    den = np.sqrt(nx) * np.sqrt(np.maximum(nn, 0.0))
+    sim = np.where(den > 0, dot / np.where(den > 0, den, 1.0), 0.0)
+    return 1.0 - sim
+
+
+def row_distances(z: np.ndarray, z0: np.ndarray, metric: str) -> np.ndarray:
+    """Distance of each row of ``z`` (S, F) to ``z0`` (F,): cosine (zero norm → similarity 0,
+    as scikit-learn) or euclidean."""
+    z = z.astype(np.float64)
+    z0 = z0.astype(np.float64)
+    if metric == "euclidean":
+        return np.sqrt(((z - z0) ** 2).sum(1))
+    if metric != "cosine":
+        raise ValueError(f"unknown metric {metric!r}")
+    nz = np.sqrt((z * z).sum(1))
+    n0 = math.sqrt(float((z0 * z0).sum()))
+    den = nz * n0
+    sim = np.where(den > 0, (z @ z0) / np.where(den > 0, den, 1.0), 0.0)
+    return np.clip(1.0 - sim, 0.0, 2.0)
+
+
+def exp_kernel(d: np.ndarray, width: float) -> np.ndarray:
+    """lime's kernel ``sqrt(exp(-d²/width²))`` (= Captum's ``exp(-d²/(2·width²))``)."""
+    return np.sqrt(np.exp(-(d * d) / (width * width)))
+
+
+def shapley_kernel(masks: np.ndarray, inf_weight: float) -> np.ndarray:
+    """Shapley kernel ``(F-1) / (C(F,k) k (F-k))`` of each mask's size ``k``; ``inf_weight``
+    for the empty and the full coalition (where the kernel is infinite)."""
+    F = masks.shape[1]
+    k = masks.sum(1).astype(np.int64)
+    w = np.empty(len(k))
+    for i, kk in enumerate(k):
+        w[i] = inf_weight if kk in (0, F) else (F - 1) / (math.comb(F, int(kk)) * kk * (F - kk))
+    return w
+
+
+# ----------------------------------------------------------------------------------------- fit
+
+
+def _pinv_solve(A: np.ndarray, b: np.ndarray, n_rows: int) -> np.ndarray:
+    """Minimum-norm solution of the normal equations (what lstsq returns for rank-deficient
+    designs); eigenvalues below ``(eps · max(S, F))² · λ_max`` count as zero."""
+    lam, V = np.linalg.eigh(A)
+    cut = (np.finfo(np.float64).eps * max(n_rows, A.shape[0])) ** 2 * max(lam.max(initial=0.0), 0.0)
+    inv = np.where(lam > cut, 1.0 / np.where(lam > cut, lam, 1.0), 0.0)
+    if b.ndim == 1:
+        return V @ (inv * (V.T @ b))
+    return V @ (inv[:, None] * (V.T @ b))
+
+
+def _solve(A: np.ndarray, b: np.ndarray, n_rows: int) -> np.ndarray:
+    """Cholesky solve of SPD ``A β = b``; falls back to the minimum-norm solution."""
+    if A.shape[0] == 0:
+        return np.zeros((0,) + b.shape[1:])
+    try:
+        L = np.linalg.cholesky(A)
+        d = np.diag(L)
+        if d.min() <= 1e-7 * d.max():  # numerically singular: the minimum-norm answer is stable
+            raise np.linalg.LinAlgError
+        z = np.linalg.solve(L, b)
+        return np.linalg.solve(L.T, z)
+    except np.linalg.LinAlgError:
+        return _pinv_solve(A, b, n_rows)
+
+
+def _gram(X, Y, w, fit_intercept):
+    sw = w.sum()
+    if fit_intercept:
+        xbar = (w @ X) / sw
+        ybar = (w @ Y) / sw
+    else:
+        xbar = np.zeros(X.shape[1])
+        ybar = np.zeros(Y.shape[1])
+    sq = np.sqrt(w)[:, None]
+    Xw = (X - xbar) * sq
+    Yw = (Y - ybar) * sq
+    ymean = (w @ Y) / sw
+    Yt = (Y - ymean) * sq
+    return xbar, ybar, Xw.T @ Xw, Xw.T @ Yw, (Yw * Yw).sum(0), (Yt * Yt).sum(0)
+
+
+def _rss(G, b, yy, beta):
+    return yy - 2.0 * beta @ b + beta @ G @ beta
+
+
+def _r2(rss, tss):
+    # a constant target (tss == 0) is fitted exactly by the intercept; the Gram-form rss is
+    # then rounding noise of either sign, so report 1 rather than a coin flip
+    if tss > 0:
+        return 1.0 - rss / tss
+    return 1.0
+
+
+def _stable_top(v: np.ndarray, k: int) -> np.ndarray:
+    order = np.argsort(-np.abs(v), kind="stable")
+    return order[:k]
+
+
+def _lars_lasso_gram(G: np.ndarray, c0: np.ndarray, max_steps: int = 500) -> np.ndarray:
+    """Coefficient path of the lasso by LARS (Efron et al. 2004) from the Gram matrix ``G``
+    and correlations ``c0 = Xᵀy``: columns are the coefficients at each breakpoint, starting
+    at 0.  Mirrors scikit-learn's ``lars_path(method='lasso')`` on centred, weighted data."""
+    F = G.shape[0]
+    tiny = np.finfo(np.float64).tiny
+    eps = np.finfo(np.float64).eps
+    beta = np.zeros(F)
+    path = [beta.copy()]
+    active: list = []
+    sign = np.zeros(F)
+    corr = c0.copy()
+    drop = False
+    for _ in range(max_steps):
+        inactive = [j for j in range(F) if j not in active]
+        if not inactive and not drop:
+            break
+        if not drop:
+            cand = np.abs(corr[inactive])
+            j = inactive[int(np.argmax(cand))]
+            C = abs(corr[j])
+            if C < eps * 100:
+                break
+            active.append(j)
+            sign[j] = np.sign(corr[j])
+        else:
+            C = np.max(np.abs(corr[active])) if active else 0.0
+        drop = False
+        A = np.array(active)
+        s = sign[A]
+        GA = G[np.ix_(A, A)] * s[:, None] * s[None, :]
+        try:
+            ones_sol = np.linalg.solve(GA, np.ones(len(A)))
+        except np.linalg.LinAlgError:
+            break
+        denom = ones_sol.sum()
+        if denom <= 0:
+            break
+        AA = 1.0 / math.sqrt(denom)
+        wdir = AA * ones_sol * s  # direction in β for the active set
+        a = G[:, A] @ wdir  # correlation change per unit step
+        gamma = C / AA
+        for jj in range(F):
+            if jj in active:
+                continue
+            for num, den in ((C - corr[jj], AA - a[jj]), (C + corr[jj], AA + a[jj])):
+                if den > tiny:
+                    g = num / den
+                    if 0 < g < gamma:
+                        gamma = g
+        # lasso modification: a coefficient crossing zero leaves the active set
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = -beta[A] / wdir
+        z_pos = np.where(z > 0, z, np.inf)
+        idx = int(np.argmin(z_pos))
+        if z_pos[idx] < gamma:
+            gamma = z_pos[idx]
+            drop = True
+        beta[A] += gamma * wdir
+        corr -= gamma * a
+        if drop:
+            j_out = active[idx]
+            beta[j_out] = 0.0
+            active.pop(idx)
+            sign[j_out] = 0.0
+        path.append(beta.copy())
+        if not drop and len(active) == F:
+            break
+    return np.array(path).T
+
+
+def _select(code: int, G, b_t, yy_t, tss_t, x0, num_features: int, n_rows: int) -> np.ndarray:
+    F = G.shape[0]
+    if code == 0 or F == 0:
+        return np.arange(F)
+    if code == 1:  # highest_weights: ridge(α=0.01) on all features, top |coef·x0|
+        beta = _solve(G + 0.01 * np.eye(F), b_t, n_rows)
+        return _stable_top(beta * x0, num_features)
+    if code == 2:  # forward_selection: greedy on the weighted R² of an unregularised fit
+        used: list = []
+        for _ in range(min(num_features, F)):
+            best, best_score = 0, -1e8
+            for f in range(F):
+                if f in used:
+                    continue
+                idx = np.array(used + [f])
+                beta = _solve(G[np.ix_(idx, idx)], b_t[idx], n_rows)
+                sc = _r2(_rss(G[np.ix_(idx, idx)], b_t[idx], yy_t, beta) + (tss_t - yy_t), tss_t)
+                if sc > best_score:
+                    best, best_score = f, sc
+            used.append(best)
+        return np.array(used, dtype=np.int64)
+    if code == 3:  # lasso_path: the last breakpoint of the LARS path with <= k nonzeros
+        path = _lars_lasso_gram(G, b_t)
+        nonzero = np.arange(F)
+        for i in range(path.shape[1] - 1, 0, -1):
+            nonzero = np.nonzero(path[:, i])[0]
+            if len(nonzero) <= num_features:
+                break
+        return nonzero
+    raise ValueError(f"unknown selection code {code}")
+
+
+def fit_surrogate(X: np.ndarray, Y: np.ndarray, w: np.ndarray, x0: np.ndarray, alpha: float,
+                  fit_intercept: bool = True, select: int = 0, num_features: int = 0
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted ridge for every instance and target at once, after lime's feature selection.
+
+    Minimises ``Σ_s w_s (y_st - c_t - x_s·β_t)² + α|β_t|²`` over the selected features (the
+    intercept ``c_t`` unpenalised, as scikit-learn's ``Ridge(alpha)``; ``α = 0`` is ordinary
+    weighted least squares with the minimum-norm answer for rank-deficient designs).
+
+    Parameters
+    ----------
+    X : (B, S, F) float64 interpretable samples; Y : (B, S, T) float64 targets;
+    w : (B, S) float64 sample weights (> 0 sum); x0 : (B, F) the row whose prediction is
+    reported (lime: the first sample); alpha : ridge penalty; fit_intercept : centre first;
+    select : 0 none, 1 highest_weights, 2 forward_selection, 3 lasso_path;
+    num_features : k for the selection paths.
+
+    Returns
+    -------
+    coef (B, T, F) (zero outside the selection), intercept (B, T), score (B, T) weighted R²,
+    pred0 (B, T) surrogate prediction at ``x0``, used (B, T, F) uint8 selection order + 1
+    (0 = not selected), so ``argsort`` recovers lime's ``used_features`` order.
+    """
+    B, S, F = X.shape
+    T = Y.shape[2]
+    coef = np.zeros((B, T, F))
+    icpt = np.zeros((B, T))
+    score = np.zeros((B, T))
+    pred0 = np.zeros((B, T))
+    used = np.zeros((B, T, F), dtype=np.int32)
+    for bi in range(B):
+        xbar, ybar, G, XY, YY, TSS = _gram(X[bi], Y[bi], w[bi], fit_intercept)
+        for t in range(T):
+            sel = _select(select, G, XY[:, t], YY[t], TSS[t], x0[bi], num_features, S)
+            sel = np.asarray(sel, dtype=np.int64)
+            beta = _solve(G[np.ix_(sel, sel)] + alpha * np.eye(len(sel)), XY[sel, t], S)
+            rss = _rss(G[np.ix_(sel, sel)], XY[sel, t], YY[t], beta) + (TSS[t] - YY[t])
+            coef[bi, t, sel] = beta
+            c = ybar[t] - xbar[sel] @ beta
+            icpt[bi, t] = c
+            score[bi, t] = _r2(rss, TSS[t])
+            pred0[bi, t] = c + x0[bi, sel] @ beta
+            used[bi, t, sel] = np.arange(1, len(sel) + 1)
+    return coef, icpt, score, pred0, used
+
+
+def _gap(Xc, yc, R, beta, l1):
+    XtA = Xc.T @ R
+    dual_norm = float(np.abs(XtA).max(initial=0.0))
+    R_norm2 = float(R @ R)
+    Ry = float(R @ yc)
+    primal = 0.5 * R_norm2 + l1 * float(np.abs(beta).sum())
+    scale = l1 / dual_norm if dual_norm > l1 else 1.0
+    dual = -0.5 * scale * scale * R_norm2 + scale * Ry
+    return primal - dual, dual_norm, XtA
+
+
+def _screen(Xc, R, beta, norm2, XtA, dual_norm, gap, l1, excluded):
+    active = []
+    for j in range(Xc.shape[1]):
+        if excluded[j]:
+            continue
+        d_j = (1.0 - abs(XtA[j] / max(l1, dual_norm))) / math.sqrt(norm2[j])
+        if d_j <= math.sqrt(2.0 * gap) / l1:
+            active.append(j)
+        else:
+            if beta[j] != 0.0:
+                R += beta[j] * Xc[:, j]
+                beta[j] = 0.0
+            excluded[j] = True
+    return active
+
+
+def lasso_cd(X: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float, max_iter: int = 1000,
+             tol: float = 1e-4) -> Tuple[np.ndarray, float]:
+    """Weighted lasso by cyclic coordinate descent: scikit-learn's ``Lasso(alpha)`` fitted with
+    ``sample_weight``, i.e. minimise ``1/(2 Σw) Σ_s w_s (y_s - c - x_s·β)² + α|β|₁``.
+
+    Same algorithm as scikit-learn's solver (cyclic updates from zero, the relative-update
+    test, then the duality gap ``<= tol·|y_c|²``, gap-safe screening), so the answer matches
+    it to rounding rather than only to ``tol``.  Returns (β, intercept).
+    """
+    S, F = X.shape
+    sw = w * (S / w.sum())
+    xbar = (sw @ X) / sw.sum()
+    ybar = float(sw @ y) / sw.sum()
+    sq = np.sqrt(sw)
+    Xc = (X - xbar) * sq[:, None]
+    yc = (y - ybar) * sq
+    l1 = alpha * S
+    beta = np.zeros(F)
+    if l1 <= 0:
+        raise ValueError("lasso_cd needs alpha > 0")
+    norm2 = (Xc * Xc).sum(0)
+    R = yc.copy()
+    tol_s = tol * float(yc @ yc)
+    gap, dual_norm, XtA = _gap(Xc, yc, R, beta, l1)
+    if gap <= tol_s:
+        return beta, ybar - float(xbar @ beta)
+    excluded = norm2 == 0.0
+    active = _screen(Xc, R, beta, norm2, XtA, dual_norm, gap, l1, excluded)
+    for it in range(max_iter):
+        w_max = 0.0
+        d_w_max = 0.0
+        for j in active:
+            old = beta[j]
+            tmp = float(Xc[:, j] @ R) + old * norm2[j]
+            new = math.copysign(max(abs(tmp) - l1, 0.0), tmp) / norm2[j] if tmp != 0 else 0.0
+            beta[j] = new
+            if new != old:
+                R += (old - new) * Xc[:, j]
+            d_w_max = max(d_w_max, abs(new - old))
+            w_max = max(w_max, abs(new))
+        if w_max == 0.0 or d_w_max / w_max <= tol or it == max_iter - 1:
+            gap, dual_norm, XtA = _gap(Xc, yc, R, beta, l1)
+            if gap <= tol_s:
+                break
+            active = _screen(Xc, R, beta, norm2, XtA, dual_norm, gap, l1, excluded)
+    return beta, ybar - float(xbar @ beta)
+
+
+def lasso_fit(X: np.ndarray, Y: np.ndarray, w: np.ndarray, alpha: float, max_iter: int = 1000,
+              tol: float = 1e-4) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`lasso_cd` for every instance and target: (B, S, F), (B, S, T), (B, S) → coef
+    (B, T, F), intercept (B, T)."""
+    B, S, F = X.shape
+    T = Y.shape[2]
+    coef = np.zeros((B, T, F))
+    icpt = np.zeros((B, T))
+    for b in range(B):
+        for t in range(T):
+            coef[b, t], icpt[b, t] = lasso_cd(X[b], Y[b, :, t], w[b], alpha, max_iter, tol)
+    return coef, icpt
+
+
+def _kkt_pinv(A: np.ndarray, C: np.ndarray, delta: np.ndarray, n_rows: int) -> np.ndarray:
+    """Minimum-norm solution of the KKT system ``[A 1; 1ᵀ 0] [φ; λ] = [C; Δ]`` (symmetric,
+    indefinite; pseudo-inverse through its eigen-decomposition)."""
+    F = A.shape[0]
+    K = np.zeros((F + 1, F + 1))
+    K[:F, :F] = A
+    K[:F, F] = 1.0
+    K[F, :F] = 1.0
+    rhs = np.vstack([C, delta[None, :]])
+    lam, V = np.linalg.eigh(K)
+    cut = np.finfo(np.float64).eps * max(n_rows, F + 1) * np.abs(lam).max(initial=0.0)
+    inv = np.where(np.abs(lam) > cut, 1.0 / np.where(np.abs(lam) > cut, lam, 1.0), 0.0)
+    return (V @ (inv[:, None] * (V.T @ rhs)))[:F]
+
+
+def constrained_wls(Z: np.ndarray, Y: np.ndarray, w: np.ndarray, delta: np.ndarray, alpha: float
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+    """KernelSHAP's fit: ``min_φ Σ_s w_s (y_st - z_s·φ_t)² + α|φ_t|²`` subject to
+    ``Σ_f φ_tf = Δ_t`` (efficiency), for every instance and target.
+
+    With ``A = ZᵀWZ + αI``, ``U = A⁻¹ZᵀWY``, ``v = A⁻¹1``:
+    ``φ_t = U_t - v (1ᵀU_t - Δ_t) / 1ᵀv``.  A singular ``A`` falls back to the minimum-norm
+    solution of the KKT system (flag 1 in the second output).
+
+    Z (B, S, F), Y (B, S, T) (outputs minus the baseline's), w (B, S), delta (B, T) →
+    phi (B, T, F), fallback (B,) int32.
+    """
+    B, S, F = Z.shape
+    T = Y.shape[2]
+    phi = np.zeros((B, T, F))
+    flag = np.zeros(B, dtype=np.int32)
+    for b in range(B):
+        sq = np.sqrt(w[b])[:, None]
+        Zw = Z[b] * sq
+        A = Zw.T @ Zw + alpha * np.eye(F)
+        C = Zw.T @ (Y[b] * sq)
+        rhs = np.hstack([C, np.ones((F, 1))])
+        try:
+            L = np.linalg.cholesky(A)
+            d = np.diag(L)
+            if d.min() <= 1e-7 * d.max():
+                raise np.linalg.LinAlgError
+            sol = np.linalg.solve(L.T, np.linalg.solve(L, rhs))
+            U, v = sol[:, :T], sol[:, T]
+            phi[b] = (U - v[:, None] * ((U.sum(0) - delta[b]) / v.sum())[None, :]).T
+        except np.linalg.LinAlgError:
+            flag[b] = 1
+            phi[b] = _kkt_pinv(A, C, delta[b], S).T
+    return phi, flag
+
+
+# ----------------------------------------------------------------------------------- tabular
+_ACK_A = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+          1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00)
+_ACK_B = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+          6.680131188771972e+01, -1.328068155288572e+01)
+_ACK_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+          -2.549671010135326e+00, 4.374664141464968e+00, 2.938163982698783e+00)
+_ACK_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+          3.754408661907416e+00)
+TWO_M32 = 1.0 / 4294967296.0
+
+
+def ndtri(p: np.ndarray) -> np.ndarray:
+    """Inverse standard normal CDF by Acklam's rational approximation (relative error
+    < 1.2e-9: ample for sampling, and cheap — no refinement step)."""
+    p = np.asarray(p, dtype=np.float64)
+    a, b, c, d = _ACK_A, _ACK_B, _ACK_C, _ACK_D
+    out = np.empty_like(p)
+    lo = p < 0.02425
+    hi = p > 1 - 0.02425
+    mid = ~(lo | hi)
+    q = p[mid] - 0.5
+    r = q * q
+    out[mid] = ((((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+                (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1))
+    for m, sgn, pp in ((lo, 1.0, p[lo]), (hi, -1.0, 1 - p[hi])):
+        q = np.sqrt(-2 * np.log(pp))
+        out[m] = sgn * ((((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+                        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1))
+    return out
+
+
+def tabular_sample(n_rows: int, seed: int, stream: int, row_offset: int, kind: np.ndarray,
+                   cdf: np.ndarray, values: np.ndarray, inst: np.ndarray, center: np.ndarray,
+                   scale: np.ndarray, lo_p: np.ndarray, hi_p: np.ndarray, bin_mean: np.ndarray,
+                   bin_std: np.ndarray, bin_lo: np.ndarray, row0: np.ndarray
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """lime's tabular neighbourhood from a counter-based generator.
+
+    One 64-bit draw per (row, feature): its high 32 bits ``u1`` pick a value, its low 32 bits
+    ``u2`` place it.  ``kind[d]``: 0 continuous, ``x = center + scale · Φ⁻¹(u1)``;
+    1 categorical, ``v = values[d, k]`` with ``k`` the first index where ``u1 < cdf[d, k]``,
+    surrogate feature ``[v == inst[d]]``; 2 discretised, a bin ``k`` drawn as for 1 and a
+    value from the normal ``N(bin_mean, bin_std)`` truncated to the bin by inverse CDF:
+    ``Φ⁻¹(lo_p + u2 (hi_p - lo_p))`` with ``lo_p, hi_p`` the CDF at the bin edges (a zero
+    -width bin gives its edge, ``bin_lo``).  Global row 0 is the instance (``row0``; surrogate
+    features 1).  Returns (data (n, D) surrogate features, inverse (n, D) model inputs).
+    """
+    D = kind.shape[0]
+    rows = np.arange(row_offset, row_offset + n_rows, dtype=np.int64)
+    keys = row_keys(seed, stream, rows)
+    with np.errstate(over="ignore"):
+        h = _mix(keys[:, None] + (np.arange(D, dtype=np.uint64)[None, :] + np.uint64(1)) * GOLDEN)
+    u1 = ((h >> np.uint64(32)).astype(np.float64) + 0.5) * TWO_M32
+    u2 = ((h & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) * TWO_M32
+    data = np.empty((n_rows, D))
+    inv = np.empty((n_rows, D))
+    for d in range(D):
+        if kind[d] == 0:
+            x = center[d] + scale[d] * ndtri(u1[:, d])
+            data[:, d] = x
+            inv[:, d] = x
+            continue
+        k = (u1[:, d][:, None] >= cdf[d][None, :]).sum(1)
+        k = np.minimum(k, cdf.shape[1] - 1)
+        v = values[d, k]
+        data[:, d] = (v == inst[d]).astype(np.float64)
+        if kind[d] == 1:
+            inv[:, d] = v
+        else:
+            pl, ph = lo_p[d, k], hi_p[d, k]
+            z = ndtri(pl + u2[:, d] * (ph - pl))
+            x = bin_mean[d, k] + bin_std[d, k] * z
+            inv[:, d] = np.where(ph > pl, x, bin_lo[d, k])
+    first = rows == 0
+    if first.any():
+        data[first] = np.where(kind == 0, row0, 1.0)
+        inv[first] = row0
+    return data, inv
