@@ -29,8 +29,19 @@ __all__ = ["METHODS", "explainers", "forward_backward", "main"]
 #: Every method the demo runs, in gallery column order.
 METHODS = ("saliency", "input_x_gradient", "guided_backprop", "deconvnet",
            "grad_cam", "guided_grad_cam", "cam", "integrated_gradients", "smoothgrad")
+#: Extra methods in the digits gallery (cheap on 8×8 inputs; on 224×224 photos their thousands
+#: of model calls would take minutes on one CPU core, and LRP does not yet support
+#: EfficientNet's functional residual blocks).
+DIGITS_EXTRA = ("lrp", "lime", "kernel_shap")
 #: Methods that cost many model evaluations: timed in one run (their gallery call) only.
-SAMPLED_METHODS = ("integrated_gradients", "smoothgrad")
+SAMPLED_METHODS = ("integrated_gradients", "smoothgrad", "lime", "kernel_shap")
+
+
+def _grid_features(x: torch.Tensor, cell: int = 2) -> torch.Tensor:
+    """Square cells of ``cell`` px as features: (H, W) int64 ids."""
+    h, w = x.shape[-2:]
+    rows, cols = torch.arange(h) // cell, torch.arange(w) // cell
+    return rows[:, None] * ((w + cell - 1) // cell) + cols[None, :]
 #: Methods that need a layer (``--layer``) to run.
 LAYER_METHODS = ("grad_cam", "guided_grad_cam", "cam")
 #: Methods that install module hooks (not possible on TorchScript models).
@@ -64,10 +75,16 @@ def explainers(layer: Optional[str] = None,
         "integrated_gradients": lambda m, x, t: xk.integrated_gradients(m, x, t, n_steps=n_samples),
         # Shown as |mean gradient|, as in the SmoothGrad paper's figures.
         "smoothgrad": lambda m, x, t: xk.smoothgrad(m, x, t, n_samples=n_samples, seed=0).abs(),
+        "lrp": lambda m, x, t: xk.lrp(m, x, t, composite="epsilon_plus_flat"),
+        # 2×2-pixel cells as superpixels (16 features on 8×8 digits).
+        "lime": lambda m, x, t: xk.lime_image(m, x, t, segments=_grid_features(x).numpy(),
+                                             n_samples=1000).attribution(),
+        "kernel_shap": lambda m, x, t: xk.kernel_shap(m, x, t, feature_mask=_grid_features(x)[None],
+                                                      n_samples=1000).attribution()[:, 0],
     }
     unknown = [m for m in methods if m not in table]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(table)}")
     if layer is None and any(m in LAYER_METHODS for m in methods):
         raise ValueError(f"{[m for m in methods if m in LAYER_METHODS]} need a layer")
     return {m: table[m] for m in methods}
@@ -164,7 +181,7 @@ def _digits_section(out: Path, quick: bool, progress: bool,
     # One example of each of the first few digits: the gallery reads as a row per class.
     n_rows = 3 if quick else 6
     idx = torch.stack([(y_test == d).nonzero()[0, 0] for d in range(n_rows)])
-    fns = explainers(digits.GRAD_CAM_LAYER, (nn.ReLU,), n_samples=50)
+    fns = explainers(digits.GRAD_CAM_LAYER, (nn.ReLU,), methods=METHODS + DIGITS_EXTRA, n_samples=50)
     xg, tg = x_test[idx], pred[idx]
     maps = {name: fn(model, xg, tg) for name, fn in fns.items()}
     labels = [f"true {int(y_test[i])}, pred {int(pred[i])} ({float(prob[i]):.0%})" for i in idx]

@@ -36,6 +36,9 @@ METHOD_KINDS: Dict[str, str] = {
     "cam": "overlay_signed",
     "integrated_gradients": "signed",
     "smoothgrad": "unsigned",
+    "lrp": "signed",
+    "lime": "signed",
+    "kernel_shap": "signed",
 }
 
 METHOD_TITLES: Dict[str, str] = {
@@ -48,6 +51,9 @@ METHOD_TITLES: Dict[str, str] = {
     "cam": "CAM",
     "integrated_gradients": "Integrated Gradients",
     "smoothgrad": "SmoothGrad |·|",
+    "lrp": "LRP ε+♭",
+    "lime": "LIME",
+    "kernel_shap": "KernelSHAP",
 }
 
 _SEQUENTIAL = "inferno"
