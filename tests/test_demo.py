@@ -9,7 +9,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
 from xaikernels import viz  # noqa: E402
-from xaikernels.demo import METHODS, forward_backward  # noqa: E402
+from xaikernels.demo import DIGITS_EXTRA, METHODS, forward_backward  # noqa: E402
 
 
 def _table_rows(section: str):
@@ -21,9 +21,9 @@ def _table_rows(section: str):
     return rows
 
 
-def _check_table(section: str, batch: int):
+def _check_table(section: str, batch: int, extra=()):
     rows = _table_rows(section)
-    assert set(rows) == {"forward+backward (baseline)", *METHODS}, rows
+    assert set(rows) == {"forward+backward (baseline)", *METHODS, *extra}, rows
     base_ms = rows["forward+backward (baseline)"][0]
     for name, (ms, ratio, ips) in rows.items():
         assert ms > 0 and ratio > 0 and ips > 0, name
@@ -55,7 +55,7 @@ def test_demo_quick_writes_galleries_and_report(tmp_path, capsys):
     digits_sec, imagenet_sec = report.split("## EfficientNet-Lite0")
     acc = float(re.search(r"Test accuracy: \*\*([\d.]+)%\*\*", digits_sec).group(1))
     assert acc >= 95.0
-    _check_table(digits_sec, batch=32)
+    _check_table(digits_sec, batch=32, extra=DIGITS_EXTRA)
     _check_table(imagenet_sec, batch=2)
     top = re.search(r"\| chelsea \| ([^(]+) \(", imagenet_sec).group(1).strip()
     assert top in {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
@@ -70,7 +70,7 @@ def test_demo_digits_only_via_cli(tmp_path, capsys):
     assert (out / "gallery_digits.png").is_file() and not (out / "gallery_imagenet.png").exists()
     report = (out / "report.md").read_text()
     assert "median of 2 timed run(s)" in report
-    _check_table(report, batch=32)
+    _check_table(report, batch=32, extra=DIGITS_EXTRA)
     assert "skipped (--no-imagenet)" in capsys.readouterr().out
 
 

@@ -15,7 +15,9 @@ from xaikernels.methods.integrated import expected_gradients, integrated_gradien
 from xaikernels.methods.kernel_shap import kernel_shap
 from xaikernels.methods.lime import lime_image, lime_tabular, lime_text
 from xaikernels.methods.lrp import lrp
-from xaikernels.ops import grad_cam_reduce
+from xaikernels.methods.iba import iba
+from xaikernels.methods.infomax import infomax
+from xaikernels.ops import grad_cam_reduce, info_bottleneck, infonce_loss, infonce_lse
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,11 @@ __all__ = [
     "expected_gradients",
     "grad_cam",
     "grad_cam_reduce",
+    "iba",
+    "info_bottleneck",
+    "infomax",
+    "infonce_loss",
+    "infonce_lse",
     "guided_backprop",
     "guided_grad_cam",
     "input_x_gradient",
