@@ -142,6 +142,62 @@ def test_build_matches_where(backend, shape, F, S, dtype):
     assert torch.equal(out, expect)  # a pure selection: bit-exact in every dtype
 
 
+# planes longer than one 64-element bitmap word (full words + a tail, exact multiples), runs
+# of coherent segments and scattered ids, one feature per element, 1/2/4/8-byte dtypes
+WIDE_CASES = [((3, 150, 1), 11, "runs"), ((1, 100, 3), 5, "scatter"), ((1, 128, 1), 128, "each"),
+              ((2, 64, 2), 3, "runs"), ((1, 4096, 3), 73, "runs")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape,F,kind", WIDE_CASES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, np.uint8])
+def test_builder_wide_planes_match_reference(backend, shape, F, kind, dtype):
+    rng = np.random.RandomState(F)
+    x = (rng.rand(*shape) * 200).astype(dtype)
+    fill = (rng.rand(*shape) * 200).astype(dtype)
+    Pn = shape[1]
+    if kind == "runs":
+        seg = np.sort(rng.randint(0, F, Pn))
+        seg[:F] = np.arange(F)
+        seg = np.sort(seg)
+    elif kind == "scatter":
+        seg = rng.randint(0, F, Pn)
+    else:
+        seg = rng.permutation(Pn) % F
+    masks = P.sample_masks(13, F, 4, first_row_ones=True)
+    masks[1] = 0
+    build = P.PerturbedBuilder(x, fill, seg, backend=backend)
+    out = np.empty((13,) + shape, dtype)
+    for s0 in (0, 5, 6):  # reused across uneven batches
+        s1 = {0: 5, 5: 6, 6: 13}[s0]
+        build(masks[s0:s1], out[s0:s1])
+    expect = np.empty_like(out)
+    R.build_perturbed(x, fill, seg, masks, expect)
+    np.testing.assert_array_equal(out.view(np.uint8), expect.view(np.uint8))
+
+
+@needs_numba
+def test_serial_twins_equal_parallel_kernels():
+    from xaikernels.kernels.numba import perturb as K
+
+    a = np.empty((57, 9), np.uint8)
+    b = np.empty((57, 9), np.uint8)
+    base = np.uint64(K._stream_base(np.uint64(3), np.uint64(1)))
+    K._masks_bernoulli(a, base, np.int64(4), 0.4, True, True)
+    K._masks_bernoulli_serial(b, base, np.int64(4), 0.4, True, True)
+    np.testing.assert_array_equal(a, b)
+    cdf = P.shapley_size_cdf(9)
+    K._masks_sized(a, base, np.int64(0), cdf, False, False)
+    K._masks_sized_serial(b, base, np.int64(0), cdf, False, False)
+    np.testing.assert_array_equal(a, b)
+    z = np.random.RandomState(0).randn(40, 7)
+    for cos in (True, False):
+        d1, d2 = np.empty(40), np.empty(40)
+        K._row_distances(z, z[0].copy(), cos, d1)
+        K._row_distances_serial(z, z[0].copy(), cos, d2)
+        np.testing.assert_array_equal(d1, d2)
+
+
 def test_build_bad_input():
     x = np.zeros((1, 4, 1), np.float32)
     with pytest.raises(ValueError, match="out must be"):

@@ -15,6 +15,7 @@ from xaikernels.methods.integrated import expected_gradients, integrated_gradien
 from xaikernels.methods.kernel_shap import kernel_shap
 from xaikernels.methods.lime import lime_image, lime_tabular, lime_text
 from xaikernels.methods.lrp import lrp
+from xaikernels.methods.fewshot import PrototypicalNet, digits_encoder, sample_episode
 from xaikernels.methods.iba import iba
 from xaikernels.methods.infomax import infomax
 from xaikernels.ops import grad_cam_reduce, info_bottleneck, infonce_loss, infonce_lse
@@ -22,10 +23,11 @@ from xaikernels.ops import grad_cam_reduce, info_bottleneck, infonce_loss, infon
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendUnavailableError",
+    "PrototypicalNet",    "BackendUnavailableError",
     "backend_status",
     "cam",
     "deconvnet",
+    "digits_encoder",
     "expected_gradients",
     "grad_cam",
     "grad_cam_reduce",
@@ -46,5 +48,6 @@ __all__ = [
     "load_extension",
     "lrp",
     "saliency",
+    "sample_episode",
     "smoothgrad",
 ]

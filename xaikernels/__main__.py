@@ -361,6 +361,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             return int(demo_main(rest) or 0)
         if ns.command == "bench":
+            if rest and rest[0] == "infonce":  # the fused InfoNCE op vs its materialised reference
+                from xaikernels.bench_infonce import main as infonce_main
+
+                return int(infonce_main(rest[1:]) or 0)
             from xaikernels.benchmark import main as bench_main
 
             return int(bench_main(rest) or 0)

@@ -298,6 +298,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sec_lines, s = _digits_section(out, args.quick, progress, args.repeats)
     lines += sec_lines
     summaries.append(s)
+    from xaikernels.demo_mi import mi_section
+
+    sec_lines, s = mi_section(out, args.quick, progress)
+    lines += sec_lines
+    summaries.append(s)
     if args.no_imagenet:
         summaries.append("EfficientNet-Lite0: skipped (--no-imagenet)")
     else:
@@ -315,7 +320,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("xaikernels demo")
     for s in summaries:
         print("  " + s)
-    written = [p for p in ("gallery_digits.png", "gallery_imagenet.png", "report.md")
+    written = [p for p in ("gallery_digits.png", "gallery_mi.png", "gallery_imagenet.png", "report.md")
                if (out / p).exists()]
     print(f"  wrote {', '.join(str(out / p) for p in written)} in {total:.1f} s")
     return 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -275,16 +275,17 @@ class LimeBase:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=math.ceil(n / per_eval), desc=f"{type(self).__name__} attribution")
+        # the feature map is prepared once; each batch is then one kernel call per input
+        builders = [P.PerturbedBuilder(P.as_apb(x, "flat"), P.as_apb(b, "flat"), seg) for x, b, seg in zip(xs, bs, segs)]
         exp_args = _expand_args(args, per_eval)
         exp_target = _expand_target(target, per_eval)
         for s0 in range(0, n, per_eval):
             s1 = min(n, s0 + per_eval)
             k = s1 - s0
             batch = []
-            for x, b, seg in zip(xs, bs, segs):
+            for x, build in zip(xs, builders):
                 out = torch.empty((k,) + tuple(x.shape), dtype=x.dtype)
-                P.build_perturbed(P.as_apb(x, "flat"), P.as_apb(b, "flat"), seg, masks[s0:s1],
-                                  out.view(k, 1, -1, 1))
+                build(masks[s0:s1], out.view(k, 1, -1, 1))
                 # one example per sample row: stack along the batch dimension like Captum
                 batch.append(out.reshape((k * x.shape[0],) + tuple(x.shape[1:])).to(device))
             if w is None:

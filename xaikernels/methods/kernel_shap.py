@@ -155,6 +155,9 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
         xa = [P.as_apb(xc[n], "flat") for n in range(N)]
         ba = [P.as_apb(base[n], "flat") for n in range(N)]
 
+        # prepared once per instance (feature-map bitmaps), then one kernel call per batch
+        builders = [P.PerturbedBuilder(xa[n], ba[n], plans[n][0], backend=backend) for n in range(N)]
+
         def fill_rows(view, start, stop):
             r = start
             flat = view.reshape(view.shape[0], 1, -1, 1)
@@ -162,8 +165,7 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
                 n = int(np.searchsorted(starts, r, side="right") - 1)
                 e = min(stop, int(starts[n + 1]))
                 s = r - int(starts[n])
-                P.build_perturbed(xa[n], ba[n], plans[n][0], plans[n][2][s: s + e - r], flat[r - start: e - start],
-                                  backend=backend)
+                builders[n](plans[n][2][s: s + e - r], flat[r - start: e - start])
                 r = e
 
         streamer = _Streamer(model, inner, xc.dtype, x.device, batch_size, output, forward_args, progress,

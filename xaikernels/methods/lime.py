@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
@@ -302,14 +301,17 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
                 m = P.sample_masks(n_samples, F, seed, stream=n, first_row_ones=True, backend=backend)
             mask_list.append(m)
 
+        # prepared once per instance (feature-map bitmaps), then one kernel call per batch
+        builders = [P.PerturbedBuilder(P.as_apb(xc[n], "chw"), fills[n], feats[n][0], backend=backend)
+                    for n in range(N)]
+
         def fill_rows(view, start, stop):
             r = start
             while r < stop:
                 n, s = divmod(r, n_samples)
                 e = min(stop, (n + 1) * n_samples)
                 dst = view[r - start: e - start].reshape(e - r, C, H * W, 1)
-                P.build_perturbed(P.as_apb(xc[n], "chw"), fills[n], feats[n][0], mask_list[n][s: s + e - r],
-                                  dst, backend=backend)
+                builders[n](mask_list[n][s: s + e - r], dst)
                 r = e
 
         streamer = _Streamer(model, (C, H, W), xc.dtype, x.device, batch_size, output, forward_args,
@@ -459,12 +461,22 @@ class TabularSampler:
 
     def plan(self, row: np.ndarray) -> dict:
         """Kernel arrays for one instance."""
-        from math import erfc, sqrt
-
         row = np.asarray(row, dtype=np.float64).reshape(-1)
         D = self.n_features
         if row.shape[0] != D:
             raise ValueError(f"data_row has {row.shape[0]} features, training data {D}")
+        # everything but the instance's own values depends on the training data only: built
+        # once (a Python loop over features and bins), reused for every explained row
+        static = self.__dict__.get("_static_plan")
+        if static is None:
+            static = self._static_plan = self._build_static_plan()
+        center = row.copy() if self.sample_around_instance else self.means.copy()
+        return dict(static, inst=self.discretize(row), center=center, row0=row.copy())
+
+    def _build_static_plan(self) -> dict:
+        from math import erfc, sqrt
+
+        D = self.n_features
         V = max([len(v[0]) for v in self.value_table.values()] + [1])
         cdf = np.ones((D, V))
         values = np.zeros((D, V))
@@ -473,7 +485,6 @@ class TabularSampler:
         bmean = np.zeros((D, V))
         bstd = np.ones((D, V))
         bfb = np.zeros((D, V))
-        inst = self.discretize(row)
         for d, (vals, freq) in self.value_table.items():
             k = len(vals)
             c = np.cumsum(freq)
@@ -490,9 +501,8 @@ class TabularSampler:
                     hi_p[d, j] = 0.5 * erfc(-b / sqrt(2.0))
                     bmean[d, j], bstd[d, j] = means[v], stds[v]
                     bfb[d, j] = min(max(means[v], mins[v]), maxs[v])
-        center = row.copy() if self.sample_around_instance else self.means.copy()
-        return dict(kind=self.kind, cdf=cdf, values=values, inst=inst, center=center, scale=self.scale.copy(),
-                    lo_p=lo_p, hi_p=hi_p, bin_mean=bmean, bin_std=bstd, bin_fallback=bfb, row0=row.copy())
+        return dict(kind=self.kind, cdf=cdf, values=values, scale=self.scale.copy(), lo_p=lo_p, hi_p=hi_p,
+                    bin_mean=bmean, bin_std=bstd, bin_fallback=bfb)
 
     def sample(self, row: np.ndarray, n_samples: int, seed: int, stream: int = 0, backend: str = "auto"):
         """(data, inverse, scaled): surrogate features, model inputs, standardised surrogate

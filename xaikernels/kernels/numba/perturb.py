@@ -9,7 +9,9 @@ Importing this module imports numba; the op layer imports it lazily.
 from __future__ import annotations
 
 import math
+import types
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -22,6 +24,34 @@ _S31 = np.uint64(31)
 _S11 = np.uint64(11)
 _ONE = np.uint64(1)
 _TWO_M53 = 1.0 / 9007199254740992.0
+
+
+# ----------------------------------------------------------------------- serial twins
+_PAR_MIN_WORK = 1 << 18  # elements of work below which a thread-pool launch is not worth it
+
+
+def _serial_twin(kernel):
+    """The same kernel compiled without ``parallel=True`` (``prange`` runs as ``range``).
+
+    A parallel launch hands the loop to Numba's thread pool even with one thread; on a loaded
+    machine waking the worker costs up to a scheduler slice (measured: a 0.1 ms distance
+    kernel took 2.4 ms), so small or single-threaded calls take the serial twin.  The twin
+    gets its own name so that its on-disk cache entry does not collide with the parallel one.
+    """
+    py = kernel.py_func
+    name = py.__name__ + "_serial"
+    code = py.__code__.replace(co_name=name, co_qualname=py.__qualname__ + "_serial")
+    twin = types.FunctionType(code, py.__globals__, name, py.__defaults__, py.__closure__)
+    twin.__qualname__ = py.__qualname__ + "_serial"
+    twin.__module__ = py.__module__
+    twin.__doc__ = py.__doc__
+    return njit(cache=True)(twin)
+
+
+def _pick(parallel_kernel, serial_kernel, work):
+    if work >= _PAR_MIN_WORK and numba.get_num_threads() > 1:
+        return parallel_kernel
+    return serial_kernel
 
 
 # ------------------------------------------------------------------------------------ RNG
@@ -89,68 +119,99 @@ def _masks_sized(out, base, row_offset, cdf, paired, first_row_ones):
             out[r, :] = 1
 
 
+_masks_bernoulli_serial = _serial_twin(_masks_bernoulli)
+
+
+_masks_sized_serial = _serial_twin(_masks_sized)
+
+
 def sample_masks(n_rows, n_features, seed, stream=0, row_offset=0, p_on=0.5, size_cdf=None,
                  paired=False, first_row_ones=False):
     """See :func:`xaikernels.reference.perturb.sample_masks`."""
     out = np.empty((int(n_rows), int(n_features)), dtype=np.uint8)
     base = np.uint64(_stream_base(np.uint64(seed % 2**64), np.uint64(stream % 2**64)))
     if size_cdf is None:
-        _masks_bernoulli(out, base, np.int64(row_offset), float(p_on), bool(paired), bool(first_row_ones))
+        _pick(_masks_bernoulli, _masks_bernoulli_serial, out.size)(out, base, np.int64(row_offset), float(p_on), bool(paired), bool(first_row_ones))
     else:
         cdf = np.ascontiguousarray(size_cdf, dtype=np.float64)
-        _masks_sized(out, base, np.int64(row_offset), cdf, bool(paired), bool(first_row_ones))
+        _pick(_masks_sized, _masks_sized_serial, out.size)(out, base, np.int64(row_offset), cdf, bool(paired), bool(first_row_ones))
     return out
 
 
 # ------------------------------------------------------------------------------ construction
+_U64_0 = np.uint64(0)
+
+
 @njit(cache=True)
-def _runs(seg):
-    """Run-length encoding of the feature map: (start, stop, feature) of each maximal run."""
-    P = seg.shape[0]
-    n = 1
-    for p in range(1, P):
-        if seg[p] != seg[p - 1]:
-            n += 1
-    out = np.empty((n, 3), dtype=np.int64)
-    r = 0
-    out[0, 0] = 0
-    out[0, 2] = seg[0]
-    for p in range(1, P):
-        if seg[p] != seg[p - 1]:
-            out[r, 1] = p
-            r += 1
-            out[r, 0] = p
-            out[r, 2] = seg[p]
-    out[r, 1] = P
-    return out
+def _word_masks(seg, Bn, n_features):
+    """Per feature, the 64-element words of one (P·Bn) plane it touches and which elements
+    of each: CSR ``ptr`` (F+1,), ``word`` and ``bits`` (one entry per (feature, word) pair,
+    at most min(F·W, P·Bn) entries).  Element ``i`` of a plane is bit ``i & 63`` of word
+    ``i >> 6``; elements are visited in order, so each feature's words come out sorted."""
+    L = seg.shape[0] * Bn
+    cnt = np.zeros(n_features + 1, dtype=np.int64)
+    last = np.full(n_features, -1, dtype=np.int64)
+    for i in range(L):
+        f = seg[i // Bn]
+        if last[f] != i >> 6:
+            last[f] = i >> 6
+            cnt[f + 1] += 1
+    ptr = np.cumsum(cnt)
+    word = np.empty(ptr[n_features], dtype=np.int64)
+    bits = np.zeros(ptr[n_features], dtype=np.uint64)
+    cur = ptr[:n_features].copy()
+    last[:] = -1
+    for i in range(L):
+        f = seg[i // Bn]
+        w = i >> 6
+        if last[f] != w:
+            last[f] = w
+            word[cur[f]] = w
+            cur[f] += 1
+        bits[cur[f] - 1] |= np.uint64(1) << np.uint64(i & 63)
+    return ptr, word, bits
 
 
-@njit(cache=True, inline="always")
-def _build_row(x, fill, runs, m, o, Bn):
-    # superpixels are spatially coherent: each run is one straight copy (vectorised by LLVM)
-    A = x.shape[0]
+@njit(cache=True)
+def _build_row(x, fill, ptr, word, bits, m, o, hb):
+    # hb = bitmap of hidden elements, the OR of the hidden features' words (sparse: a
+    # superpixel touches few words); then a branch-free blend o = (fill & k) | (x & ~k) with
+    # k all-ones where hidden.  A per-run copy branches on every (short, random) run and
+    # mispredicts; this loop has fixed trip counts that LLVM vectorises.
+    hb[:] = _U64_0
+    for j in range(m.shape[0]):
+        if not m[j]:
+            for q in range(ptr[j], ptr[j + 1]):
+                hb[word[q]] |= bits[q]
+    one = np.uint64(1)
+    A, L = x.shape
+    full = L >> 6
     for a in range(A):
         xa = x[a]
         fa = fill[a]
         oa = o[a]
-        for r in range(runs.shape[0]):
-            lo = runs[r, 0] * Bn
-            hi = runs[r, 1] * Bn
-            src = xa if m[runs[r, 2]] else fa
-            for i in range(lo, hi):  # an element loop: slicing would build a view per run
-                oa[i] = src[i]
+        for w in range(full):
+            hw = hb[w]
+            b0 = w << 6
+            for i in range(64):
+                k = _U64_0 - ((hw >> np.uint64(i)) & one)
+                oa[b0 + i] = (fa[b0 + i] & k) | (xa[b0 + i] & ~k)
+        for i in range(full << 6, L):
+            oa[i] = fa[i] if (hb[i >> 6] >> np.uint64(i & 63)) & one else xa[i]
 
 
 @njit(cache=True)
-def _build_serial(x, fill, runs, masks, out, Bn):
+def _build_serial(x, fill, ptr, word, bits, masks, out):
+    hb = np.empty((x.shape[1] + 63) >> 6, dtype=np.uint64)
     for s in range(out.shape[0]):
-        _build_row(x, fill, runs, masks[s], out[s], Bn)
+        _build_row(x, fill, ptr, word, bits, masks[s], out[s], hb)
 
 
 @njit(cache=True, parallel=True)
-def _build_parallel(x, fill, runs, masks, out, Bn):
+def _build_parallel(x, fill, ptr, word, bits, masks, out):
+    W = (x.shape[1] + 63) >> 6
     for s in prange(out.shape[0]):
-        _build_row(x, fill, runs, masks[s], out[s], Bn)
+        _build_row(x, fill, ptr, word, bits, masks[s], out[s], np.empty(W, dtype=np.uint64))
 
 
 _RAW = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -158,23 +219,28 @@ _PARALLEL_MIN = 1 << 21  # elements; below this a parallel launch costs more tha
 
 
 class Builder:
-    """``build_perturbed`` for one (x, fill, seg), prepared once (raw views, run-length
-    encoded feature map) and then called per batch with no per-call set-up."""
+    """``build_perturbed`` for one (x, fill, seg), prepared once (raw views, per-feature word
+    bitmaps of the feature map) and then called per batch with no per-call set-up."""
 
     def __init__(self, x, fill, seg):
         self.raw = _RAW[x.dtype.itemsize]
         self.A, Pn, self.Bn = x.shape
         self.L = Pn * self.Bn
-        self.runs = _runs(np.ascontiguousarray(seg, dtype=np.int64))
+        seg = np.ascontiguousarray(seg, dtype=np.int64)
+        F = int(seg.max()) + 1 if seg.size else 0
+        self.F = F
+        self.ptr, self.word, self.bits = _word_masks(seg, np.int64(self.Bn), np.int64(F))
         self.xv = np.ascontiguousarray(x).view(self.raw).reshape(self.A, self.L)
         self.fv = np.ascontiguousarray(fill).view(self.raw).reshape(self.A, self.L)
 
     def __call__(self, masks, out):
         S = out.shape[0]
         if S:
+            if masks.shape[1] < self.F:
+                raise ValueError(f"masks have {masks.shape[1]} features, the feature map uses {self.F}")
             ov = out.view(self.raw).reshape(S, self.A, self.L)
             fn = _build_parallel if out.size >= _PARALLEL_MIN else _build_serial
-            fn(self.xv, self.fv, self.runs, masks, ov, self.Bn)
+            fn(self.xv, self.fv, self.ptr, self.word, self.bits, masks, ov)
         return out
 
 
@@ -230,12 +296,15 @@ def _mask_distances(masks, stats, cosine, out):
             out[s] = math.sqrt(max(d2, 0.0))
 
 
+_mask_distances_serial = _serial_twin(_mask_distances)
+
+
 def mask_distances(masks, stats, metric):
     """See :func:`xaikernels.reference.perturb.mask_distances`."""
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"unknown metric {metric!r}")
     out = np.empty(masks.shape[0])
-    _mask_distances(masks, np.ascontiguousarray(stats, dtype=np.float64), metric == "cosine", out)
+    _pick(_mask_distances, _mask_distances_serial, masks.size)(masks, np.ascontiguousarray(stats, dtype=np.float64), metric == "cosine", out)
     return out
 
 
@@ -265,12 +334,15 @@ def _row_distances(z, z0, cosine, out):
             out[s] = math.sqrt(d2)
 
 
+_row_distances_serial = _serial_twin(_row_distances)
+
+
 def row_distances(z, z0, metric):
     """See :func:`xaikernels.reference.perturb.row_distances`."""
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"unknown metric {metric!r}")
     out = np.empty(z.shape[0])
-    _row_distances(z, np.ascontiguousarray(z0, dtype=np.float64), metric == "cosine", out)
+    _pick(_row_distances, _row_distances_serial, z.size)(z, np.ascontiguousarray(z0, dtype=np.float64), metric == "cosine", out)
     return out
 
 
@@ -347,17 +419,22 @@ def _chol_solve(A, b):
         lmax = max(lmax, L[j, j])
     if n > 0 and lmin <= 1e-7 * lmax:
         return b.copy(), False
+    # scalar loops over a 2-D view: with a matrix right-hand side, row expressions such as
+    # ``x[i] - L[i, k] * x[k]`` would allocate a temporary array per term
     x = b.copy()
-    for i in range(n):
-        s = x[i]
-        for k in range(i):
-            s -= L[i, k] * x[k]
-        x[i] = s / L[i, i]
-    for i in range(n - 1, -1, -1):
-        s = x[i]
-        for k in range(i + 1, n):
-            s -= L[k, i] * x[k]
-        x[i] = s / L[i, i]
+    x2 = x.reshape((n, -1))
+    m = x2.shape[1]
+    for c in range(m):
+        for i in range(n):
+            s = x2[i, c]
+            for k in range(i):
+                s -= L[i, k] * x2[k, c]
+            x2[i, c] = s / L[i, i]
+        for i in range(n - 1, -1, -1):
+            s = x2[i, c]
+            for k in range(i + 1, n):
+                s -= L[k, i] * x2[k, c]
+            x2[i, c] = s / L[i, i]
     return x, True
 
 
@@ -597,18 +674,47 @@ def _select(code, G, b_t, yy_t, tss_t, x0, num_features, n_rows):
 
 
 @njit(cache=True)
+def _solve_all(G, ridge, XY, n_rows):
+    """``(G + ridge·I)⁻¹ XY`` for every column with one factorisation (the matrix does not
+    depend on the target); a singular system falls back to the per-column minimum norm."""
+    F = G.shape[0]
+    A = G.copy()
+    for i in range(F):
+        A[i, i] += ridge
+    X, ok = _chol_solve(A, XY)
+    if not ok:
+        for t in range(XY.shape[1]):
+            X[:, t] = _pinv_solve(A, XY[:, t].copy(), n_rows)
+    return X
+
+
+@njit(cache=True)
 def _fit_gram_one(G, XY, YY, TSS, xbar, ybar, x0, alpha, select, num_features, coef, icpt, score, pred0, used,
                   n_rows):
     T = XY.shape[1]
+    F = G.shape[0]
+    # 'none' and 'highest_weights' solve with matrices shared by all targets: factorise once.
+    # highest_weights ranks features by a ridge(0.01) fit; when it keeps every feature, the
+    # final ridge(alpha) is the full system too, only reported in the selection order.
+    shared_sel = select == 1 and F > 0
+    full = F > 0 and (select == 0 or (select == 1 and num_features >= F))
+    B01 = _solve_all(G, 0.01, XY, n_rows) if shared_sel else np.empty((0, 0))
+    Bfull = _solve_all(G, alpha, XY, n_rows) if full else np.empty((0, 0))
     for t in range(T):
         bt = XY[:, t].copy()
-        sel = _select(select, G, bt, YY[t], TSS[t], x0, num_features, n_rows)
+        if shared_sel:
+            sel = _stable_top(B01[:, t] * x0, num_features)
+        else:
+            sel = _select(select, G, bt, YY[t], TSS[t], x0, num_features, n_rows)
         n = sel.shape[0]
-        A = _sub(G, sel)
-        for i in range(n):
-            A[i, i] += alpha
         bs = _subv(bt, sel)
-        beta = _solve(A, bs, n_rows)
+        if full:
+            beta = _subv(Bfull[:, t].copy(), sel)
+        else:
+            A = _sub(G, sel)
+            for i in range(n):
+                A[i, i] += alpha
+            beta = _solve(A, bs, n_rows)
         Gs = _sub(G, sel)
         rss = _rss(Gs, bs, YY[t], beta) + (TSS[t] - YY[t])
         c = ybar[t]
@@ -643,26 +749,39 @@ def fit_surrogate(X, Y, w, x0, alpha, fit_intercept=True, select=0, num_features
     x0 = np.ascontiguousarray(x0, dtype=np.float64)
     B, S, F = X.shape
     T = Y.shape[2]
-    sw = w.sum(1)
-    xmean = np.einsum("bs,bsf->bf", w, X) / sw[:, None]
-    ymean = np.einsum("bs,bst->bt", w, Y) / sw[:, None]
-    xbar = xmean if fit_intercept else np.zeros((B, F))
-    ybar = ymean if fit_intercept else np.zeros((B, T))
-    q = np.sqrt(w)[:, :, None]
-    Xw = (X - xbar[:, None, :]) * q
-    Yw = (Y - ybar[:, None, :]) * q
-    Xt = Xw.transpose(0, 2, 1)
-    G = np.ascontiguousarray(Xt @ Xw)
-    XY = np.ascontiguousarray(Xt @ Yw)
-    YY = np.ascontiguousarray((Yw * Yw).sum(1))
-    Yt = (Y - ymean[:, None, :]) * q
-    TSS = np.ascontiguousarray((Yt * Yt).sum(1))
+    G = np.empty((B, F, F))
+    XY = np.empty((B, F, T))
+    YY = np.empty((B, T))
+    TSS = np.empty((B, T))
+    xbar = np.zeros((B, F))
+    ybar = np.zeros((B, T))
+    for b in range(B):
+        # 2-D BLAS products per instance (batched einsum/matmul on (1, S, F) costs more in
+        # NumPy's dispatch than the arithmetic at lime's sizes)
+        wb = w[b]
+        sw = wb.sum()
+        xm = (wb @ X[b]) / sw
+        ym = (wb @ Y[b]) / sw
+        if fit_intercept:
+            xbar[b] = xm
+            ybar[b] = ym
+        q = np.sqrt(wb)[:, None]
+        Xw = (X[b] - xbar[b]) * q
+        Yw = (Y[b] - ybar[b]) * q
+        G[b] = Xw.T @ Xw
+        XY[b] = Xw.T @ Yw
+        YY[b] = np.einsum("st,st->t", Yw, Yw)
+        if fit_intercept:
+            TSS[b] = YY[b]
+        else:
+            Yt = (Y[b] - ym) * q
+            TSS[b] = np.einsum("st,st->t", Yt, Yt)
     coef = np.zeros((B, T, F))
     icpt = np.zeros((B, T))
     score = np.zeros((B, T))
     pred0 = np.zeros((B, T))
     used = np.zeros((B, T, F), dtype=np.int32)
-    _fit_gram_all(G, XY, YY, TSS, np.ascontiguousarray(xbar), np.ascontiguousarray(ybar), x0, float(alpha),
+    _fit_gram_all(G, XY, YY, TSS, xbar, ybar, x0, float(alpha),
                   int(select), int(num_features), coef, icpt, score, pred0, used, S)
     return coef, icpt, score, pred0, used
 
@@ -972,6 +1091,9 @@ def _tabular(data, inv, base, row_offset, kind, cdf, values, inst, center, scale
                     inv[r, d] = bin_lo[d, k]
 
 
+_tabular_serial = _serial_twin(_tabular)
+
+
 def tabular_sample(n_rows, seed, stream, row_offset, kind, cdf, values, inst, center, scale, lo_p, hi_p,
                    bin_mean, bin_std, bin_lo, row0):
     """See :func:`xaikernels.reference.perturb.tabular_sample`."""
@@ -979,6 +1101,6 @@ def tabular_sample(n_rows, seed, stream, row_offset, kind, cdf, values, inst, ce
     data = np.empty((int(n_rows), D))
     inv = np.empty((int(n_rows), D))
     base = np.uint64(_stream_base(np.uint64(seed % 2**64), np.uint64(stream % 2**64)))
-    _tabular(data, inv, base, np.int64(row_offset), kind, cdf, values, inst, center, scale, lo_p, hi_p,
+    _pick(_tabular, _tabular_serial, data.size)(data, inv, base, np.int64(row_offset), kind, cdf, values, inst, center, scale, lo_p, hi_p,
              bin_mean, bin_std, bin_lo, row0)
     return data, inv
