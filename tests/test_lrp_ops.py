@@ -38,6 +38,8 @@ LAYERS = {
     "conv2d_stride_pad_dil": ((2, 3, 7, 6), (4, 3, 3, 3), ConvGeom((2, 1), (1, 2), (2, 1), 1)),
     "conv2d_groups": ((1, 4, 5, 5), (6, 2, 3, 2), ConvGeom((1, 1), (1, 0), (1, 1), 2)),
     "conv2d_depthwise": ((2, 3, 6, 5), (3, 1, 3, 3), ConvGeom((2, 2), (1, 1), (1, 1), 3)),
+    # TensorFlow "SAME" padding as in EfficientNet ports: explicit asymmetric zero padding
+    "conv2d_depthwise_prepad": ((2, 3, 7, 6), (3, 1, 3, 3), ConvGeom((2, 2), (0, 0), (1, 1), 3, (0, 1, 1, 2))),
     "conv1d": ((2, 3, 11), (5, 3, 4), ConvGeom((3,), (2,), (1,), 1)),
     "conv3d": ((1, 2, 3, 4, 4), (3, 2, 2, 2, 3), ConvGeom((1, 1, 2), (0, 1, 1), (1, 1, 1), 1)),
 }
@@ -123,18 +125,41 @@ def test_low_precision_error_within_2x_of_plain_torch(layer, rule_name, dtype):
         assert err <= 2 * err_plain + 1e-6 * exact.abs().max().item(), (backend, err, err_plain)
 
 
-@pytest.mark.parametrize("rule_name", ["zplus", "alpha2beta1", "alpha3beta2", "epsilon"])
-@pytest.mark.parametrize("layer", ["linear_5x7", "conv2d_depthwise"])
+@pytest.mark.parametrize("rule_name", ["zplus", "alpha2beta1", "alpha3beta2", "epsilon", "flat", "wsquare"])
+@pytest.mark.parametrize("layer", ["linear_5x7", "conv2d_depthwise", "conv2d_depthwise_prepad"])
 def test_conservation_without_bias(rule_name, layer):
-    """z⁺ and αβ conserve relevance exactly up to the stabiliser; ε → conservation as ε → 0."""
+    """z⁺, αβ, flat and w² conserve relevance exactly up to the stabiliser; ε → conservation as
+    ε → 0.  With explicit padding this also checks that no relevance lands on padded zeros."""
     x, w, _, geom, g = _data(layer, True, seed=3)
     rule = RULES[rule_name]._replace(eps=1e-12)
     z = ref._fwd(x, w, None, geom)
     r = torch.randn(z.shape, generator=g, dtype=torch.float64)
+    # Every output passes on the relevance of each of its non-zero sums in full (a 3×3 depthwise
+    # window can have no positive contribution at all, and then its z⁺ share is absorbed).
+    xs = ref.stack_channels(["p", "n"], geom, base=x)
+    zp = ref._fwd(xs, ref.block_weight(w, [["p", "n"]], geom), None, geom)
+    zn = ref._fwd(xs, ref.block_weight(w, [["n", "p"]], geom), None, geom)
+    expected = r.sum()
+    if rule.kind == "zplus":
+        expected = r[zp != 0].sum()
+    elif rule.kind == "alphabeta":
+        expected = rule.alpha * r[zp != 0].sum() - rule.beta * r[zn != 0].sum()
     for backend in _backends(geom):
         _, rel = _run(x, w, None, geom, rule, r, backend)
-        # every output whose denominators are non-zero passes its relevance on in full
-        torch.testing.assert_close(rel.sum(), r.sum(), rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(rel.sum(), expected, rtol=1e-8, atol=1e-8)
+
+
+def test_pre_pad_equals_symmetric_padding():
+    """``pre_pad`` with equal sides is the same layer as the convolution's own padding."""
+    x, w, b, _, g = _data("conv2d_stride_pad_dil", True, seed=5)
+    sym, pre = ConvGeom((2, 1), (1, 1), (1, 1), 1), ConvGeom((2, 1), (0, 0), (1, 1), 1, (1, 1, 1, 1))
+    r = torch.randn(ref._fwd(x, w, b, sym).shape, generator=g, dtype=torch.float64)
+    for rule in ("zplus", "gamma", "zbox", "flat"):
+        for backend in _backends(sym):
+            z1, rel1 = _run(x, w, b, sym, RULES[rule], r, backend)
+            z2, rel2 = _run(x, w, b, pre, RULES[rule], r, backend)
+            torch.testing.assert_close(z2, z1, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(rel2, rel1, rtol=1e-9, atol=1e-11)
 
 
 def test_stabilizer_sign_of_zero_is_plus():

@@ -19,13 +19,23 @@ average and adaptive-average pooling (norm rule, i.e. linear maps), max pooling 
 relevance goes to the winning input, winner-take-all), ``Flatten``/``Dropout`` (eval)/
 ``Identity`` (gradient, i.e. pass-through), activations (pass rule), BatchNorm (merged into the
 preceding convolution/linear by the canonizer, else pass rule), residual additions (canonized
-ResNet blocks, or an explicit :class:`ResidualSum` module).  Any other module is an error that
-names its path, unless ``unsupported="gradient"`` lets relevance pass through it as gradient.
-Operations written inline in a ``forward`` (``F.relu``, ``x.view``, ``torch.cat``) cannot be
-seen: they propagate the gradient, as in Zennit.
+ResNet blocks, an explicit :class:`ResidualSum` module, or — with :class:`FunctionalAdditions`,
+part of ``canonizers="auto"`` — additions written inline, ``x + block(x)`` / ``out += identity``
+as in MobileNetV2/EfficientNet MBConv blocks: these work, with the norm rule).  Any other module
+is an error that names its path, unless ``unsupported="gradient"`` lets relevance pass through
+it as gradient.  Other operations written inline in a ``forward`` (``F.relu``, ``x.view``,
+``torch.cat``, ``*``) cannot be seen: they propagate the gradient, as in Zennit.
+
+A convolution/linear subclass with its own ``forward`` (TensorFlow "SAME" padding applied before
+the convolution, as ``efficientnet_lite_pytorch``'s ``Conv2dStaticSamePadding``) runs that
+forward; its one call of the convolution with the layer's own weight becomes the rule, and zero
+padding of the layer input inside it becomes (possibly asymmetric) padding of the rule, so
+padded zeros never receive relevance.  A forward that never convolves with the layer's own
+weight (weight standardisation, say) is an error naming the layer.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -38,7 +48,7 @@ from torch import nn
 from xaikernels import _validate
 from xaikernels._model_guard import ModelGuard
 from xaikernels.ops import lrp as _ops
-from xaikernels.reference.lrp import ConvGeom, RuleParams
+from xaikernels.reference.lrp import ConvGeom, RuleParams, pad_input
 
 # ---------------------------------------------------------------------------------------------
 # Module families
@@ -58,7 +68,13 @@ ACTIVATION_TYPES = (nn.ELU, nn.Hardshrink, nn.Hardsigmoid, nn.Hardtanh, nn.Hards
                     nn.Threshold)
 #: Modules through which the gradient is the right relevance flow (routing/reshaping only).
 GRADIENT_TYPES = MAXPOOL_TYPES + (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-                                  nn.FeatureAlphaDropout, nn.Flatten, nn.Unflatten, nn.Identity)
+                                  nn.FeatureAlphaDropout, nn.Flatten, nn.Unflatten, nn.Identity,
+                                  nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
+#: The stock forwards; a subclass that overrides them (e.g. TensorFlow "SAME" padding before the
+#: convolution) is run as written, with its convolution call routed to the rule.
+_STOCK_FORWARD = {nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward}
+_CONV_FUNCS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
+_ADD_FUNCS = (torch.Tensor.add, torch.Tensor.add_, torch.add)
 
 
 class ResidualSum(nn.Module):
@@ -262,8 +278,10 @@ def make_rule(rule: Union[str, Rule]) -> Rule:
 
 def _leaves(module: nn.Module) -> Iterable[nn.Module]:
     children = list(module.children())
-    if not children:
+    # A linear-like layer is one layer even when it holds helpers (a padding module).
+    if not children or isinstance(module, LINEAR_TYPES):
         yield module
+        return
     for c in children:
         yield from _leaves(c)
 
@@ -331,7 +349,56 @@ class ResidualBlocks:
         return out
 
 
-_CANONIZER_NAMES = {"merge_batchnorm": MergeBatchNorm, "residual": ResidualBlocks}
+@dataclass(eq=False)
+class FunctionalAdditions:
+    """Norm rule for additions written inline in a ``forward``: ``x + block(x)``, ``out += identity``.
+
+    While the model runs, every addition of two *computed* tensors (both produced by operations
+    on the input, e.g. a skip connection and a branch output; parameters and constants do not
+    count) — ``a + b``, ``a += b``, ``a.add(b)``, ``a.add_(b)``, ``torch.add(a, b)`` with
+    ``alpha=1`` — splits its relevance in proportion to the summands,
+    ``R_a = a ⊙ R / s(a + b)`` (as :class:`ResidualSum`), instead of letting the gradient copy the
+    full relevance into both (which doubles it at every skip connection).  This is how
+    MobileNetV2 / EfficientNet (MBConv) and torchvision-style ``InvertedResidual`` blocks work
+    without a block-specific canonizer.  Other inline operations (``torch.cat``, ``*``, ``-``)
+    still propagate the gradient.  Part of ``canonizers="auto"``; Zennit has no equivalent, so
+    Zennit composites and canonizers do not bring it.
+    """
+
+    stabilizer: float = 1e-6
+
+    def __post_init__(self):
+        _check_eps(self.stabilizer, "stabilizer")
+
+
+class _AdditionMode(torch.overrides.TorchFunctionMode):
+    """Routes inline additions of two computed tensors through the norm rule (see
+    :class:`FunctionalAdditions`).  Rule ops run their forwards without grad, so their internal
+    arithmetic is never caught."""
+
+    def __init__(self, eps: float, x: torch.Tensor):
+        super().__init__()
+        self.eps, self.x = eps, x
+
+    def _computed(self, t) -> bool:
+        # The model input is a leaf; parameters are leaves and are not summands that carry relevance.
+        return (isinstance(t, torch.Tensor) and t.is_floating_point()
+                and (t.grad_fn is not None or t is self.x))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _ADD_FUNCS and len(args) == 2 and not kwargs and torch.is_grad_enabled():
+            a, b = args
+            if self._computed(a) and self._computed(b):
+                if func is torch.Tensor.add_:
+                    return _ops.sum_norm_(a, b, self.eps)
+                return _ops.sum_norm(a, b, self.eps)
+        return func(*args, **kwargs)
+
+
+_CANONIZER_NAMES = {"merge_batchnorm": MergeBatchNorm, "residual": ResidualBlocks,
+                    "functional_additions": FunctionalAdditions}
+_CANONIZER_TYPES = (MergeBatchNorm, ResidualBlocks, FunctionalAdditions)
 
 
 def _canonizers(spec, composite) -> List[Any]:
@@ -339,10 +406,10 @@ def _canonizers(spec, composite) -> List[Any]:
         own = getattr(composite, "canonizers", None)
         if own is not None:
             return _canonizers(list(own), None)
-        return [MergeBatchNorm(), ResidualBlocks()]
+        return [MergeBatchNorm(), ResidualBlocks(), FunctionalAdditions()]
     if spec is None:
         return []
-    if isinstance(spec, (str, MergeBatchNorm, ResidualBlocks)) or _is_zennit(spec):
+    if isinstance(spec, (str,) + _CANONIZER_TYPES) or _is_zennit(spec):
         spec = [spec]
     out = []
     for c in spec:
@@ -350,7 +417,7 @@ def _canonizers(spec, composite) -> List[Any]:
             if c not in _CANONIZER_NAMES:
                 raise ValueError(f"unknown canonizer {c!r}; known: {sorted(_CANONIZER_NAMES)} or 'auto'")
             out.append(_CANONIZER_NAMES[c]())
-        elif isinstance(c, (MergeBatchNorm, ResidualBlocks)):
+        elif isinstance(c, _CANONIZER_TYPES):
             out.append(c)
         elif _is_zennit(c):
             from xaikernels.zennit import convert_canonizer
@@ -513,22 +580,112 @@ def resolve_composite(composite, composite_kwargs: Optional[dict] = None):
 # The engine
 # ---------------------------------------------------------------------------------------------
 
-def _conv_geom(m: nn.Module, path: str) -> Tuple[ConvGeom, Optional[Tuple[int, ...]]]:
-    d = len(m.stride)
+def _tuple(v, d: int) -> Tuple[int, ...]:
+    return tuple(int(e) for e in v) if isinstance(v, (tuple, list)) else (int(v),) * d
+
+
+def _add_pads(p: Tuple[int, ...], q: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Sum of two paddings in F.pad order (possibly of different lengths)."""
+    n = max(len(p), len(q))
+    return tuple(u + v for u, v in zip(p + (0,) * (n - len(p)), q + (0,) * (n - len(q))))
+
+
+def _geom(stride, padding, dilation, groups, kernel: Sequence[int], pre_pad=None) -> ConvGeom:
+    """A :class:`ConvGeom` from convolution arguments (ints, tuples or ``"valid"``/``"same"``)."""
+    d = len(kernel)
+    stride, dilation = _tuple(stride, d), _tuple(dilation, d)
+    if padding == "valid":
+        padding = 0
+    elif padding == "same":
+        # PyTorch's "same": the odd pixel of an even total goes after (as explicit F.pad order)
+        tot = [dl * (k - 1) for dl, k in zip(dilation, kernel)]
+        sym = tuple(t // 2 for t in tot)
+        extra = tuple(e for t in reversed(tot) for e in (0, t % 2))
+        if any(extra):
+            pre_pad = extra if pre_pad is None else _add_pads(pre_pad, extra)
+        return ConvGeom(stride, sym, dilation, int(groups), pre_pad)
+    return ConvGeom(stride, _tuple(padding, d), dilation, int(groups), pre_pad)
+
+
+def _conv_geom(m: nn.Module, path: str) -> ConvGeom:
     if m.padding_mode != "zeros":
         raise NotImplementedError(f"layer {path!r}: padding_mode={m.padding_mode!r} is not supported by LRP "
                                   "(only zero padding)")
-    pad = m.padding
-    if isinstance(pad, str):
-        if pad == "valid":
-            pad = (0,) * d
-        else:  # "same"
-            tot = [dl * (k - 1) for dl, k in zip(m.dilation, m.kernel_size)]
-            if any(t % 2 for t in tot):
-                raise NotImplementedError(f"layer {path!r}: padding='same' with an even kernel (asymmetric "
-                                          "padding) is not supported by LRP")
-            pad = tuple(t // 2 for t in tot)
-    return ConvGeom(tuple(m.stride), tuple(pad), tuple(m.dilation), int(m.groups)), None
+    return _geom(m.stride, m.padding, m.dilation, m.groups, m.kernel_size)
+
+
+def _bind(args, kwargs, names, defaults):
+    out = dict(zip(names, defaults))
+    out.update(zip(names, args))
+    out.update(kwargs)
+    return out
+
+
+class _LayerCallMode(torch.overrides.TorchFunctionMode):
+    """Runs a linear-like layer's own ``forward`` (a subclass that pads before convolving, as
+    TensorFlow "SAME" ports do) and routes its one convolution/linear call with the layer's own
+    weight to the rule.  Zero padding of the layer input written in that forward becomes the
+    geometry's ``pre_pad``, so padded zeros never count as inputs (this matters for flat/w²)."""
+
+    _CONV_ARGS = (("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+                  (None, None, None, 1, 0, 1, 1))
+    _PAD_ARGS = (("input", "pad", "mode", "value"), (None, None, "constant", None))
+
+    def __init__(self, m: nn.Module, name: str, call):
+        super().__init__()
+        self.m, self.name, self.call = m, name, call
+        self.pads: Dict[int, Tuple[torch.Tensor, Tuple[int, ...], torch.Tensor]] = {}
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.pad:
+            out = func(*args, **kwargs)
+            a = _bind(args, kwargs, *self._PAD_ARGS)
+            pad = tuple(int(v) for v in a["pad"])
+            if a["mode"] == "constant" and not a["value"] and min(pad) >= 0:
+                src = a["input"]
+                prev = self.pads.get(id(src))
+                if prev is not None and prev[2] is src:  # padded twice: one pad
+                    src, pad = prev[0], _add_pads(prev[1], pad)
+                self.pads[id(out)] = (src, pad, out)
+            return out
+        is_conv = func in _CONV_FUNCS
+        if is_conv or func is F.linear:
+            a = _bind(args, kwargs, *self._CONV_ARGS)
+            if a["weight"] is self.m.weight:
+                self.calls += 1
+                if self.calls > 1:
+                    raise TypeError(f"layer {self.name!r} ({type(self.m).__name__}) uses its weight twice in its "
+                                    "forward; LRP rules need one linear map per layer")
+                x = a["input"]
+                if not is_conv:
+                    return self.call(x, None)
+                pre, padded = None, self.pads.get(id(x))
+                if padded is not None and padded[2] is x:
+                    x, pre = padded[0], padded[1]
+                return self.call(x, _geom(a["stride"], a["padding"], a["dilation"], a["groups"],
+                                          tuple(self.m.weight.shape[2:]), pre))
+        return func(*args, **kwargs)
+
+
+def _layer_forward(m: nn.Module, name: str, call):
+    """``m``'s forward during LRP: ``call(x, geom)`` computes the layer with its rule."""
+    if type(m).forward in _STOCK_FORWARD:
+        geom = None if isinstance(m, nn.Linear) else _conv_geom(m, name)
+        return lambda x: call(x, geom)
+    own = type(m).forward.__get__(m)
+
+    def fwd(*args, **kwargs):
+        mode = _LayerCallMode(m, name, call)
+        with mode:
+            out = own(*args, **kwargs)
+        if mode.calls == 0:
+            raise TypeError(f"layer {name!r} ({type(m).__name__}) has its own forward, which never calls "
+                            "its convolution/linear map with the layer's weight; LRP cannot apply a rule to "
+                            "it (map it to 'gradient', or give LRP a standard layer)")
+        return out
+    return fwd
 
 
 def _bn_scale(bn: nn.Module):
@@ -583,6 +740,7 @@ class _Run:
         self.merged: Dict[int, nn.Module] = {}       # id(linear) -> bn
         self.merged_bn: Dict[int, Tuple[nn.Module, bool]] = {}  # id(bn) -> (linear, zennit_compat)
         self.blocks: Dict[int, Tuple[nn.Module, str, ResidualSum]] = {}
+        self.additions: Optional[FunctionalAdditions] = None
         for c in canonizers:
             if isinstance(c, MergeBatchNorm):
                 for lin, bn in c.find(model):
@@ -593,6 +751,8 @@ class _Run:
             elif isinstance(c, ResidualBlocks):
                 for blk, kind in c.find(model):
                     self.blocks.setdefault(id(blk), (blk, kind, ResidualSum()))
+            elif isinstance(c, FunctionalAdditions):
+                self.additions = c
             else:
                 raise TypeError(f"unsupported canonizer {c!r}")
         self.rules: Dict[int, Rule] = {}
@@ -614,6 +774,8 @@ class _Run:
                 return
             seen.add(id(m))
             out.append((prefix, m))
+            if isinstance(m, LINEAR_TYPES):  # its helpers (a padding module) are part of the layer
+                return
             for cname, c in m._modules.items():
                 if c is not None:
                     visit(f"{prefix}.{cname}" if prefix else cname, c)
@@ -665,7 +827,6 @@ class _Run:
             guard.set_attr(m, "inplace", False)
         if isinstance(m, LINEAR_TYPES):
             bn = self.merged.get(id(m))
-            geom = None if isinstance(m, nn.Linear) else _conv_geom(m, name)[0]
             weights = _provider(m, bn)
             if isinstance(rule, Norm):
                 rule = Epsilon(rule.stabilizer)
@@ -675,14 +836,14 @@ class _Run:
                         f"layer {name!r} ({type(m).__name__}) has no LRP rule in composite {self.composite!r}; "
                         "map it to a rule, or pass unsupported='gradient' to let relevance cross it as gradient"))
                 elif bn is not None:
-                    self._swap(m, lambda x, _w=weights, _g=geom: self._record(m, _plain_linear(x, _w, _g)))
+                    self._swap(m, _layer_forward(m, name, lambda x, g: self._record(m, _plain_linear(x, weights, g))))
                 return
             if isinstance(rule, Pass):
                 raise self._rule_error(name, m, rule)
             params = rule.params()
             if params is None:
                 raise self._rule_error(name, m, rule)
-            self._swap(m, lambda x, _w=weights, _p=params, _g=geom: self._linear_call(x, _w, _p, _g, m))
+            self._swap(m, _layer_forward(m, name, lambda x, g: self._linear_call(x, weights, params, g, m)))
             return
         if id(m) in self.merged_bn:
             lin, compat = self.merged_bn[id(m)]
@@ -747,6 +908,8 @@ class _Run:
                     f"BatchNorm canonizer: {name!r} was merged into {lin_name!r} (the layer before it in module "
                     f"order) but does not consume that layer's output in the forward pass; pass canonizers "
                     "without MergeBatchNorm, or MergeBatchNorm(pairs=[...]) naming the right layers")
+            if not compat:  # the identity, forward and backward: no op, no copy
+                return x
             return _ops.pass_through(x, ident) if pass_rule else ident(x)
         return fwd
 
@@ -780,7 +943,8 @@ def _plain_linear(x, weights, geom):
     if geom is None:
         return F.linear(x, w, b)
     d = len(geom.stride)
-    return torch.convolution(x, w, b, geom.stride, geom.padding, geom.dilation, False, (0,) * d, geom.groups)
+    return torch.convolution(pad_input(x, geom), w, b, geom.stride, geom.padding, geom.dilation, False, (0,) * d,
+                             geom.groups)
 
 
 @dataclass
@@ -809,9 +973,12 @@ def run_lrp(model: nn.Module, x: torch.Tensor, grad_out: Callable[[torch.Tensor]
                 mod.register_forward_hook(_capture_hook(name, captured))
             run.install(guard)
             xg = x.detach().requires_grad_(True)
+            adds = (_AdditionMode(run.additions.stabilizer, xg) if run.additions is not None
+                    else contextlib.nullcontext())
             with torch.enable_grad():
                 try:
-                    out = model(xg, *forward_args)
+                    with adds:
+                        out = model(xg, *forward_args)
                 except _Unsupported as e:
                     raise TypeError(str(e)) from None
                 if not isinstance(out, torch.Tensor):
@@ -871,9 +1038,10 @@ def lrp(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike = None, 
         (rules as :class:`Rule` instances or names; activations, pooling, BatchNorm and residual
         sums get the presets' pass/norm rules); or a Zennit ``Composite`` (its rules are mapped
         to these kernels and give Zennit's numbers).
-    canonizers : ``"auto"`` (default: the composite's own, else BatchNorm merging and ResNet
-        residual blocks), None, or a list of :class:`MergeBatchNorm`, :class:`ResidualBlocks`,
-        names ``"merge_batchnorm"``/``"residual"``, or Zennit canonizers.  The model is never
+    canonizers : ``"auto"`` (default: the composite's own, else BatchNorm merging, ResNet
+        residual blocks and inline additions), None, or a list of :class:`MergeBatchNorm`,
+        :class:`ResidualBlocks`, :class:`FunctionalAdditions`, names ``"merge_batchnorm"``/
+        ``"residual"``/``"functional_additions"``, or Zennit canonizers.  The model is never
         modified (merged weights are computed per call).
     backend : ``"auto"``, ``"reference"`` (torch) or ``"triton"`` for the linear/conv rule ops.
     unsupported : ``"error"`` (default) raises for a module without a rule or known relevance

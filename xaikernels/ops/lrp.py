@@ -176,3 +176,27 @@ def sum_norm(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
     if a.shape != b.shape:
         a, b = torch.broadcast_tensors(a, b)
     return _SumNorm.apply(a, b, float(eps))
+
+
+class _SumNormInplace(torch.autograd.Function):
+    """:class:`_SumNorm` for ``a += b`` / ``a.add_(b)``: ``a`` is updated in place, as the model wrote it."""
+
+    @staticmethod
+    def forward(ctx, a, b, eps):
+        den = stabilize(a + b, eps)
+        ctx.save_for_backward(a / den, b / den)
+        a.add_(b)
+        ctx.mark_dirty(a)
+        return a
+
+    @staticmethod
+    def backward(ctx, r):
+        fa, fb = ctx.saved_tensors
+        return r * fa, r * fb, None
+
+
+def sum_norm_(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """In-place :func:`sum_norm`: ``a += b`` forward, proportional relevance split backward."""
+    if b.shape != a.shape:
+        b = b.expand_as(a)
+    return _SumNormInplace.apply(a, b, float(eps))

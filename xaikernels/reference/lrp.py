@@ -66,12 +66,47 @@ class RuleParams(NamedTuple):
 
 
 class ConvGeom(NamedTuple):
-    """Geometry of an N-d convolution (all tuples of length ``dims``; padding symmetric)."""
+    """Geometry of an N-d convolution (tuples of length ``dims``; ``padding`` symmetric).
+
+    ``pre_pad``: extra zero padding applied to the input before the convolution, in
+    :func:`torch.nn.functional.pad` order (last dimension first, ``(before, after)`` pairs) —
+    the asymmetric "SAME" padding of TensorFlow-ported networks.  The padded zeros are not
+    inputs: no rule gives them relevance (flat and w² spread only over real inputs).
+    """
 
     stride: Tuple[int, ...]
     padding: Tuple[int, ...]
     dilation: Tuple[int, ...]
     groups: int
+    pre_pad: Optional[Tuple[int, ...]] = None
+
+
+def pad_input(x: Tensor, geom: Optional[ConvGeom]) -> Tensor:
+    """``x`` with the geometry's explicit zero padding (``pre_pad``) applied."""
+    if geom is None or not geom.pre_pad:
+        return x
+    return F.pad(x, geom.pre_pad)
+
+
+def padded_shape(shape: Sequence[int], geom: Optional[ConvGeom]) -> Tuple[int, ...]:
+    s = list(shape)
+    if geom is not None and geom.pre_pad:
+        p = geom.pre_pad
+        for j in range(len(p) // 2):
+            s[len(s) - 1 - j] += p[2 * j] + p[2 * j + 1]
+    return tuple(s)
+
+
+def crop_input(t: Tensor, geom: Optional[ConvGeom]) -> Tensor:
+    """Inverse of :func:`pad_input` on a tensor shaped like the padded input (drops the pad)."""
+    if geom is None or not geom.pre_pad:
+        return t
+    p = geom.pre_pad
+    idx = [slice(None)] * t.dim()
+    for j in range(len(p) // 2):
+        d = t.dim() - 1 - j
+        idx[d] = slice(p[2 * j], t.shape[d] - p[2 * j + 1])
+    return t[tuple(idx)]
 
 
 def stabilize(z: Tensor, eps: float) -> Tensor:
@@ -91,7 +126,7 @@ def _fwd(x: Tensor, w: Tensor, b: Optional[Tensor], geom: Optional[ConvGeom]) ->
     if geom is None:
         return F.linear(x, w, b)
     d = len(geom.stride)
-    return torch.convolution(x, w, b, geom.stride, geom.padding, geom.dilation, False, (0,) * d, geom.groups)
+    return torch.convolution(pad_input(x, geom), w, b, geom.stride, geom.padding, geom.dilation, False, (0,) * d, geom.groups)
 
 
 def _bwd(g: Tensor, w: Tensor, in_shape: Sequence[int], geom: Optional[ConvGeom]) -> Tensor:
@@ -99,10 +134,10 @@ def _bwd(g: Tensor, w: Tensor, in_shape: Sequence[int], geom: Optional[ConvGeom]
     if geom is None:
         return g.matmul(w)
     d = len(geom.stride)
-    shaped = g.new_empty(1).expand(tuple(in_shape))  # only the shape is read
-    return torch.ops.aten.convolution_backward(
+    shaped = g.new_empty(1).expand(padded_shape(in_shape, geom))  # only the shape is read
+    return crop_input(torch.ops.aten.convolution_backward(
         g, shaped, w, None, geom.stride, geom.padding, geom.dilation, False, (0,) * d, geom.groups,
-        (True, False, False))[0]
+        (True, False, False))[0], geom)
 
 
 def _groups(geom: Optional[ConvGeom]) -> int:
@@ -278,35 +313,38 @@ def layer_forward(x: Tensor, w: Tensor, b: Optional[Tensor], geom: Optional[Conv
         d = _fwd(stack_channels([lo, hi], geom), block_weight(w, [["p", "n"]], geom), None, geom)
         zd = z - d if bb is None else z - (d + bb)
         return z.to(out_dtype), (lo, hi, stabilize(zd, eps))
-    signed = bool((x < 0).any())
-    xin = stack_channels(["p", "n"], geom, base=x) if signed else x
-    bp = None if b is None else bb.clamp(min=0)
+    if k not in ("zplus", "alphabeta", "gamma"):
+        raise ValueError(f"unknown LRP rule kind {k!r}; choose from {RULES}")
+    # The layer output with the true weights (no copy of W), and z⁺ from one more product: with
+    # W⁺ alone on a non-negative input (after a ReLU), with [W⁺, W⁻] on [x⁺; x⁻] otherwise.
+    # z⁻ = z − z⁺.  (Summing z⁺ + z⁻ into the output instead loses precision to their
+    # cancellation, which then compounds through the network's forward pass.)  Two products
+    # rather than one on [W⁺; W] stacked: same arithmetic, but no stacked weight copy, and the
+    # output is a tensor of its own instead of a view pinning the stacked result.
+    z = _fwd(x, w, b, geom)
+    if _has_negative(x):
+        a = _fwd(stack_channels(["p", "n"], geom, base=x), block_weight(w, [["p", "n"]], geom), None, geom)
+    else:
+        a = _fwd(x, w.clamp(min=0), None, geom)
+    if bb is not None:
+        a.add_(bb.clamp(min=0))
     if k == "zplus":
-        rows = [["p", "n"], ["w", "w"]] if signed else [["p"], ["w"]]
-        a, z = split_channels(_fwd(xin, block_weight(w, rows, geom), None, geom), 2, geom)
-        if bb is not None:
-            z.add_(bb)
-            a.add_(bp)
-        return z.to(out_dtype), (stabilize(a, eps),)
-    if k in ("alphabeta", "gamma"):
-        # One stacked product gives z⁺ and the layer output z directly; z⁻ = z − z⁺.  (Summing
-        # z⁺ + z⁻ into the output instead loses precision to their cancellation, which then
-        # compounds through the network's forward pass.)
-        rows = [["p", "n"], ["w", "w"]] if signed else [["p"], ["w"]]
-        a, z = split_channels(_fwd(xin, block_weight(w, rows, geom), None, geom), 2, geom)
-        if bp is not None:
-            a.add_(bp)
-            z.add_(bb)
-        bneg = z - a
-        if k == "alphabeta":
-            return z.to(out_dtype), (stabilize(a, eps), stabilize(bneg, eps))
-        g = rule.gamma
-        # z > 0 ⇒ z + γz⁺ > 0 and z < 0 ⇒ z + γz⁻ < 0: one signed tensor carries both
-        # coefficients and, through its sign, their masks.
-        q = torch.where(z > 0, stabilize(a.mul_(g).add_(z), eps).reciprocal_(),
-                        torch.where(z < 0, stabilize(bneg.mul_(g).add_(z), eps).reciprocal_(), 0.0))
-        return z.to(out_dtype), (q,)
-    raise ValueError(f"unknown LRP rule kind {k!r}; choose from {RULES}")
+        # z⁺ is a sum of non-negative terms, so s(z⁺) = z⁺ + ε, in place
+        return z.to(out_dtype), (a.add_(eps),)
+    bneg = z - a
+    if k == "alphabeta":
+        return z.to(out_dtype), (a.add_(eps), stabilize(bneg, eps))
+    g = rule.gamma
+    # z > 0 ⇒ z + γz⁺ > 0 and z < 0 ⇒ z + γz⁻ < 0: one signed tensor carries both
+    # coefficients and, through its sign, their masks.
+    q = torch.where(z > 0, stabilize(a.mul_(g).add_(z), eps).reciprocal_(),
+                    torch.where(z < 0, stabilize(bneg.mul_(g).add_(z), eps).reciprocal_(), 0.0))
+    return z.to(out_dtype), (q,)
+
+
+def _has_negative(x: Tensor) -> bool:
+    # one reduction, no boolean temporary of x's size
+    return x.numel() > 0 and bool(x.amin() < 0)
 
 
 def _bshape(b: Tensor, geom: Optional[ConvGeom]) -> Tensor:
@@ -336,11 +374,11 @@ def layer_backward(r: Tensor, x: Tensor, w: Tensor, b: Optional[Tensor], saved: 
         gx, gl, gh = split_channels(
             _bwd(r / den, block_weight(w, [["w", "p", "n"]], geom), _stacked_shape(x, 3, geom), geom), 3, geom)
         return (x * gx - (lo * gl + hi * gh)).to(out_dtype)
-    signed = bool((x < 0).any())
+    signed = _has_negative(x)
     if k == "zplus":
         g = r / saved[0]
         if not signed:
-            return (x * _bwd(g, w.clamp(min=0), x.shape, geom)).to(out_dtype)
+            return _bwd(g, w.clamp(min=0), x.shape, geom).mul_(x).to(out_dtype)
         gp, gn = split_channels(_bwd(g, block_weight(w, [["p", "n"]], geom), _stacked_shape(x, 2, geom), geom),
                                 2, geom)
         return (gp.mul_(x.clamp(min=0)) + gn.mul_(x.clamp(max=0))).to(out_dtype)

@@ -274,11 +274,12 @@ def linear_backward(r, x, w, b, saved, geom, rule):
 # --------------------------------------------------------------------------------------------
 
 def _unfold(t, w, geom):
-    return F.unfold(t, w.shape[2:], dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
+    # Explicit (asymmetric) zero padding first: padded zeros are no inputs, not even for flat/w².
+    return F.unfold(_ref.pad_input(t, geom), w.shape[2:], dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
 
 
 def _out_hw(x, w, geom):
-    h, wd = x.shape[2:]
+    h, wd = _ref.padded_shape(x.shape, geom)[2:]
     kh, kw = w.shape[2:]
     oh = (h + 2 * geom.padding[0] - geom.dilation[0] * (kh - 1) - 1) // geom.stride[0] + 1
     ow = (wd + 2 * geom.padding[1] - geom.dilation[1] * (kw - 1) - 1) // geom.stride[1] + 1
@@ -298,7 +299,8 @@ def _uncols(cols, x, w, geom, g):
     _, nl, ckg = cols.shape
     l_ = nl // n
     c = cols.reshape(g, n, l_, ckg).permute(1, 0, 3, 2).reshape(n, g * ckg, l_)
-    return F.fold(c, x.shape[2:], w.shape[2:], dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
+    return _ref.crop_input(F.fold(c, _ref.padded_shape(x.shape, geom)[2:], w.shape[2:], dilation=geom.dilation,
+                                  padding=geom.padding, stride=geom.stride), geom)
 
 
 def conv_forward(x, w, b, geom, rule):
