@@ -51,7 +51,7 @@ METHOD_TITLES: Dict[str, str] = {
     "cam": "CAM",
     "integrated_gradients": "Integrated Gradients",
     "smoothgrad": "SmoothGrad |·|",
-    "lrp": "LRP ε+♭",
+    "lrp": "LRP ε/z⁺",
     "lime": "LIME",
     "kernel_shap": "KernelSHAP",
 }
