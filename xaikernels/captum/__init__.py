@@ -6,7 +6,11 @@ input, a tuple for a tuple input), target forms, warnings and errors follow Capt
 Captum itself is not needed at run time.
 
 Classes: :class:`Saliency`, :class:`InputXGradient`, :class:`GuidedBackprop`,
-:class:`Deconvolution`, :class:`LayerGradCam`, :class:`GuidedGradCam`, and the base classes
+:class:`Deconvolution`, :class:`LayerGradCam`, :class:`GuidedGradCam`,
+:class:`LRP`, :class:`Lime`, :class:`KernelShap`,
+:class:`IntegratedGradients`, :class:`NoiseTunnel`, :class:`GradientShap` (streamed: path and
+noise rows are generated chunk by chunk and folded into fp32 running sums; the same seeds
+give Captum's numbers), and the base classes
 :class:`Attribution`, :class:`GradientAttribution`, :class:`PerturbationAttribution`,
 :class:`InternalAttribution`, :class:`LayerAttribution`, :class:`NeuronAttribution`.
 
@@ -22,6 +26,7 @@ from xaikernels.captum._base import (
     PerturbationAttribution,
 )
 from xaikernels.captum._grad_cam import GuidedGradCam, LayerGradCam
+from xaikernels.captum._gradient_shap import GradientShap
 from xaikernels.captum._gradient import (
     Deconvolution,
     GuidedBackprop,
@@ -29,19 +34,30 @@ from xaikernels.captum._gradient import (
     ModifiedReluGradientAttribution,
     Saliency,
 )
+from xaikernels.captum._integrated import IntegratedGradients
+from xaikernels.captum._noise_tunnel import NoiseTunnel
+from xaikernels.integrations.captum_lime import KernelShap, Lime, LimeBase
+from xaikernels.integrations.captum_lrp import LRP
 
 __all__ = [
     "Attribution",
     "Deconvolution",
     "GradientAttribution",
+    "GradientShap",
     "GuidedBackprop",
     "GuidedGradCam",
     "InputXGradient",
+    "IntegratedGradients",
+    "KernelShap",
+    "LRP",
+    "Lime",
+    "LimeBase",
     "InternalAttribution",
     "LayerAttribution",
     "LayerGradCam",
     "ModifiedReluGradientAttribution",
     "NeuronAttribution",
+    "NoiseTunnel",
     "PerturbationAttribution",
     "Saliency",
 ]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from xaikernels import _validate
+from xaikernels.captum._base import GradientAttribution
 from xaikernels.methods import lrp as _lrp
 from xaikernels.methods.lrp import Epsilon, Norm, Pass, Rule, _ModifiedEpsilon
 
@@ -75,7 +76,7 @@ class _CaptumComposite:
         return "captum LRP defaults"
 
 
-class LRP:
+class LRP(GradientAttribution):
     """Captum's ``LRP`` interface: ``LRP(model).attribute(inputs, target, ...)``.
 
     ``R = f_t(x) · LRP(one-hot(t))`` with each layer's rule as in Captum (module docstring).
@@ -92,8 +93,8 @@ class LRP:
     def __init__(self, model: nn.Module, canonizers: Any = ("residual",), backend: str = "auto"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        GradientAttribution.__init__(self, model)
         self.model = model
-        self.forward_func = model
         self.canonizers = list(canonizers) if isinstance(canonizers, tuple) else canonizers
         self.backend = backend
 
