@@ -14,12 +14,13 @@ Cases (issue 5):
 * end to end: lime image on a small CNN (64×64, 1000 samples, batch 100 for both).
 
 Targets: overhead ≥ 50× lower than lime (image, tabular), ≥ 10× lower than Captum; end to end
-≥ 10× faster than lime.  One thread (``torch.set_num_threads(1)``), medians of repeats after a
-warm-up, all providers in this one process.
+≥ 10× faster than lime.  One thread (``torch.set_num_threads(1)``); all providers in this one
+process, interleaved round by round (every provider once per round, so load drift on a shared
+machine hits all alike); medians with interquartile ranges.
 
 Usage::
 
-    NUMBA_THREADING_LAYER=workqueue .venv/bin/python bench/run_lime.py [--repeats 5] [--quick]
+    NUMBA_THREADING_LAYER=workqueue .venv/bin/python bench/run_lime.py [--repeats 7] [--quick]
 
 Appends rows to ``bench/results/lime.jsonl`` and writes ``bench/results/lime.md``.
 """
@@ -60,17 +61,42 @@ class Timed:
         return out
 
 
-def measure(run, repeats):
-    """run() -> model seconds; returns (median total, median overhead) in seconds."""
-    run()  # warm-up (Numba compile / caches)
-    tot, ovh = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model_s = run()
-        dt = time.perf_counter() - t0
-        tot.append(dt)
-        ovh.append(dt - model_s)
-    return statistics.median(tot), statistics.median(ovh)
+def quantiles(xs):
+    """(median, q25, q75) of a list."""
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
+    return q[1], q[0], q[2]
+
+
+class Interleaved:
+    """All (case, provider) runs, measured round by round in one process: round r runs every
+    provider once, so load drift on a shared machine hits all providers alike (instead of
+    whichever provider happened to run during a busy stretch)."""
+
+    def __init__(self):
+        self.entries = []  # (case, provider, run, every, extra)
+
+    def add(self, case, provider, run, every=1, **extra):
+        """``run() -> seconds spent in the model``; ``every``: run in every k-th round only
+        (slow peers)."""
+        self.entries.append((case, provider, run, every, extra))
+
+    def measure(self, rounds):
+        for case, provider, run, _, _ in self.entries:
+            run()  # warm-up (Numba compile / caches)
+        tot = {i: [] for i in range(len(self.entries))}
+        ovh = {i: [] for i in range(len(self.entries))}
+        for r in range(rounds):
+            for i, (case, provider, run, every, _) in enumerate(self.entries):
+                if r % every:
+                    continue
+                t0 = time.perf_counter()
+                model_s = run()
+                dt = time.perf_counter() - t0
+                tot[i].append(dt)
+                ovh[i].append(dt - model_s)
+            print(f"round {r + 1}/{rounds} done", flush=True)
+        return [(case, provider, quantiles(tot[i]), quantiles(ovh[i]), len(tot[i]), extra)
+                for i, (case, provider, _, _, extra) in enumerate(self.entries)]
 
 
 class SmallCNN(nn.Module):
@@ -91,7 +117,7 @@ class SmallCNN(nn.Module):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
     ap.add_argument("--quick", action="store_true", help="fewer samples, 1 repeat")
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
@@ -102,11 +128,7 @@ def main(argv=None):
     n_tab = 1000 if args.quick else 5000
     rows = []
 
-    def row(case, provider, total, overhead, **extra):
-        r = dict(case=case, provider=provider, total_ms=1e3 * total, overhead_ms=1e3 * overhead, **extra)
-        rows.append(r)
-        print(f"{case:24s} {provider:22s} total {r['total_ms']:9.2f} ms   overhead {r['overhead_ms']:9.2f} ms",
-              flush=True)
+    bench = Interleaved()
 
     from xaikernels import lime as XL
     from xaikernels.integrations import captum_lime as XC
@@ -151,10 +173,10 @@ def main(argv=None):
         return run
 
     if have_lime:
-        row("image_overhead", "lime", *measure(img_run(LI.LimeImageExplainer), reps), segments=n_seg,
-            segmentation_ms=seg_ms)
-    row("image_overhead", "xaikernels.lime", *measure(img_run(XL.LimeImageExplainer), reps), segments=n_seg,
-        segmentation_ms=seg_ms)
+        bench.add("image_overhead", "lime", img_run(LI.LimeImageExplainer), segments=n_seg,
+                  segmentation_ms=seg_ms)
+    bench.add("image_overhead", "xaikernels.lime", img_run(XL.LimeImageExplainer), segments=n_seg,
+              segmentation_ms=seg_ms)
 
     # -------------------------------------------------------------- tabular overhead
     Xtr = rng.randn(1000, 20)
@@ -175,8 +197,8 @@ def main(argv=None):
         return run
 
     if have_lime:
-        row("tabular_overhead", "lime", *measure(tab_run(LT.LimeTabularExplainer), reps))
-    row("tabular_overhead", "xaikernels.lime", *measure(tab_run(XL.LimeTabularExplainer), reps))
+        bench.add("tabular_overhead", "lime", tab_run(LT.LimeTabularExplainer))
+    bench.add("tabular_overhead", "xaikernels.lime", tab_run(XL.LimeTabularExplainer))
 
     # ----------------------------------------------------------- captum overhead
     x = torch.from_numpy(img.transpose(2, 0, 1)).float()[None].contiguous()
@@ -196,8 +218,8 @@ def main(argv=None):
                 return f.t
             return run
         if have_captum:
-            row(f"captum_{name}_overhead", "captum", *measure(cap_run(CA), max(1, reps // 2)))
-        row(f"captum_{name}_overhead", "xaikernels.captum", *measure(cap_run(XC), reps))
+            bench.add(f"captum_{name}_overhead", "captum", cap_run(CA), every=2)
+        bench.add(f"captum_{name}_overhead", "xaikernels.captum", cap_run(XC))
 
     # ---------------------------------------------------------------- end to end
     cnn = SmallCNN().eval()
@@ -216,8 +238,15 @@ def main(argv=None):
         return run
 
     if have_lime:
-        row("image_end_to_end_cnn", "lime", *measure(e2e(LI.LimeImageExplainer), reps))
-    row("image_end_to_end_cnn", "xaikernels.lime", *measure(e2e(XL.LimeImageExplainer), reps))
+        bench.add("image_end_to_end_cnn", "lime", e2e(LI.LimeImageExplainer))
+    bench.add("image_end_to_end_cnn", "xaikernels.lime", e2e(XL.LimeImageExplainer))
+
+    for case, provider, (t, t25, t75), (o, o25, o75), n_runs, extra in bench.measure(reps):
+        r = dict(case=case, provider=provider, total_ms=1e3 * t, total_iqr_ms=[1e3 * t25, 1e3 * t75],
+                 overhead_ms=1e3 * o, overhead_iqr_ms=[1e3 * o25, 1e3 * o75], runs=n_runs, **extra)
+        rows.append(r)
+        print(f"{case:28s} {provider:18s} total {r['total_ms']:9.2f} ms   overhead {r['overhead_ms']:9.2f} ms "
+              f"[IQR {1e3 * o25:.2f}-{1e3 * o75:.2f}]", flush=True)
 
     # ------------------------------------------------------------------ report
     by = {(r["case"], r["provider"]): r for r in rows}
@@ -244,11 +273,16 @@ def main(argv=None):
         for r in rows:
             fh.write(json.dumps(dict(r, time=stamp, command=cmd, quick=args.quick, repeats=reps, **meta)) + "\n")
     lines = [f"# LIME / KernelSHAP benchmark ({stamp})", "", f"Command: `NUMBA_THREADING_LAYER=workqueue {cmd}`", "",
-             f"One thread (torch, BLAS, Numba); medians of {reps} repeats after a warm-up; all providers in one process. "
+             f"One thread (torch, BLAS, Numba); all providers in one process, interleaved round by round "
+             f"({reps} rounds after a warm-up; the slow Captum peers every other round), so load drift on this "
+             "shared machine hits all providers alike.  Medians with the interquartile range. "
              f"Quickshift segmentation of the 64×64 image ({n_seg} segments) took {seg_ms:.1f} ms, outside the "
              "timings (the same scikit-image call in both libraries).", "",
-             "| case | provider | total ms | overhead ms |", "|---|---|---:|---:|"]
-    lines += [f"| {r['case']} | {r['provider']} | {r['total_ms']:.2f} | {r['overhead_ms']:.2f} |" for r in rows]
+             "| case | provider | runs | total ms (median) | total IQR | overhead ms (median) | overhead IQR |",
+             "|---|---|---:|---:|---|---:|---|"]
+    lines += [f"| {r['case']} | {r['provider']} | {r['runs']} | {r['total_ms']:.2f} | "
+              f"{r['total_iqr_ms'][0]:.2f}–{r['total_iqr_ms'][1]:.2f} | {r['overhead_ms']:.2f} | "
+              f"{r['overhead_iqr_ms'][0]:.2f}–{r['overhead_iqr_ms'][1]:.2f} |" for r in rows]
     lines += ["", "| case | metric | peer ms | xaikernels ms | ratio | target | pass |", "|---|---|---:|---:|---:|---:|---|"]
     lines += [f"| {c} | {k} | {p:.2f} | {o:.2f} | {rt:.1f}× | ≥{t}× | {'PASS' if rt >= t else 'FAIL'} |"
               for c, k, p, o, rt, t in summary]

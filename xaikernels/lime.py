@@ -264,6 +264,9 @@ class LimeImageExplainer:
                 raise ValueError(f"classifier_fn must return one row of class probabilities per image (rows = "
                                  f"images): ({s1 - s0}, K) expected, got shape {out.shape}")
             preds.append(out)
+            # drop our reference now: unless classifier_fn kept it, the next batch's
+            # np.empty gets this (cache-warm) block back instead of a second one
+            del buf, out
             if bar is not None:
                 bar.update(s1 - s0)
         if bar is not None:
@@ -428,8 +431,9 @@ class LimeTabularExplainer:
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
         seed = int(self.random_state.randint(0, 2**31 - 1))
-        data, inverse, scaled = self.sampler.sample(data_row, num_samples, seed, backend=self.backend)
-        distances = P.row_distances(scaled, scaled[0], distance_metric, backend=self.backend)
+        # sampling, standardisation and distances in one kernel pass
+        scaled, inverse, distances = self.sampler.neighbourhood(data_row, num_samples, seed, distance_metric,
+                                                                backend=self.backend)
         yss = np.asarray(predict_fn(inverse))
         if self.mode == "classification":
             if yss.ndim == 1:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from xaikernels.captum._base import PerturbationAttribution
 from xaikernels.ops import perturb as P
 
 __all__ = ["Lime", "KernelShap", "LimeBase", "get_exp_kernel_similarity_function", "SkLearnLasso",
@@ -196,11 +197,11 @@ def _slice_target(target, i, bsz):
 
 
 # --------------------------------------------------------------------------------- LimeBase
-class LimeBase:
+class LimeBase(PerturbationAttribution):
     """Shared engine: one surrogate for one (possibly batched) example."""
 
     def __init__(self, forward_func: Callable, interpretable_model, similarity_func, perturb_func):
-        self.forward_func = forward_func
+        PerturbationAttribution.__init__(self, forward_func)
         self.interpretable_model = interpretable_model
         self.similarity_func = similarity_func
         self.perturb_func = perturb_func

@@ -485,6 +485,9 @@ class TabularSampler:
         bmean = np.zeros((D, V))
         bstd = np.ones((D, V))
         bfb = np.zeros((D, V))
+        bmin = np.full((D, V), -1.0)
+        bmax = np.ones((D, V))
+        flat = np.zeros((D, V), dtype=np.uint8)
         for d, (vals, freq) in self.value_table.items():
             k = len(vals)
             c = np.cumsum(freq)
@@ -501,14 +504,35 @@ class TabularSampler:
                     hi_p[d, j] = 0.5 * erfc(-b / sqrt(2.0))
                     bmean[d, j], bstd[d, j] = means[v], stds[v]
                     bfb[d, j] = min(max(means[v], mins[v]), maxs[v])
+                    bmin[d, j], bmax[d, j] = mins[v], maxs[v]
+                    flat[d, j] = not maxs[v] > mins[v]
+        # exact truncated-normal tables per (feature, bin) for the fused kernel; unused
+        # entries (categorical / continuous features, padding) are a harmless N(0,1) on [-1, 1]
+        za = np.where(flat == 0, (bmin - bmean) / bstd, -1.0)
+        zb = np.where(flat == 0, (bmax - bmean) / bstd, 1.0)
+        tn = P.truncnorm_table(za, zb)
+        # the same pieces in data units: the kernel's accepted draw is x0 + u·xw directly
+        tn["x0"] = bmean[..., None] + bstd[..., None] * tn["z0"]
+        tn["xw"] = bstd[..., None] * tn["w"]
         return dict(kind=self.kind, cdf=cdf, values=values, scale=self.scale.copy(), lo_p=lo_p, hi_p=hi_p,
-                    bin_mean=bmean, bin_std=bstd, bin_fallback=bfb)
+                    bin_mean=bmean, bin_std=bstd, bin_fallback=bfb, bin_min=bmin, bin_max=bmax, bin_flat=flat,
+                    smean=self.surrogate_mean.copy(), sscale=self.surrogate_scale.copy(),
+                    **{"tn_" + k: v for k, v in tn.items()})
+
+    def neighbourhood(self, row: np.ndarray, n_samples: int, seed: int, metric: str = "euclidean",
+                      stream: int = 0, backend: str = "auto"):
+        """(scaled, inverse, distances) from the fused kernel
+        (:func:`~xaikernels.ops.perturb.tabular_neighbourhood`): standardised surrogate
+        features, model inputs, distance of each surrogate row to the instance's; row 0 is
+        the instance."""
+        return P.tabular_neighbourhood(n_samples, seed, self.plan(row), metric=metric, stream=stream,
+                                       backend=backend)
 
     def sample(self, row: np.ndarray, n_samples: int, seed: int, stream: int = 0, backend: str = "auto"):
         """(data, inverse, scaled): surrogate features, model inputs, standardised surrogate
-        features; row 0 is the instance."""
-        data, inv = P.tabular_sample(n_samples, seed, self.plan(row), stream=stream, backend=backend)
-        scaled = (data - self.surrogate_mean) / self.surrogate_scale
+        features; row 0 is the instance (drawn by :meth:`neighbourhood`)."""
+        scaled, inv, _ = self.neighbourhood(row, n_samples, seed, stream=stream, backend=backend)
+        data = np.where(self.kind == 0, inv, scaled)
         return data, inv, scaled
 
 
@@ -564,14 +588,13 @@ def lime_tabular(model: Callable, x: Union[np.ndarray, torch.Tensor], training_d
     score = np.zeros(targets.shape)
     pred = np.zeros(targets.shape)
     for n in range(N):
-        data, inv, scaled = sampler.sample(xn[n], n_samples, seed, stream=n, backend=backend)
+        scaled, inv, d = sampler.neighbourhood(xn[n], n_samples, seed, distance, stream=n, backend=backend)
         outs = []
         for s0 in range(0, n_samples, batch_size):
             with torch.no_grad():
                 o = model(torch.as_tensor(inv[s0: s0 + batch_size], dtype=dtype, device=dev))
             outs.append(postprocess(_validate.check_output(o), output).detach().cpu().double())
         Y = torch.cat(outs).numpy()
-        d = P.row_distances(scaled, scaled[0], distance, backend=backend)
         w = P.exp_kernel(d, width, backend=backend)
         fit = P.fit_surrogate(scaled, np.ascontiguousarray(Y[:, targets[n]]), w, alpha=alpha,
                               feature_selection=feature_selection, num_features=num_features or D, backend=backend)

@@ -426,3 +426,28 @@ def tabular_sample(n_rows: int, seed: int, plan: dict, *, stream: int = 0, row_o
     return _impl(OP_TABULAR, backend)(int(n_rows), int(seed), int(stream), int(row_offset), p["kind"], p["cdf"],
                                       p["values"], p["inst"], p["center"], p["scale"], p["lo_p"], p["hi_p"],
                                       p["bin_mean"], p["bin_std"], p["bin_fallback"], p["row0"])
+
+
+OP_NEIGHBOURHOOD = _define("tabular_neighbourhood", _ref.tabular_neighbourhood)
+truncnorm_table = _ref.truncnorm_table
+
+
+def tabular_neighbourhood(n_rows: int, seed: int, plan: dict, *, metric: str = "euclidean", stream: int = 0,
+                          row_offset: int = 0, backend: str = "auto"
+                          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """lime's tabular neighbourhood fused with its standardisation and distances: returns
+    (surrogate features (n, D), model inputs (n, D), distances to the instance (n,)).
+
+    Discretised features draw a bin by its training frequency, then a value from the bin's
+    truncated normal *exactly* (equal-mass pieces, inverse CDF in the two end pieces and
+    squeezed rejection in the others; :func:`truncnorm_table`) — lime's distribution, not
+    lime's draws.  ``plan``: :meth:`xaikernels.methods.lime.TabularSampler.plan`.  Row ``g``
+    depends only on ``(seed, stream, g)``."""
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"distance metric must be 'cosine' or 'euclidean', got {metric!r}")
+    p = plan
+    return _impl(OP_NEIGHBOURHOOD, backend)(
+        int(n_rows), int(seed), int(stream), int(row_offset), p["kind"], p["cdf"], p["values"], p["inst"], p["center"],
+        p["scale"], p["smean"], p["sscale"], p["tn_z0"], p["tn_w"], p["tn_c"], p["tn_r"], p["tn_tail"], p["tn_x0"],
+        p["tn_xw"], p["bin_flat"],
+        p["bin_mean"], p["bin_std"], p["bin_min"], p["bin_max"], p["row0"], metric)

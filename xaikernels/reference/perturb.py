@@ -607,3 +607,135 @@ def tabular_sample(n_rows: int, seed: int, stream: int, row_offset: int, kind: n
         data[first] = np.where(kind == 0, row0, 1.0)
         inv[first] = row0
     return data, inv
+
+
+# ------------------------------------------------------- tabular: fused neighbourhood (round 2)
+TN_K = 128  # equal-mass pieces per truncated normal (7 bits of the element's draw): squeeze
+# failures and end-piece draws (the slow paths) then hit ~3% of the elements
+TN_STEP = MIX1  # proposal t of an element: mix(h + (t+1)·TN_STEP), h the element's first draw
+
+
+def truncnorm_table(a: np.ndarray, b: np.ndarray, K: int = TN_K) -> dict:
+    """Tables for exact sampling of the standard normal truncated to ``[a, b]`` (any shape).
+
+    The interval is cut at the quantiles ``z_i = Q(i/K)`` into ``K`` pieces of mass ``1/K``
+    each.  A draw picks a piece uniformly; the two end pieces (which may reach far into a
+    tail) are sampled by inverse CDF, ``Φ⁻¹(Φ(a) + u·P/K)`` and ``-Φ⁻¹(Φ(-b) + u·P/K)``
+    (``P = Φ(b) - Φ(a)``), the interior ones by rejection from the uniform on the piece:
+    accept ``z`` when ``v ≤ exp(-(z² - c)/2)``, ``c`` the squared point of highest density in
+    the piece, with the squeeze ``v ≤ r`` (``r`` the density ratio over the piece) deciding
+    most draws without an ``exp``.  The mixture is the truncated normal exactly: piece masses
+    are ``1/K`` up to the rounding of the quantiles.
+
+    Quantiles use the tail where they are precise (``Φ⁻¹(p)`` for ``p ≤ ½``, ``-Φ⁻¹(1-p)``
+    else, with ``1-p`` formed from ``Φ(-b)``), in float64 through ``torch.special``.
+
+    Returns dict ``z0, w, c, r`` (..., K) — piece start, width, ``c``, squeeze ratio — and
+    ``tail`` (..., 3) = ``[Φ(a), Φ(-b), P/K]``.
+    """
+    import torch
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    ta, tb = torch.from_numpy(a)[..., None], torch.from_numpy(b)[..., None]
+    pa, qb = torch.special.ndtr(ta), torch.special.ndtr(-tb)
+    # Φ(b) - Φ(a) through erf: no cancellation when a < 0 < b (the usual case: the bin holds
+    # its mean); through the tail values otherwise
+    r2 = math.sqrt(2.0)
+    Pm = torch.where((ta < 0) & (tb > 0), 0.5 * (torch.special.erf(tb / r2) - torch.special.erf(ta / r2)),
+                     torch.where(tb <= 0, torch.special.ndtr(tb) - pa, (1.0 - qb) - pa).abs())
+    q = torch.arange(K + 1, dtype=torch.float64) / K
+    lower = pa + q * Pm
+    z = torch.where(lower <= 0.5, torch.special.ndtri(lower.clamp(max=0.5)),
+                    -torch.special.ndtri((qb + (1.0 - q) * Pm).clamp(max=0.5)))
+    z = torch.maximum(torch.minimum(z, tb), ta)
+    z[..., 0], z[..., K] = ta[..., 0], tb[..., 0]
+    z = torch.cummax(z, dim=-1).values.numpy()
+    z0, z1 = z[..., :-1], z[..., 1:]
+    zs = np.clip(0.0, z0, z1)
+    c = zs * zs
+    far = np.maximum(z0 * z0, z1 * z1)
+    tail = np.stack([pa[..., 0].numpy(), qb[..., 0].numpy(), (Pm[..., 0] / K).numpy()], -1)
+    return dict(z0=np.ascontiguousarray(z0), w=np.ascontiguousarray(z1 - z0), c=c, r=np.exp(-(far - c) / 2),
+                tail=tail)
+
+
+def tabular_neighbourhood(n_rows: int, seed: int, stream: int, row_offset: int, kind: np.ndarray,
+                          cdf: np.ndarray, values: np.ndarray, inst: np.ndarray, center: np.ndarray,
+                          scale: np.ndarray, smean: np.ndarray, sscale: np.ndarray, tn_z0: np.ndarray,
+                          tn_w: np.ndarray, tn_c: np.ndarray, tn_r: np.ndarray, tn_tail: np.ndarray,
+                          tn_x0: np.ndarray, tn_xw: np.ndarray, bin_flat: np.ndarray, bin_mean: np.ndarray, bin_std: np.ndarray,
+                          bin_min: np.ndarray, bin_max: np.ndarray, row0: np.ndarray, metric: str
+                          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """lime's tabular neighbourhood in one pass: surrogate features, model inputs, distances.
+
+    Element ``(r, d)`` draws ``h = mix(key_r + (d+1)·γ)``: ``u1`` = its high 32 bits picks a
+    value as :func:`tabular_sample` (``kind`` 0: ``center + scale·Φ⁻¹(u1)``; 1, 2: the first
+    ``k`` with ``u1 < cdf[d, k]``).  A discretised value (kind 2) is then drawn exactly from
+    the bin's normal ``N(bin_mean, bin_std)`` truncated to ``[bin_min, bin_max]`` by the
+    tables of :func:`truncnorm_table`: piece ``i`` = the top 7 bits of ``h``'s low half,
+    proposals from ``mix(h + (t+1)·TN_STEP)`` (high half: position / tail ``u``, low half:
+    acceptance ``v``); an interior piece's value is ``tn_x0 + u·tn_xw`` (the piece in data
+    units, ``mean + std·z0`` and ``std·w``), an end piece's ``mean + std·z``; a zero-width bin
+    (``bin_flat``) gives ``bin_min``.  Values are clipped to the bin (rounding).
+
+    Surrogate features: ``(x - smean)/sscale`` for kind 0, ``[v == inst[d]]`` otherwise.
+    Global row 0 is the instance ``row0`` (surrogate 1 for kinds 1, 2).  Distances
+    (``"euclidean"`` | ``"cosine"``, as :func:`row_distances`) are to the surrogate row of the
+    instance.  Returns (scaled (n, D), inverse (n, D), distances (n,)).
+    """
+    D = kind.shape[0]
+    K = tn_z0.shape[2]
+    V = cdf.shape[1]
+    rows = np.arange(row_offset, row_offset + n_rows, dtype=np.int64)
+    keys = row_keys(seed, stream, rows)
+    with np.errstate(over="ignore"):
+        h = _mix(keys[:, None] + (np.arange(D, dtype=np.uint64)[None, :] + np.uint64(1)) * GOLDEN)
+    u1 = ((h >> np.uint64(32)).astype(np.float64) + 0.5) * TWO_M32
+    piece = ((h & np.uint64(0xFFFFFFFF)) >> np.uint64(32 - int(K).bit_length() + 1)).astype(np.int64)
+    scaled = np.empty((n_rows, D))
+    inv = np.empty((n_rows, D))
+
+    def prop(hh, t):
+        with np.errstate(over="ignore"):
+            g = _mix(hh + np.uint64(t + 1) * TN_STEP)
+        return (((g >> np.uint64(32)).astype(np.float64) + 0.5) * TWO_M32,
+                ((g & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) * TWO_M32)
+
+    for d in range(D):
+        if kind[d] == 0:
+            x = center[d] + scale[d] * ndtri(u1[:, d])
+            inv[:, d] = x
+            scaled[:, d] = (x - smean[d]) / sscale[d]
+            continue
+        k = (u1[:, d][:, None] >= cdf[d, :V - 1][None, :]).sum(1)
+        v = values[d, k]
+        scaled[:, d] = (v == inst[d]).astype(np.float64)
+        if kind[d] == 1:
+            inv[:, d] = v
+            continue
+        i = piece[:, d]
+        x = np.empty(n_rows)
+        u, _ = prop(h[:, d], 0)
+        lo, hi = i == 0, i == K - 1
+        tl = tn_tail[d, k]
+        x[lo] = bin_mean[d, k[lo]] + bin_std[d, k[lo]] * ndtri(tl[lo, 0] + u[lo] * tl[lo, 2])
+        x[hi] = bin_mean[d, k[hi]] + bin_std[d, k[hi]] * -ndtri(tl[hi, 1] + u[hi] * tl[hi, 2])
+        pend = np.nonzero(~(lo | hi))[0]
+        t = 0
+        while pend.size:
+            kk, ii = k[pend], i[pend]
+            u, vv = prop(h[pend, d], t)
+            zz = tn_z0[d, kk, ii] + u * tn_w[d, kk, ii]
+            acc = (vv <= tn_r[d, kk, ii]) | (vv <= np.exp(-(zz * zz - tn_c[d, kk, ii]) / 2))
+            x[pend[acc]] = (tn_x0[d, kk, ii] + u * tn_xw[d, kk, ii])[acc]
+            pend = pend[~acc]
+            t += 1
+        x = np.minimum(np.maximum(x, bin_min[d, k]), bin_max[d, k])
+        inv[:, d] = np.where(bin_flat[d, k] != 0, bin_min[d, k], x)
+    first = rows == 0
+    s0 = np.where(kind == 0, (row0 - smean) / sscale, 1.0)
+    if first.any():
+        scaled[first] = s0
+        inv[first] = row0
+    return scaled, inv, row_distances(scaled, s0, metric)

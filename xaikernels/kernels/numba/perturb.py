@@ -1104,3 +1104,135 @@ def tabular_sample(n_rows, seed, stream, row_offset, kind, cdf, values, inst, ce
     _pick(_tabular, _tabular_serial, data.size)(data, inv, base, np.int64(row_offset), kind, cdf, values, inst, center, scale, lo_p, hi_p,
              bin_mean, bin_std, bin_lo, row0)
     return data, inv
+
+
+# ------------------------------------------------------- tabular: fused neighbourhood (round 2)
+_TN_STEP = _MIX1
+
+
+@njit(cache=True)
+def _bit_length(k):
+    n = 0
+    while k:
+        k >>= 1
+        n += 1
+    return n
+
+
+@njit(cache=True)
+def _nb_column(d, r0, r1, keys, row_offset, kind, cdf, values, inst, center, scale, smean, sscale, tn_z0, tn_w,
+               tn_c, tn_r, tn_tail, tn_x0, tn_xw, bin_flat, bin_mean, bin_std, bin_min, bin_max, s0, row0, scaled, inv,
+               acc1, acc2, cosine):
+    # one feature over rows r0..r1-1: the feature's kind and tables are fixed in the inner
+    # loop (no per-element dispatch) and its tables stay in L1
+    V = cdf.shape[1]
+    K = tn_z0.shape[2]
+    shift = np.uint64(33 - _bit_length(K))  # the piece is the top log2(K) bits of the low half
+    kd = kind[d]
+    sd = s0[d]
+    step = (np.uint64(d) + _ONE) * _GOLDEN
+    for r in range(r0, r1):
+        if row_offset + r == 0:
+            s = sd
+            inv[r, d] = row0[d]
+        else:
+            h = _mix(keys[r] + step)
+            u1 = (np.float64(np.int64(h >> _S32)) + 0.5) * _TWO_M32
+            if kd == 0:
+                x = center[d] + scale[d] * _ndtri(u1)
+                inv[r, d] = x
+                s = (x - smean[d]) / sscale[d]
+            else:
+                # branch-free bin choice: a count of CDF steps below u1 (cdf is sorted); a
+                # data-dependent early exit would mispredict on every other element
+                k = 0
+                for j in range(V - 1):
+                    k += u1 >= cdf[d, j]
+                v = values[d, k]
+                s = 1.0 if v == inst[d] else 0.0
+                if kd == 1:
+                    inv[r, d] = v
+                elif bin_flat[d, k]:
+                    inv[r, d] = bin_min[d, k]
+                else:
+                    i = np.int64((h & _LOW32) >> shift)
+                    t = 0
+                    while True:
+                        g2 = _mix(h + np.uint64(t + 1) * _TN_STEP)
+                        u = (np.float64(np.int64(g2 >> _S32)) + 0.5) * _TWO_M32
+                        if i == 0:
+                            x = bin_mean[d, k] + bin_std[d, k] * _ndtri(tn_tail[d, k, 0] + u * tn_tail[d, k, 2])
+                            break
+                        if i == K - 1:
+                            x = bin_mean[d, k] + bin_std[d, k] * -_ndtri(tn_tail[d, k, 1] + u * tn_tail[d, k, 2])
+                            break
+                        vv = (np.float64(np.int64(g2 & _LOW32)) + 0.5) * _TWO_M32
+                        # squeeze first: most proposals are accepted without z or an exp
+                        if vv <= tn_r[d, k, i]:
+                            x = tn_x0[d, k, i] + u * tn_xw[d, k, i]
+                            break
+                        z = tn_z0[d, k, i] + u * tn_w[d, k, i]
+                        if vv <= math.exp(-(z * z - tn_c[d, k, i]) / 2):
+                            x = tn_x0[d, k, i] + u * tn_xw[d, k, i]
+                            break
+                        t += 1
+                    inv[r, d] = min(max(x, bin_min[d, k]), bin_max[d, k])
+        scaled[r, d] = s
+        if cosine:
+            acc1[r] += s * sd
+            acc2[r] += s * s
+        else:
+            acc1[r] += (s - sd) * (s - sd)
+
+
+@njit(cache=True, parallel=True)
+def _neighbourhood(scaled, inv, dist, base, row_offset, kind, cdf, values, inst, center, scale, smean, sscale,
+                   tn_z0, tn_w, tn_c, tn_r, tn_tail, tn_x0, tn_xw, bin_flat, bin_mean, bin_std, bin_min, bin_max,
+                   s0, row0, cosine):
+    n, D = scaled.shape
+    n0 = 0.0
+    for d in range(D):
+        n0 += s0[d] * s0[d]
+    n0 = math.sqrt(n0)
+    blk = 256  # rows per block: the block's outputs stay in L1 while the features sweep it
+    for b in prange((n + blk - 1) // blk):
+        r0 = b * blk
+        r1 = min(n, r0 + blk)
+        keys = np.empty(r1 - r0, dtype=np.uint64)
+        for r in range(r0, r1):
+            keys[r - r0] = _row_key(base, row_offset + r)
+        acc1 = np.zeros(r1 - r0)
+        acc2 = np.zeros(r1 - r0)
+        for d in range(D):
+            _nb_column(d, 0, r1 - r0, keys, row_offset + r0, kind, cdf, values, inst, center, scale, smean, sscale,
+                       tn_z0, tn_w, tn_c, tn_r, tn_tail, tn_x0, tn_xw, bin_flat, bin_mean, bin_std, bin_min,
+                       bin_max, s0, row0, scaled[r0:r1], inv[r0:r1], acc1, acc2, cosine)
+        for r in range(r1 - r0):
+            if cosine:
+                den = math.sqrt(acc2[r]) * n0
+                dd = 1.0 - (acc1[r] / den if den > 0 else 0.0)
+                dist[r0 + r] = min(max(dd, 0.0), 2.0)
+            else:
+                dist[r0 + r] = math.sqrt(acc1[r])
+
+
+_neighbourhood_serial = _serial_twin(_neighbourhood)
+
+
+def tabular_neighbourhood(n_rows, seed, stream, row_offset, kind, cdf, values, inst, center, scale, smean, sscale,
+                          tn_z0, tn_w, tn_c, tn_r, tn_tail, tn_x0, tn_xw, bin_flat, bin_mean, bin_std, bin_min,
+                          bin_max, row0, metric):
+    """See :func:`xaikernels.reference.perturb.tabular_neighbourhood`."""
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"unknown metric {metric!r}")
+    D = kind.shape[0]
+    scaled = np.empty((int(n_rows), D))
+    inv = np.empty((int(n_rows), D))
+    dist = np.empty(int(n_rows))
+    s0 = np.where(kind == 0, (row0 - smean) / sscale, 1.0)
+    base = np.uint64(_stream_base(np.uint64(seed % 2**64), np.uint64(stream % 2**64)))
+    _pick(_neighbourhood, _neighbourhood_serial, scaled.size)(
+        scaled, inv, dist, base, np.int64(row_offset), kind, cdf, values, inst, center, scale, smean, sscale, tn_z0,
+        tn_w, tn_c, tn_r, tn_tail, tn_x0, tn_xw, bin_flat, bin_mean, bin_std, bin_min, bin_max, s0, row0,
+        metric == "cosine")
+    return scaled, inv, dist
