@@ -22,7 +22,7 @@ from xaikernels.reference import bottleneck as _ref
 
 OP = _backend.define_op(
     "info_bottleneck",
-    auto_order={"cpu": ("cpp", "reference"), "cuda": ("reference",)},
+    auto_order={"cpu": ("cpp", "reference"), "cuda": ("triton", "reference")},
 )
 
 
@@ -34,7 +34,20 @@ def _cpp_backward(grad_z, grad_kl, x, alpha, noise, mu, std, eps):
     return torch.ops.xaikernels.info_bottleneck_backward(grad_z, grad_kl, x, alpha, noise, mu, std, eps)
 
 
+def _triton_forward(x, alpha, noise, mu, std, eps):
+    from xaikernels.kernels.triton import bottleneck as k
+
+    return k.info_bottleneck(x, alpha, noise, mu, std, eps)
+
+
+def _triton_backward(grad_z, grad_kl, x, alpha, noise, mu, std, eps):
+    from xaikernels.kernels.triton import bottleneck as k
+
+    return k.info_bottleneck_backward(grad_z, grad_kl, x, alpha, noise, mu, std, eps)
+
+
 OP.register("cpp", (_cpp_forward, _cpp_backward))
+OP.register("triton", (_triton_forward, _triton_backward))
 OP.register("reference", (_ref.info_bottleneck, _ref.info_bottleneck_backward))
 
 
@@ -102,7 +115,7 @@ def info_bottleneck(
     generator : torch.Generator, optional
     eps : float, default 1e-6
         Floor of ``alpha`` inside the KL (no noise would carry infinite information).
-    backend : {"auto", "cpp", "reference"}
+    backend : {"auto", "cpp", "triton", "reference"}
 
     Returns
     -------

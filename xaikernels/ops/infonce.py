@@ -10,8 +10,9 @@ backward recomputes the scores tile by tile from the saved logsumexp):
 - ``lse`` (N,): the row logsumexp (float32, or float64 for float64 inputs).
 
 Backends: ``cpp`` (``torch.ops.xaikernels.infonce_lse``: CPU, and CUDA in a CUDA build),
-``reference`` (materialised torch).  One autograd Function serves every backend; the compiled op
-also carries ``register_fake`` and ``register_autograd`` (``torch.compile``, ``opcheck``).
+``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``), ``reference`` (materialised torch).
+One autograd Function serves every backend; the compiled op also carries ``register_fake`` and
+``register_autograd`` (``torch.compile``, ``opcheck``).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from xaikernels.reference import infonce as _ref
 
 OP = _backend.define_op(
     "infonce_lse",
-    auto_order={"cpu": ("cpp", "reference"), "cuda": ("cpp", "reference")},
+    auto_order={"cpu": ("cpp", "reference"), "cuda": ("triton", "cpp", "reference")},
 )
 
 
@@ -39,7 +40,20 @@ def _cpp_backward(grad_terms, grad_lse, x, y, lse, temperature, exclude_self, bl
     )
 
 
+def _triton_forward(x, y, temperature, exclude_self, block_rows, block_cols):
+    from xaikernels.kernels.triton import infonce as k
+
+    return k.infonce_lse(x, y, temperature, exclude_self, block_rows, block_cols)
+
+
+def _triton_backward(grad_terms, grad_lse, x, y, lse, temperature, exclude_self, block_rows, block_cols):
+    from xaikernels.kernels.triton import infonce as k
+
+    return k.infonce_lse_backward(grad_terms, grad_lse, x, y, lse, temperature, exclude_self, block_rows, block_cols)
+
+
 OP.register("cpp", (_cpp_forward, _cpp_backward))
+OP.register("triton", (_triton_forward, _triton_backward))
 OP.register("reference", (_ref.infonce_lse, _ref.infonce_lse_backward))
 
 
@@ -145,7 +159,7 @@ def infonce_lse(
         Score scale ``tau > 0``.
     exclude_self : bool, default False
         Contrast each positive only with the other samples' locals (see above).
-    backend : {"auto", "cpp", "reference"}
+    backend : {"auto", "cpp", "triton", "reference"}
     block_rows, block_cols : int, default 0 (automatic)
         Tile sizes of the fused kernel (rows of ``y``, flattened locals).  Results do not depend
         on them beyond floating-point rounding; exposed for tests and tuning.
