@@ -131,7 +131,8 @@ def main(argv=None):
     bench = Interleaved()
 
     from xaikernels import lime as XL
-    from xaikernels.integrations import captum_lime as XC
+    import xaikernels.captum  # noqa: F401  (package first: importing captum_lime first is a circular import)
+    from xaikernels.captum import _lime as XC
     from xaikernels.methods.lime import segment_image
 
     have_lime = have_captum = True

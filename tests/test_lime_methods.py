@@ -259,7 +259,9 @@ def test_captum_lime_equals_captum_given_same_masks(model_name):
     captum_attr = pytest.importorskip("captum.attr")
     from captum._utils.models import linear_model as LM
 
-    from xaikernels.integrations import captum_lime as XC
+    import xaikernels.captum  # noqa: F401  (package first: importing captum_lime first is a circular import)
+
+    from xaikernels.captum import _lime as XC
 
     model = SmallCNN().eval()
     x = torch.rand(1, 3, 10, 12)
@@ -285,7 +287,8 @@ def test_captum_lime_equals_captum_given_same_masks(model_name):
 @pytest.mark.peer
 def test_captum_kernel_shap_equals_captum_given_same_masks():
     captum_attr = pytest.importorskip("captum.attr")
-    from xaikernels.integrations import captum_lime as XC
+    import xaikernels.captum  # noqa: F401  (package first: importing captum_lime first is a circular import)
+    from xaikernels.captum import _lime as XC
 
     class Recording(captum_attr.KernelShap):
         def kernel_shap_perturb_generator(self, original_inp, **kwargs):
@@ -312,7 +315,8 @@ def test_captum_kernel_shap_equals_captum_given_same_masks():
 @pytest.mark.peer
 def test_captum_lime_default_batched_runs_and_reproduces():
     pytest.importorskip("captum")
-    from xaikernels.integrations import captum_lime as XC
+    import xaikernels.captum  # noqa: F401  (package first: importing captum_lime first is a circular import)
+    from xaikernels.captum import _lime as XC
 
     model = SmallCNN().eval()
     x = torch.rand(2, 3, 8, 8)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import xaikernels.zennit as xz
-from xaikernels.integrations.captum_lrp import LRP
+from xaikernels.captum import LRP
 from xaikernels.methods.lrp import lrp
 from xaikernels.models.zoo import resnet18_like, vgg16_like
 

@@ -110,8 +110,26 @@ for _n, _l, _layer in (
     ("deconvnet", "Deconvnet", False),
     ("grad_cam", "Grad-CAM", True),
     ("guided_grad_cam", "Guided Grad-CAM", True),
+    ("integrated_gradients", "Integrated Gradients (50 steps)", False),
+    ("smoothgrad", "SmoothGrad (50 samples)", False),
+    ("lrp", "LRP epsilon_plus_flat", False),
+    ("lime", "LIME (1000 samples, 8×8 grid)", False),
+    ("kernel_shap", "KernelSHAP (1000 samples, 8×8 grid)", False),
 ):
     register_method(_n, _l, needs_layer=_layer)
+
+#: Methods beyond the gradient family (``--methods``): n model evaluations each, or LRP.
+OTHER_METHODS = ("integrated_gradients", "smoothgrad", "lrp", "lime", "kernel_shap")
+N_SAMPLES = 50  # IG steps / SmoothGrad samples (Captum's defaults are 50 steps)
+N_PERTURB = 1000  # LIME / KernelSHAP samples per example
+
+
+def _grid_mask(x: torch.Tensor, cells: int = 8) -> torch.Tensor:
+    """A cells × cells grid of feature ids over the input's last two dims (shared by channels)."""
+    h, w = x.shape[-2:]
+    rows = (torch.arange(h) * cells) // h
+    cols = (torch.arange(w) * cells) // w
+    return (rows[:, None] * cells + cols[None, :]).to(x.device)
 
 
 @dataclass
@@ -220,6 +238,18 @@ def _native_builder(cam_backend: str, methods: Optional[Iterable[str]] = None) -
             return lambda: xk.grad_cam(m, x, t, layer=layer, backend=cam_backend)
         if method == "guided_grad_cam":
             return lambda: xk.guided_grad_cam(m, x, t, layer=layer, backend=cam_backend)
+        if method == "integrated_gradients":
+            return lambda: xk.integrated_gradients(m, x, t, n_steps=N_SAMPLES)
+        if method == "smoothgrad":
+            return lambda: xk.smoothgrad(m, x, t, n_samples=N_SAMPLES, stdev=0.15,
+                                         noise_scale="absolute", seed=0)
+        if method == "lrp":
+            return lambda: xk.lrp(m, x, t, composite="epsilon_plus_flat")
+        if method in ("lime", "kernel_shap") and x.dim() == 4:
+            grid = _grid_mask(x)
+            if method == "lime":
+                return lambda: xk.lime_image(m, x, t, segments=grid.cpu().numpy(), n_samples=N_PERTURB)
+            return lambda: xk.kernel_shap(m, x, t, feature_mask=grid[None], n_samples=N_PERTURB)
         return None
 
     return build
@@ -232,6 +262,11 @@ _CAPTUM_CLASSES = {
     "deconvnet": "Deconvolution",
     "grad_cam": "LayerGradCam",
     "guided_grad_cam": "GuidedGradCam",
+    "integrated_gradients": "IntegratedGradients",
+    "smoothgrad": "NoiseTunnel",
+    "lrp": "LRP",
+    "lime": "Lime",
+    "kernel_shap": "KernelShap",
 }
 
 
@@ -245,13 +280,31 @@ def _captum_api_builder(module: str) -> Builder:
         cls = getattr(importlib.import_module(module), cls_name, None)
         if cls is None:
             return None
+        mod = importlib.import_module(module)
         if METHODS[method].needs_layer:
             obj = cls(case.model, case.layer_module)
+        elif method == "smoothgrad":
+            obj = cls(mod.Saliency(case.model))
         else:
             obj = cls(case.model)
         # Captum's LayerGradCam leaves out the ReLU by default; Grad-CAM (and the native
         # function) applies it, so ask for it to compare the same result.
         kwargs = {"relu_attributions": True} if method == "grad_cam" else {}
+        if method == "integrated_gradients":
+            kwargs = {"n_steps": N_SAMPLES}
+        elif method == "smoothgrad":
+            kwargs = {"nt_type": "smoothgrad", "nt_samples": N_SAMPLES, "stdevs": 0.15, "abs": False}
+        elif method in ("lime", "kernel_shap"):
+            if case.x.dim() != 4:
+                return None
+            grid = _grid_mask(case.x)[None, None].expand(1, case.x.shape[1], -1, -1)
+            # Captum explains one example per call; loop over the batch like its users do.
+            x, t = case.x, case.target
+            return lambda: [obj.attribute(x[i:i + 1], target=int(t[i]), feature_mask=grid,
+                                          n_samples=N_PERTURB, perturbations_per_eval=100)
+                            for i in range(x.shape[0])]
+        elif method == "lrp" and module.startswith("captum"):
+            return None  # Captum's LRP has no flat/z+ composite to compare with
         x, t = case.x, case.target
         return lambda: obj.attribute(x, target=t, **kwargs)
 
@@ -289,6 +342,52 @@ register_provider(
         requires=("xaikernels.captum",),
         ours=True,
         description="xaikernels' drop-ins with Captum's API",
+    )
+)
+def _zennit_builder(method: str, case: Case):
+    if method != "lrp":
+        return None
+    import sys
+    import types
+
+    if "torchvision" not in sys.modules:  # zennit imports torchvision (unusable beside CPU torch)
+        tv, tvm, tvr = (types.ModuleType(n) for n in ("torchvision", "torchvision.models",
+                                                       "torchvision.models.resnet"))
+
+        class BasicBlock(torch.nn.Module):  # isinstance targets only
+            pass
+
+        class Bottleneck(torch.nn.Module):
+            pass
+
+        tvr.BasicBlock, tvr.Bottleneck = BasicBlock, Bottleneck
+        tv.models, tvm.resnet = tvm, tvr
+        sys.modules.update({"torchvision": tv, "torchvision.models": tvm,
+                            "torchvision.models.resnet": tvr})
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonPlusFlat
+
+    m, x, t = case.model, case.x, case.target
+    has_bn = any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in m.modules())
+    canonizers = [SequentialMergeBatchNorm()] if has_bn else None
+    onehot = torch.zeros(x.shape[0], m(x[:1]).shape[1], device=x.device)
+    onehot[torch.arange(x.shape[0]), t] = 1.0
+
+    def run():
+        with Gradient(m, EpsilonPlusFlat(canonizers=canonizers)) as attributor:
+            return attributor(x, onehot)[1]
+
+    return run
+
+
+register_provider(
+    Provider(
+        "zennit",
+        _zennit_builder,
+        requires=("zennit",),
+        distribution="zennit",
+        description="Zennit EpsilonPlusFlat (BatchNorm merged when present) for LRP",
     )
 )
 register_provider(

@@ -85,6 +85,23 @@ def _local_exp(coef_t, used_t):
     return sorted(zip(order.tolist(), coef_t[order].tolist()), key=lambda z: abs(z[1]), reverse=True)
 
 
+def _rank_ids(segments):
+    """(rank of each pixel's id among the unique ids, flat int64; number of unique ids).
+
+    Segmentations (scikit-image's included) usually number their segments 0..F-1 already, and
+    then the ranks are the ids themselves: a bincount proves it in a few microseconds, where
+    np.unique's sort of every pixel costs ~0.25 ms on a 64×64 image (4% of lime_image's own
+    time).  Anything else goes through np.unique."""
+    flat = segments.reshape(-1)
+    if flat.dtype.kind in "iu" and flat.size and flat.min() == 0:
+        ids = flat.astype(np.int64)
+        F = int(ids.max()) + 1
+        if F <= flat.size and np.count_nonzero(np.bincount(ids, minlength=F)) == F:
+            return ids, F
+    uniq, inv = np.unique(segments, return_inverse=True)
+    return inv.reshape(-1).astype(np.int64), len(uniq)
+
+
 class _SurrogateFitter:
     """lime's ``LimeBase.explain_instance_with_data`` for all labels at once."""
 
@@ -231,9 +248,7 @@ class LimeImageExplainer:
         if segments.shape != (H, W):
             raise ValueError(f"the segmentation must give one id per pixel, shape {(H, W)}; got {segments.shape}")
         # lime numbers features by their rank among the unique ids
-        uniq, seg_ids = np.unique(segments, return_inverse=True)
-        seg_ids = seg_ids.reshape(-1).astype(np.int64)
-        F = len(uniq)
+        seg_ids, F = _rank_ids(segments)
         x_apb = P.as_apb(np.ascontiguousarray(image), "hwc")
         if hide_color is None:
             fill = M.segment_fill(x_apb, seg_ids, F, "mean")

@@ -36,8 +36,8 @@ from xaikernels.captum._gradient import (
 )
 from xaikernels.captum._integrated import IntegratedGradients
 from xaikernels.captum._noise_tunnel import NoiseTunnel
-from xaikernels.integrations.captum_lime import KernelShap, Lime, LimeBase
-from xaikernels.integrations.captum_lrp import LRP
+from xaikernels.captum._lime import KernelShap, Lime, LimeBase
+from xaikernels.captum._lrp import LRP
 
 __all__ = [
     "Attribution",
