@@ -8,7 +8,7 @@ from _models import MLP, SmallCNN
 from xaikernels import lime as XL
 from xaikernels.methods.lime import TextIndex, lime_image, lime_tabular
 
-from test_lime_ops import BACKENDS, needs_numba
+from test_lime_ops import needs_numba
 
 
 def _img_clf(H, W, K=4, seed=0):
