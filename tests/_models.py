@@ -1,6 +1,53 @@
-"""Small test models shared by the method tests."""
+"""Small test models and textbook activation-rule oracles shared by the method tests."""
+import copy
+
 import torch
 from torch import nn
+
+
+class GuidedReluFn(torch.autograd.Function):
+    """Guided backprop at a ReLU, written out: forward mask times positive gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return (x > 0).to(g.dtype) * g.clamp(min=0)
+
+
+class DeconvReluFn(torch.autograd.Function):
+    """Deconvnet at a ReLU: positive gradient, no forward mask."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.clamp(min=0)
+
+
+class _RuleReLU(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn.apply(x)
+
+
+def rule_copy(model, fn):
+    """A copy of ``model`` whose nn.ReLU modules apply ``fn`` (the textbook rule)."""
+    m = copy.deepcopy(model)
+    for mod in list(m.modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(mod, child_name, _RuleReLU(fn))
+    return m
 
 
 class SmallCNN(nn.Module):

@@ -5,7 +5,6 @@ LayerGradCam and GuidedGradCam, rewritten against small models of our own, with 
 computed here independently: plain autograd, a model copy whose ReLUs carry the rule as an
 autograd Function, and the Grad-CAM formula on activations taken by splitting the model.
 """
-import copy
 import warnings
 
 import pytest
@@ -29,6 +28,8 @@ from xaikernels.captum import (
     PerturbationAttribution,
     Saliency,
 )
+
+from _models import DeconvReluFn, GuidedReluFn, rule_copy
 
 HOOK_WARNING = ("Setting backward hooks on ReLU activations.The hooks will be removed after the "
                 "attribution is finished")
@@ -144,47 +145,6 @@ class TupleLayerNet(nn.Module):
 
 
 # --------------------------------------------------------------------------- oracles
-class _GuidedFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g.clamp(min=0) * (x > 0)
-
-
-class _DeconvFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.clamp(min=0)
-
-
-class _RuleReLU(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn.apply(x)
-
-
-def rule_copy(model, fn):
-    """A copy of ``model`` whose nn.ReLU modules apply ``fn`` (the textbook rule)."""
-    m = copy.deepcopy(model)
-    for name, mod in list(m.named_modules()):
-        for child_name, child in list(mod.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(mod, child_name, _RuleReLU(fn))
-    return m
-
-
 def input_grad(model, inputs, target, *args):
     xs = tuple(x.detach().requires_grad_() for x in inputs)
     out = model(*xs, *args)
@@ -223,8 +183,8 @@ def test_gradient_family_matches_oracles(dtype, tol, inplace):
     plain = ConvNet(inplace=False).to(dtype).eval()
     plain.load_state_dict(model.state_dict())
     g = torch.stack([input_grad(plain, (x[i:i + 1],), t[i])[0][0] for i in range(3)])
-    gb = torch.stack([input_grad(rule_copy(plain, _GuidedFn), (x[i:i + 1],), t[i])[0][0] for i in range(3)])
-    dc = torch.stack([input_grad(rule_copy(plain, _DeconvFn), (x[i:i + 1],), t[i])[0][0] for i in range(3)])
+    gb = torch.stack([input_grad(rule_copy(plain, GuidedReluFn), (x[i:i + 1],), t[i])[0][0] for i in range(3)])
+    dc = torch.stack([input_grad(rule_copy(plain, DeconvReluFn), (x[i:i + 1],), t[i])[0][0] for i in range(3)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         close(Saliency(model).attribute(x, target=t), g.abs(), tol, dtype)
@@ -462,8 +422,8 @@ def test_reused_relu_module():
         warnings.simplefilter("ignore")
         got = GuidedBackprop(model).attribute(x, target=2)
         dec = Deconvolution(model).attribute(x, target=2)
-    torch.testing.assert_close(got, input_grad(rule_copy(model, _GuidedFn), (x,), 2)[0])
-    torch.testing.assert_close(dec, input_grad(rule_copy(model, _DeconvFn), (x,), 2)[0])
+    torch.testing.assert_close(got, input_grad(rule_copy(model, GuidedReluFn), (x,), 2)[0])
+    torch.testing.assert_close(dec, input_grad(rule_copy(model, DeconvReluFn), (x,), 2)[0])
 
 
 # --------------------------------------------------------------------------- Grad-CAM
@@ -561,7 +521,7 @@ def test_guided_grad_cam_matches_oracle(dtype, tol, layer, to_input):
     x = torch.randn(2, 3, 9, 8, dtype=dtype)
     plain = ConvNet(inplace=False).to(dtype).eval()
     plain.load_state_dict(model.state_dict())
-    gbp = input_grad(rule_copy(plain, _GuidedFn), (x,), 1)[0]
+    gbp = input_grad(rule_copy(plain, GuidedReluFn), (x,), 1)[0]
     if layer == "conv2":
         cam = grad_cam_oracle(plain, x, 1, relu=True)
     else:  # conv1 output == relu1 input

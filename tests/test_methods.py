@@ -1,6 +1,4 @@
 """Gradient-family and CAM methods against independent oracles."""
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,47 +6,7 @@ from torch import nn
 
 import xaikernels as xk
 
-from _models import MLP, SmallCNN
-
-
-class _GuidedRelu(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return (x > 0).to(g.dtype) * g.clamp(min=0)
-
-
-class _DeconvRelu(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.clamp(min=0)
-
-
-class _FnRelu(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn.apply(x)
-
-
-def _swap_relus(model, fn):
-    m = copy.deepcopy(model)
-    for name, mod in list(m.named_modules()):
-        for cname, child in list(mod.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(mod, cname, _FnRelu(fn))
-    return m
+from _models import MLP, DeconvReluFn, GuidedReluFn, SmallCNN, rule_copy
 
 
 def _per_sample_grads(model, x, target):
@@ -82,9 +40,9 @@ def test_gradient_family_vs_oracle(cls, shape, dtype):
     torch.testing.assert_close(xk.saliency(model, x, target, abs=False), plain, **tol)
     torch.testing.assert_close(xk.saliency(model, x, target), plain.abs(), **tol)
     torch.testing.assert_close(xk.input_x_gradient(model, x, torch.tensor(target)), plain * x, **tol)
-    guided = _per_sample_grads(_swap_relus(model, _GuidedRelu), x, target)
+    guided = _per_sample_grads(rule_copy(model, GuidedReluFn), x, target)
     torch.testing.assert_close(xk.guided_backprop(model, x, target), guided, **tol)
-    deconv = _per_sample_grads(_swap_relus(model, _DeconvRelu), x, target)
+    deconv = _per_sample_grads(rule_copy(model, DeconvReluFn), x, target)
     torch.testing.assert_close(xk.deconvnet(model, x, target), deconv, **tol)
     # The rules must actually change something on these models (the test could otherwise pass
     # with a no-op rule).
@@ -128,7 +86,7 @@ def test_grad_cam_family_vs_oracle(shape):
     torch.testing.assert_close(signed, F.interpolate(_gradcam_oracle(model, x, target, relu=False)[0],
                                                      size=shape[2:], mode="nearest"))
     # Guided Grad-CAM = guided backprop x nearest-upsampled relu Grad-CAM
-    gbp = _per_sample_grads(_swap_relus(model, _GuidedRelu), x, target)
+    gbp = _per_sample_grads(rule_copy(model, GuidedReluFn), x, target)
     ggc = xk.guided_grad_cam(model, x, target, layer="features.5")
     torch.testing.assert_close(ggc, gbp * F.interpolate(raw_exp, size=shape[2:], mode="nearest"))
     # CAM with GAP+linear head: sum_c W[t, c] A_c; Grad-CAM without relu is CAM / (h*w)
