@@ -240,3 +240,37 @@ def test_model_unchanged():
     with pytest.warns(UserWarning):
         smoothgrad(m, x, 0, n_samples=2, base="guided_backprop")
     assert_same(before, snapshot(m))
+
+
+def test_lobatto_rule_is_exact_on_polynomials():
+    from xaikernels.methods.integrated import _lobatto
+
+    for n in (3, 4, 5, 7):
+        x, w = _lobatto(n)
+        assert x[0] == -1 and x[-1] == 1
+        for deg in range(2 * n - 2):  # exact up to degree 2n - 3
+            exact = 0.0 if deg % 2 else 2.0 / (deg + 1)
+            assert abs((w * x**deg).sum() - exact) < 1e-12, (n, deg)
+
+
+def test_ig_auto_meets_its_tolerance_and_counts_evaluations():
+    model = SmallCNN().eval()
+    x = torch.randn(3, 3, 8, 8)
+    attr, delta, grads, fwd = integrated_gradients(model, x, 1, n_steps="auto", tol=1e-3, atol=0,
+                                                   return_delta=True, return_steps=True)
+    with torch.no_grad():
+        fd = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    # The stopping rule is on the exact completeness delta (fp32 rounding aside).
+    assert ((delta.abs() <= 1e-3 * fd.abs() + 1e-5) | (grads >= 512 - 5)).all(), (delta, fd, grads)
+    assert (grads >= 5).all() and (fwd == 0).all()
+    # Converges to the fixed-step answer as the tolerance tightens.
+    ref = integrated_gradients(model, x, 1, n_steps=400)
+    tight = integrated_gradients(model, x, 1, n_steps="auto", tol=1e-5, atol=0, max_steps=2000)
+    assert (tight - ref).norm() < 0.1 * ref.norm()
+    # Chunking does not change the adaptive result.
+    torch.testing.assert_close(integrated_gradients(model, x, 1, n_steps="auto", tol=1e-3, atol=0, batch_size=3),
+                               attr)
+    with pytest.raises(ValueError, match="auto_orders"):
+        integrated_gradients(model, x, 1, n_steps="auto", auto_orders=(2, 4))
+    with pytest.raises(ValueError, match="n_steps"):
+        integrated_gradients(model, x, 1, n_steps="fast")

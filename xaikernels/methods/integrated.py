@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple, Type, Union
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -128,25 +130,20 @@ class _Explainer:
         out = self.outputs(self.x[:1])
         return out.shape[1]
 
-    def scores(self, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Target scores of rows belonging to examples ``idx`` (forward only)."""
-        inp = rows.view(rows.shape[0], *self.shape)
-        with torch.no_grad():
-            out = _validate.check_output(self.model(inp, *_rows_forward_args(self.forward_args, self.n, idx)))
-        return out.gather(1, self.t.to(out.device)[idx].unsqueeze(1)).squeeze(1)
-
-    def grads(self, rows: torch.Tensor, p0: int, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def grads(self, rows: torch.Tensor, p0: int, idx: Optional[torch.Tensor] = None,
+              with_scores: bool = False):
         """Gradient of each row's target score w.r.t. the row; rows (r, M) at flat index p0
-        (example ``p % N``), or belonging to examples ``idx``."""
+        (example ``p % N``), or belonging to examples ``idx``; also the scores if asked."""
         if idx is None:
             idx = torch.arange(p0, p0 + rows.shape[0]) % self.n
         inp = rows.view(rows.shape[0], *self.shape).detach().requires_grad_(True)
         with torch.enable_grad():
             out = _validate.check_output(self.model(inp, *_rows_forward_args(self.forward_args, self.n, idx)))
-            score = out.gather(1, self.t.to(out.device)[idx].unsqueeze(1)).sum()
-            (g,) = torch.autograd.grad(score, inp)
+            picked = out.gather(1, self.t.to(out.device)[idx].unsqueeze(1))
+            (g,) = torch.autograd.grad(picked.sum(), inp)
         self.evals += rows.shape[0]
-        return g.reshape(rows.shape[0], -1)
+        g = g.reshape(rows.shape[0], -1)
+        return (g, picked.detach().squeeze(1)) if with_scores else g
 
 
 def _check_common(model, x, batch_size):
@@ -179,16 +176,31 @@ def _ig_core(ex: _Explainer, x2, b2, n_steps, method, chunk, backend, progress):
     return acc
 
 
-def _ig_adaptive(ex: "_Explainer", x2, b2, fx, fb, tol, atol, max_steps, chunk, orders, progress):
-    """Adaptive composite Gauss–Legendre IG with exact local errors, per example.
+@functools.lru_cache(maxsize=None)
+def _lobatto(n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Gauss–Lobatto nodes and weights on [-1, 1] (n >= 3 points, both end points included):
+    interior nodes are the roots of P'_{n-1}, weights 2 / (n (n-1) P_{n-1}(x)^2)."""
+    from numpy.polynomial import legendre as L
+
+    c = np.zeros(n)
+    c[-1] = 1.0
+    inner = np.sort(L.legroots(L.legder(c)))
+    xs = np.concatenate([[-1.0], inner, [1.0]])
+    return xs, 2.0 / (n * (n - 1) * L.legval(xs, c) ** 2)
+
+
+def _ig_adaptive(ex: "_Explainer", x2, b2, tol, atol, max_steps, chunk, orders, progress):
+    """Adaptive composite Gauss–Lobatto IG with exact local errors, per example.
 
     The completeness integrand h(α) = ∇f(b + α(x − b))·(x − b) has a known integral on every
-    interval: ∫_a^c h = F(c) − F(a), F(α) = f_t(b + α(x − b)).  So each interval's quadrature
-    error on h is exact (one forward-only pass per new interval end point), and so is the
-    completeness delta of the current estimate.  Start with ``orders[0]`` Gauss–Legendre nodes on
-    [0, 1]; while ``|delta| > tol·|f(x) − f(b)| + atol`` bisect the interval with the largest
-    |error| and put ``orders[1]`` nodes on each half.  Returns (acc (N, M), gradient evaluations
-    (N,), forward-only evaluations (N,)).
+    interval: ∫_a^c h = F(c) − F(a), with F(α) = f_t(b + α(x − b)).  Lobatto nodes include the
+    interval ends, and the forward pass of each gradient evaluation gives F there for free, so
+    every interval's quadrature error on h is exact, and so is the completeness delta of the
+    current estimate.  Start with ``orders[0]`` Lobatto nodes on [0, 1]; while
+    ``|delta| > tol·|F(1) − F(0)| + atol``, bisect the interval with the largest |error| and put
+    ``orders[1]`` nodes on each half (the halves share the parent's end points and midpoint:
+    a split costs 2·orders[1] − 3 new gradient evaluations).  Returns (acc (N, M), gradient
+    evaluations (N,), forward-only evaluations (N,) = 0).
     """
     from tqdm.auto import tqdm
 
@@ -196,74 +208,67 @@ def _ig_adaptive(ex: "_Explainer", x2, b2, fx, fb, tol, atol, max_steps, chunk, 
     k0, k1 = orders
     acc_t = ops.acc_dtype(x2.dtype)
     diff = (x2 - b2).to(acc_t)
-    fx, fb = fx.double().cpu(), fb.double().cpu()
-    bound = tol * (fx - fb).abs() + atol
-    F = [{0.0: float(fb[e]), 1.0: float(fx[e])} for e in range(n)]
-    intervals = [[] for _ in range(n)]  # [a, c, vec (M,), integral of h]
-    grads_used = torch.zeros(n, dtype=torch.long)
-    fwd_used = torch.zeros(n, dtype=torch.long)
+    points = [dict() for _ in range(n)]  # alpha -> (F(alpha), gradient (M,))
+    intervals = [[] for _ in range(n)]  # [a, c, vec (M,), ∫h by quadrature]
     bar = tqdm(desc="integrated gradients (auto)", unit="grad", disable=not progress, leave=False)
 
-    def rows_of(e_idx, alpha):
-        a = alpha.to(acc_t).unsqueeze(1).to(x2.device)
-        return (b2[e_idx].to(acc_t) + a * diff[e_idx]).to(x2.dtype)
+    def nodes(a, c, k):
+        u, w = _lobatto(k)
+        al = list(a + (c - a) * (u + 1) / 2)
+        al[0], al[-1] = a, c  # exact shared end points (dictionary keys)
+        return al, (c - a) * w / 2
 
-    def evaluate(new):  # new: list of (e, a, c, k) -> appends intervals
-        if not new:
-            return
-        e_idx, alpha, weight, owner = [], [], [], []
-        for i, (e, a, c, k) in enumerate(new):
-            gx, gw = np.polynomial.legendre.leggauss(k)
-            alpha += list(a + (c - a) * (gx + 1) / 2)
-            weight += list((c - a) * gw / 2)
-            e_idx += [e] * k
-            owner += [i] * k
-        e_idx, alpha = torch.tensor(e_idx), torch.tensor(alpha, dtype=torch.float64)
-        weight = torch.tensor(weight, dtype=torch.float64).to(acc_t)
-        owner = torch.tensor(owner)
-        vecs = torch.zeros(len(new), m, dtype=acc_t, device=x2.device)
+    def evaluate(new):  # new: list of (e, a, c, k)
+        req = sorted({(e, al) for e, a, c, k in new for al in nodes(a, c, k)[0] if al not in points[e]})
+        if req:
+            e_idx = torch.tensor([e for e, _ in req])
+            alpha = torch.tensor([al for _, al in req], dtype=torch.float64)
+            grads = torch.empty(len(req), m, dtype=acc_t, device=x2.device)
+            scores = torch.empty(len(req), dtype=torch.float64)
 
-        def work(p0, p1):
-            g = ex.grads(rows_of(e_idx[p0:p1], alpha[p0:p1]), 0, idx=e_idx[p0:p1]).to(acc_t)
-            vecs.index_add_(0, owner[p0:p1].to(x2.device), weight[p0:p1].unsqueeze(1).to(x2.device) * g)
-            bar.update(p1 - p0)
+            def work(p0, p1):
+                e = e_idx[p0:p1]
+                a = alpha[p0:p1].to(acc_t).unsqueeze(1).to(x2.device)
+                rows = (b2[e].to(acc_t) + a * diff[e]).to(x2.dtype)
+                g, f = ex.grads(rows, 0, idx=e, with_scores=True)
+                grads[p0:p1] = g.to(acc_t)
+                scores[p0:p1] = f.detach().double().cpu()
+                bar.update(p1 - p0)
 
-        run_chunks(len(alpha), chunk, work, False)
-        hs = (vecs * diff[torch.tensor([e for e, *_ in new])]).sum(1).double().cpu()
-        for i, (e, a, c, k) in enumerate(new):
-            intervals[e].append([a, c, vecs[i], float(hs[i])])
-            grads_used[e] += k
+            run_chunks(len(req), chunk, work, False)
+            for i, (e, al) in enumerate(req):
+                points[e][al] = (float(scores[i]), grads[i])
+        for e, a, c, k in new:
+            al, w = nodes(a, c, k)
+            vec = sum(float(wi) * points[e][ai][1] for ai, wi in zip(al, w))
+            intervals[e].append([a, c, vec, float((vec * diff[e]).sum())])
 
     evaluate([(e, 0.0, 1.0, k0) for e in range(n)])
     while True:
         splits = []
         for e in range(n):
-            errs = [h - (F[e][c] - F[e][a]) for a, c, _, h in intervals[e]]
-            if abs(sum(errs)) <= bound[e] or grads_used[e] + 2 * k1 > max_steps:
+            F = points[e]
+            errs = [h - (F[c][0] - F[a][0]) for a, c, _, h in intervals[e]]
+            bound = tol * abs(F[1.0][0] - F[0.0][0]) + atol
+            if abs(sum(errs)) <= bound or len(F) + 2 * k1 - 3 > max_steps:
                 continue
             worst = max(range(len(errs)), key=lambda i: abs(errs[i]))
             a, c, *_ = intervals[e].pop(worst)
-            splits.append((e, a, 0.5 * (a + c), c))
+            mid = 0.5 * (a + c)
+            splits += [(e, a, mid, k1), (e, mid, c, k1)]
         if not splits:
             break
-        # F at the new midpoints: forward only, no backward.
-        e_idx = torch.tensor([e for e, *_ in splits])
-        mids = torch.tensor([mid for _, _, mid, _ in splits], dtype=torch.float64)
-        vals = torch.cat([ex.scores(rows_of(e_idx[i:i + chunk], mids[i:i + chunk]), e_idx[i:i + chunk])
-                          for i in range(0, len(splits), chunk)]).double().cpu()
-        for (e, a, mid, c), v in zip(splits, vals.tolist()):
-            F[e][mid] = v
-            fwd_used[e] += 1
-        evaluate([item for e, a, mid, c in splits for item in ((e, a, mid, k1), (e, mid, c, k1))])
+        evaluate(splits)
     bar.close()
     acc = torch.stack([sum(iv[2] for iv in intervals[e]) for e in range(n)])
-    return acc, grads_used, fwd_used
+    grads_used = torch.tensor([len(points[e]) for e in range(n)], dtype=torch.long)
+    return acc, grads_used, torch.zeros(n, dtype=torch.long)
 
 
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike = None, *,
                          baseline: BaselineLike = None, n_steps: Union[int, str] = 50,
                          method: str = "gausslegendre", tol: float = 5e-3, atol: float = 1e-6,
-                         max_steps: int = 512, auto_orders: Tuple[int, int] = (6, 3),
+                         max_steps: int = 512, auto_orders: Tuple[int, int] = (5, 4),
                          batch_size: Optional[int] = None, return_delta: bool = False,
                          memory_budget: Optional[int] = None, blur_sigma: Optional[float] = None,
                          backend: str = "auto", progress: bool = False, forward_args: Sequence = (),
@@ -283,15 +288,17 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: _validate.Ta
     target : int | sequence | tensor (N,) | None (predicted class).
     baseline : None (zeros) | number | tensor broadcastable to ``x`` | "blur" (Gaussian-blurred
         input, sigma ``blur_sigma`` px, default min(H, W)/8).
-    n_steps : int (default 50) or "auto".  "auto": adaptive composite Gauss–Legendre per
-        example (see ``_ig_adaptive``: exact local errors from forward-only evaluations at
-        interval ends, bisection of the worst interval) until the completeness delta
+    n_steps : int (default 50) or "auto".  "auto": adaptive composite Gauss–Lobatto per
+        example (see ``_ig_adaptive``: exact local errors from the model values at interval
+        ends, which the gradient passes give for free; bisection of the worst interval) until
+        the completeness delta
         ``|Σ IG − (f(x) − f(b))| ≤ tol·|f(x) − f(b)| + atol`` or ``max_steps`` gradient
         evaluations; ``method`` is then ignored.
     method : "gausslegendre" (default) | "riemann_left" | "riemann_right" | "riemann_middle" |
         "riemann_trapezoid" — Captum's names, nodes and weights.
     tol, atol, max_steps : stopping rule of ``n_steps="auto"``.
-    auto_orders : Gauss–Legendre nodes on [0, 1] first, then on each half of a split interval.
+    auto_orders : Gauss–Lobatto nodes (>= 3) on [0, 1] first, then on each half of a split
+        interval.
     return_steps : also return the gradient and forward-only evaluations spent per example
         (two (N,) tensors; fixed ``n_steps`` spends ``n_steps`` and 0).
     batch_size : rows (path points) per model call; default: chosen from ``memory_budget``
@@ -313,8 +320,8 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: _validate.Ta
         raise ValueError(f"n_steps must be an int or 'auto', got {n_steps!r}")
     if adaptive and (not tol >= 0 or not atol >= 0 or tol + atol <= 0):
         raise ValueError("tol and atol must be >= 0 and not both 0")
-    if adaptive and (len(auto_orders) != 2 or min(auto_orders) < 1):
-        raise ValueError(f"auto_orders must be two positive ints, got {auto_orders!r}")
+    if adaptive and (len(auto_orders) != 2 or min(auto_orders) < 3):
+        raise ValueError(f"auto_orders must be two ints >= 3 (Lobatto nodes), got {auto_orders!r}")
     if not adaptive:
         quadrature(method, n_steps)  # validate before any model work
     b = resolve_baseline(x, baseline, blur_sigma)
@@ -324,11 +331,11 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: _validate.Ta
         ex.resolve_targets()
         chunk = _chunk(model, x, batch_size, memory_budget, forward_args)
         x2, b2 = x.reshape(n, -1), b.reshape(n, -1)
-        if adaptive or return_delta:
+        if return_delta:
             fx = ex.outputs(x).gather(1, ex.t.unsqueeze(1)).squeeze(1)
             fb = ex.outputs(b).gather(1, ex.t.unsqueeze(1)).squeeze(1)
         if adaptive:
-            acc, grads_used, fwd_used = _ig_adaptive(ex, x2, b2, fx, fb, tol, atol, max_steps, chunk,
+            acc, grads_used, fwd_used = _ig_adaptive(ex, x2, b2, tol, atol, max_steps, chunk,
                                                      auto_orders, progress)
         else:
             acc = _ig_core(ex, x2, b2, n_steps, method, chunk, backend, progress)
