@@ -12,21 +12,13 @@ from xaikernels.ops.bottleneck import info_bottleneck
 from xaikernels.reference import bottleneck as ref
 
 from conftest import TOL
+from test_bottleneck_op import oracle  # the shared float64 definition
 
 pytestmark = pytest.mark.skipif(_backend._available("triton", "info_bottleneck", torch.device("cpu")) is not None,
                                 reason="triton not installed or TRITON_INTERPRET unset")
 
 SHAPES = [(1, 1, 1), (2, 3, 5), (3, 4, 7, 9), (1, 16, 300), (2, 5, 17, 23)]
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-
-
-def oracle(x, alpha, noise, mu, std, eps):
-    """The definition in float64 through autograd-able torch ops."""
-    z = alpha * (mu + std * noise) + (1 - alpha) * x
-    a = alpha.clamp_min(eps)
-    m = (1 - a) * (x - mu) / std
-    kl = (0.5 * (a * a + m * m - 1) - torch.log(a)).expand_as(x).sum(dim=1)
-    return z, kl
 
 
 def _inputs(shape, per_element, dtype, seed):
