@@ -31,12 +31,7 @@ EPS32 = float(torch.finfo(torch.float32).eps)
 
 
 # --------------------------------------------------------------------------- models
-def _init(module, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return module.eval()
+from test_captum_parity import _init  # noqa: E402  (seeded N(0, 0.25) weights, eval mode)
 
 
 class CNN(nn.Module):
