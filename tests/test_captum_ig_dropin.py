@@ -305,7 +305,9 @@ def test_ig_streams_rows_instead_of_the_full_expansion():
 
     x = torch.randn(4, 3, 6, 6)
     ig = IntegratedGradients(Spy())
-    ig.memory_budget = 400_000
+    # 100 kB caps this model at 25 rows per call from the counted saved bytes (deterministic),
+    # so the timing-tuned chunk cannot reach 50 however the machine's load moves the timings.
+    ig.memory_budget = 100_000
     ig.attribute(x, target=1, n_steps=50)
     assert sum(seen) == 200 and max(seen) < 50
     seen.clear()
