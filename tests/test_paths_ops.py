@@ -37,6 +37,19 @@ def test_philox_matches_known_triton_stream():
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=2e-6)
 
 
+def test_numba_vectorised_normals_match_the_philox_stream_over_a_million_draws():
+    # The Numba kernel evaluates log/cos with its own float32 polynomials (vectorised); over
+    # 2**20 draws (with offsets beyond 2**32, a block size that does not divide the row, and
+    # the tails near u1 = 1e-7) every value must stay within the Triton-contract tolerance.
+    pytest.importorskip("numba")
+    m = 2**20 + 37
+    for seed, p0 in [(0, 0), (2**40 + 3, 4097)]:  # p0 · m > 2**32 for the second
+        got = P.make_noisy(torch.zeros(1, m), torch.ones(1), seed, p0, p0 + 1, backend="numba")[0]
+        ref = R.randn_philox(seed, torch.arange(m, dtype=torch.int64) + p0 * m)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=2e-6)
+        assert (got - ref).abs().max().item() <= 4 * torch.finfo(torch.float32).eps * ref.abs().max().item()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_noise_statistics(backend):
     x = torch.zeros(4, 5000)

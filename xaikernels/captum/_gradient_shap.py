@@ -208,8 +208,7 @@ class GradientShap(GradientAttribution):
                 state["delta"][q.to(d.device)] = d
             folder.fold(attrs, p0, n)
 
-        run_rows(n * k, work, None, 4 * tensor_bytes_per_row(noise), self.memory_budget,
-                 tune_time=all(x.device.type == "cpu" for x in inputs_t))
+        run_rows(n * k, work, None, 4 * tensor_bytes_per_row(noise), self.memory_budget)
         out = C._format_output(is_tuple, folder.result())
         return (out, state["delta"]) if return_delta else out
 

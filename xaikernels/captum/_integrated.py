@@ -13,7 +13,6 @@ ones gathered at ``p % N`` — exactly the rows Captum's expanded batch holds th
 from __future__ import annotations
 
 import functools
-import time
 import warnings
 from inspect import signature
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -103,66 +102,45 @@ def chunk_from_budget(probes: Sequence[Tuple[int, int]], row_bytes: int,
     """Rows per call from two measured calls ``(rows, bytes saved for backward)``.
 
     The per-row cost is the difference of the two (constants such as saved weights cancel);
-    activations saved for backward plus their gradients ≈ 2× that, plus the row itself.
+    it is charged ``_chunking._ACTIVATION_FACTOR`` times (activations saved for backward,
+    their gradients, workspace), plus ``row_bytes`` for the row's own copies — the rule the
+    native methods' ``auto_chunk`` applies to a module's activations, so a drop-in and the
+    native call pick the same chunk for the same model (8 rows for ResNet-18 at 224², 25 for
+    the VGG-16-like at 64²).
     """
     budget = _chunking.DEFAULT_BUDGET if budget is None else int(budget)
     (r1, b1), (r2, b2) = probes
     per_row = (b2 - b1) / (r2 - r1) if r2 != r1 else b2 / max(r2, 1)
     if per_row <= 0:
         per_row = b2 / max(r2, 1)
-    return int(max(1, budget // max(2 * per_row + row_bytes, 1)))
+    return int(max(1, min(1024, budget // max(_chunking._ACTIVATION_FACTOR * per_row + row_bytes, 1))))
 
 
 def run_rows(total: int, work: Callable[[int, int], None], chunk: Optional[int],
-             row_bytes: int, budget: Optional[int], splittable: bool = True,
-             tune_time: bool = False) -> None:
+             row_bytes: int, budget: Optional[int], splittable: bool = True) -> None:
     """Call ``work(p0, p1)`` over ``[0, total)``; every row is real work, none is wasted.
 
     ``chunk`` given: fixed chunks.  ``chunk`` None: the first two calls (1 and 2 rows) count
-    the bytes autograd saves, which bounds the chunk by ``budget`` (default
-    ``XAIKERNELS_MEMORY_BUDGET_MB``, 768 MiB).  With ``tune_time`` (CPU, where per-row cost
-    grows again once a batch's activations leave the caches: ANCHORS.md), the chunk then
-    doubles while the measured time per row still improves by 5 %, and the best size is
-    kept.  A chunk that runs out of memory is retried in halves when ``splittable``
-    (``work`` folds its rows only after the model calls succeed).  ``work`` must give the
-    same rows whatever the chunking; only the model's own batch-size rounding can differ.
+    the bytes autograd saves, which sets the chunk from ``budget`` (default
+    ``XAIKERNELS_MEMORY_BUDGET_MB``, 768 MiB) by :func:`chunk_from_budget` — a byte count,
+    not a timing, so the chunk does not depend on the machine's load.  A chunk that runs out
+    of memory is retried in halves when ``splittable`` (``work`` folds its rows only after
+    the model calls succeed).  ``work`` must give the same rows whatever the chunking; only
+    the model's own batch-size rounding can differ.
     """
     p = 0
     if chunk is None:
         probes: List[Tuple[int, int]] = []
-        best = (1, float("inf"))
         for r in (1, 2):
             if p >= total:
                 return
             q = min(total, p + r)
             counter = [0]
-            t0 = time.perf_counter()
             with _count_saved(counter):
                 work(p, q)
-            dt = (time.perf_counter() - t0) / (q - p)
-            best = min(best, (q - p, dt), key=lambda b: b[1])
             probes.append((q - p, counter[0]))
             p = q
-        cap = chunk_from_budget(probes, row_bytes, budget)
-        chunk = cap
-        if tune_time:
-            r = 4
-            while r <= cap and p + r <= total:
-                t0 = time.perf_counter()
-                try:
-                    work(p, p + r)
-                except Exception as exc:  # noqa: BLE001 — out of memory ends the search
-                    if not splittable or not _chunking._is_oom(exc):
-                        raise
-                    cap = r // 2
-                    break
-                dt = (time.perf_counter() - t0) / r
-                p += r
-                if dt >= 0.95 * best[1]:
-                    break
-                best = (r, dt)
-                r *= 2
-            chunk = min(cap, max(best[0], 1)) if best[1] < float("inf") else cap
+        chunk = chunk_from_budget(probes, row_bytes, budget)
     while p < total:
         q = min(total, p + chunk)
         try:
@@ -301,8 +279,8 @@ class IntegratedGradients(GradientAttribution):
         internal_batch_size : int, optional
             Captum's meaning: each forward pass takes ``max(1, internal_batch_size // N)``
             whole steps of the N examples (a warning if it is below N).  None (default):
-            rows per pass bounded by ``memory_budget`` (on CPU, the fastest size under that
-            bound, found while computing the first rows); the result does not depend on it.
+            rows per pass set by ``memory_budget`` from the bytes the first two rows save for
+            backward (the native methods' rule); the result does not depend on it.
         return_convergence_delta : bool, default False
             Also return ``Σ attributions − (F(inputs) − F(baselines))`` per example.
 
@@ -370,9 +348,8 @@ class IntegratedGradients(GradientAttribution):
             chunk = max(total, 1)  # Captum's single call
         else:
             chunk = None
-        row_bytes = 3 * sum(x2[0].numel() * x2.element_size() for x2, _, _ in operands) if n else 0
-        run_rows(total, work, chunk, row_bytes, self.memory_budget, splittable=rows.gather,
-                 tune_time=all(x2.device.type == "cpu" for x2, _, _ in operands))
+        row_bytes = 4 * sum(x2[0].numel() * x2.element_size() for x2, _, _ in operands) if n else 0
+        run_rows(total, work, chunk, row_bytes, self.memory_budget, splittable=rows.gather)
         total_grads = tuple(acc.view(inp.shape[0], *shape) for acc, inp, shape in
                             zip(accs, inputs, shapes))
         if diffs is None:

@@ -368,9 +368,8 @@ class NoiseTunnel(Attribution):
                     state["delta"] = torch.empty(n * k, dtype=delta.dtype, device=delta.device)
                 state["delta"][q.to(delta.device)] = delta
 
-        row_bytes = 3 * tensor_bytes_per_row(noise)
-        run_rows(n * k, work, None, row_bytes, self.memory_budget,
-                 tune_time=all(inp.device.type == "cpu" for inp in inputs))
+        row_bytes = 4 * tensor_bytes_per_row(noise)
+        run_rows(n * k, work, None, row_bytes, self.memory_budget)
         return state["tuple"], state["delta"]
 
     def _partitions(self, inputs, is_inputs_tuple, nt_samples, batch, n_partitions, stdevs, draw,
