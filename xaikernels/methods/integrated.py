@@ -144,10 +144,13 @@ class _Explainer:
         if idx is None:
             idx = torch.arange(p0, p0 + rows.shape[0]) % self.n
         inp = rows.view(rows.shape[0], *self.shape).detach().requires_grad_(True)
+        fargs = _rows_forward_args(self.forward_args, self.n, idx)
+        tix = self.t[idx].unsqueeze(1)
+        del idx  # (a row index of our own must not outlive the forward: peak memory is the backward's)
         with torch.enable_grad():
-            out = _validate.check_output(self.model(inp, *_rows_forward_args(self.forward_args, self.n, idx)))
-            picked = out.gather(1, self.t.to(out.device)[idx].unsqueeze(1))
-            del out  # the full (rows, classes) logits need not live through the backward pass
+            out = _validate.check_output(self.model(inp, *fargs))
+            picked = out.gather(1, tix.to(out.device))
+            del out, tix  # the full (rows, classes) logits need not live through the backward pass
             (g,) = torch.autograd.grad(picked.sum(), inp)
         self.evals += rows.shape[0]
         g = g.reshape(rows.shape[0], -1)
@@ -171,14 +174,21 @@ def _chunk(model, x, batch_size, memory_budget, forward_args):
 def _ig_core(ex: _Explainer, x2, b2, n_steps, method, chunk, backend, progress):
     """Σ_j w_j ∇f(b + α_j (x − b)) accumulated in fp32/fp64; returns (N, M) in the acc dtype."""
     alphas, weights = quadrature(method, n_steps)
+    # Nodes and weights are held as Python floats, and each chunk gets tensors of its own steps
+    # only, made before its forward pass (alphas) or after its backward pass (weights): nothing
+    # of O(n_steps) is alive while the chunk's activations are (the peak).
+    al, wl = alphas.tolist(), weights.tolist()
+    del alphas, weights
     n = x2.shape[0]
     acc = torch.zeros(x2.shape, dtype=ops.acc_dtype(x2.dtype), device=x2.device)
-    w = weights.to(acc.dtype)
 
     def work(p0, p1):
-        rows = ops.make_path(x2, b2, alphas, p0, p1, backend=backend)
+        j0, j1 = p0 // n, (p1 - 1) // n + 1  # steps of rows [p0, p1); row p is step p // n
+        rows = ops.make_path(x2, b2, torch.tensor(al[j0:j1], dtype=torch.float64), p0 - j0 * n,
+                             p1 - j0 * n, backend=backend)
         g = ex.grads(rows, p0)
-        ops.accumulate(acc, None, g, p0, n, w, ops.WSUM, backend=backend)
+        ops.accumulate(acc, None, g, p0 - j0 * n, n, torch.tensor(wl[j0:j1], dtype=acc.dtype),
+                       ops.WSUM, backend=backend)
 
     run_chunks(n_steps * n, chunk, work, progress, desc="integrated gradients")
     return acc
