@@ -251,3 +251,38 @@ def test_triton_backend_end_to_end():
         b = lrp(net, x, 1, composite=comp, backend="triton")
         assert xaikernels.last_backend("lrp_conv") == "triton"
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+class _AutogradMaxPool1d(nn.MaxPool1d):
+    def forward(self, x):  # an overridden forward: LRP leaves it to autograd's own max pooling
+        return super().forward(x)
+
+
+class _AutogradMaxPool3d(nn.MaxPool3d):
+    def forward(self, x):
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_max_pool_indices_only_equals_autograd_pool(dims):
+    """Stock max pooling runs with a backward that keeps only its indices: same relevance as
+    autograd's own op (overlapping windows, padding, ceil mode, 1-d and 3-d, batch 1)."""
+    torch.manual_seed(0)
+    if dims == 1:
+        def make(pool):
+            return nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), nn.ReLU(), pool(3, stride=2, padding=1, ceil_mode=True),
+                                 nn.Flatten(), nn.Linear(3 * 9, 4))
+        x = torch.randn(1, 2, 17, dtype=D)
+        stock, own = nn.MaxPool1d, _AutogradMaxPool1d
+    else:
+        def make(pool):
+            return nn.Sequential(nn.Conv3d(2, 3, 2, padding=1), nn.ReLU(), pool(2, stride=(1, 2, 2), dilation=1),
+                                 nn.Flatten(), nn.Linear(3 * 4 * 3 * 3, 4))
+        x = torch.randn(2, 2, 4, 5, 5, dtype=D)
+        stock, own = nn.MaxPool3d, _AutogradMaxPool3d
+    a = make(stock).to(D).eval()
+    b = make(own).to(D).eval()
+    b.load_state_dict(a.state_dict())
+    ra = lrp(a, x, 1, composite="epsilon_plus")
+    rb = lrp(b, x, 1, composite="epsilon_plus", unsupported="gradient")
+    torch.testing.assert_close(ra, rb, rtol=1e-12, atol=1e-14)

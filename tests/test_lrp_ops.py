@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import xaikernels
 from xaikernels import _backend
+from xaikernels.ops import lrp as ops
 from xaikernels.ops.lrp import lrp_layer
 from xaikernels.reference import lrp as ref
 from xaikernels.reference.lrp import ConvGeom, RuleParams
@@ -42,6 +43,10 @@ LAYERS = {
     "conv2d_depthwise_prepad": ((2, 3, 7, 6), (3, 1, 3, 3), ConvGeom((2, 2), (0, 0), (1, 1), 3, (0, 1, 1, 2))),
     "conv1d": ((2, 3, 11), (5, 3, 4), ConvGeom((3,), (2,), (1,), 1)),
     "conv3d": ((1, 2, 3, 4, 4), (3, 2, 2, 2, 3), ConvGeom((1, 1, 2), (0, 1, 1), (1, 1, 1), 1)),
+    # outputs large next to the weights: the torch backend's stacked [W; W⁺] path for αβ/γ
+    "conv2d_wide_stride_dil": ((2, 3, 13, 12), (4, 3, 2, 3), ConvGeom((1, 2), (1, 1), (2, 1), 1)),
+    "conv2d_wide_groups_b1": ((1, 4, 11, 9), (6, 2, 3, 2), ConvGeom((1, 1), (1, 0), (1, 1), 2)),
+    "conv1d_wide_dil_prepad": ((2, 3, 40), (4, 3, 3), ConvGeom((1,), (1,), (2,), 1, (1, 2))),
 }
 
 
@@ -193,3 +198,56 @@ def test_zbox_bound_shape_error():
     with pytest.raises(ValueError, match="does not broadcast"):
         _run(torch.ones(2, 3), torch.ones(4, 3), None, None, RuleParams("zbox", low=torch.zeros(5), high=1.0),
              torch.ones(2, 4), "reference")
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("rule_name", ["alpha2beta1", "gamma"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_kept_output_vs_oracle(layer, rule_name, signed):
+    """With a :class:`SaveBudget` the αβ/γ backward reads the kept layer output instead of
+    recomputing it: same relevance, and a second backward (retained graph) gives it again."""
+    x, w, b, geom, g = _data(layer, signed, seed=11)
+    rule = RULES[rule_name]
+    r = torch.randn(ref._fwd(x, w, b, geom).shape, generator=g, dtype=torch.float64)
+    _, rel_exp = _oracle(x, w, b, geom, rule, r)
+    budget = ops.SaveBudget(ratio=1e9)
+    xg = x.detach().requires_grad_(True)
+    z = lrp_layer(xg, lambda: (w, b), rule, geom, "reference", budget)
+    assert budget.kept == z.numel() * z.element_size()
+    scale = rel_exp.abs().max().item() + 1.0
+    for _ in range(2):
+        (rel,) = torch.autograd.grad(z, xg, r, retain_graph=True)
+        torch.testing.assert_close(rel, rel_exp, rtol=1e-9, atol=1e-11 * scale)
+
+
+def test_save_budget_is_greedy_within_ratio():
+    budget = ops.SaveBudget(ratio=0.5)
+    x, z = torch.zeros(100), torch.zeros(40)
+    budget.see(x)
+    assert budget.take(z)  # 160 bytes ≤ 0.5 × 400
+    assert not budget.take(z)  # 320 > 200
+    budget.see(x)
+    assert budget.take(z) and budget.kept == 320
+
+
+@pytest.mark.parametrize("case", [
+    (F.max_pool1d, (2, 3, 17), dict(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=True)),
+    (F.max_pool2d, (1, 2, 9, 8), dict(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False)),
+    (F.max_pool2d, (2, 3, 8, 8), dict(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)),
+    (F.max_pool2d, (2, 2, 11, 10), dict(kernel_size=(3, 2), stride=1, padding=(1, 0), dilation=(2, 1),
+                                        ceil_mode=True)),
+    (F.max_pool3d, (1, 2, 5, 6, 7), dict(kernel_size=2, stride=(1, 2, 2), padding=1, dilation=1, ceil_mode=False)),
+])
+def test_max_pool_indices_only_backward_equals_gradient(case):
+    pool, shape, kw = case
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[0, 0].fill_(1.0)  # ties: the first maximal index wins, as in torch's own backward
+    xa = x.clone().requires_grad_(True)
+    ya = pool(xa, **kw)
+    r = torch.randn(ya.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (ga,) = torch.autograd.grad(ya, xa, r)
+    xb = x.clone().requires_grad_(True)
+    yb = ops.max_pool(xb, lambda t: pool(t, return_indices=True, **kw))
+    (gb,) = torch.autograd.grad(yb, xb, r)
+    torch.testing.assert_close(yb, ya.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(gb, ga, rtol=1e-15, atol=1e-15)

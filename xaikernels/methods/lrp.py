@@ -10,9 +10,11 @@ How it runs: for the duration of one call, each module that has a rule has its `
 replaced by the rule's autograd Function (the replacement is an instance attribute that is
 deleted afterwards; hooks, flags and parameters are restored by
 :class:`~xaikernels._model_guard.ModelGuard`).  The Function's forward *is* the layer call and
-computes what the rule needs in the same product; its backward is the rule.  So one forward and
-one backward through the model give the relevance — no layer forward is re-run in a hook, and
-αβ/γ use one stacked product with sign-split weights instead of four or five.
+is the plain layer; its backward is the rule.  So one forward and one backward through the model
+give the relevance, and no hook re-runs a layer.  Memory stays near the plain gradient's: the
+rules recompute their sign-split products in the backward rather than keep them (αβ/γ layers
+may keep their outputs within a per-pass budget, :class:`~xaikernels.ops.lrp.SaveBudget`), and
+max pooling keeps only its indices.
 
 Layers: ``Linear``, ``Conv1d/2d/3d`` (stride, zero padding, dilation, groups incl. depthwise),
 average and adaptive-average pooling (norm rule, i.e. linear maps), max pooling (gradient:
@@ -74,6 +76,9 @@ GRADIENT_TYPES = MAXPOOL_TYPES + (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dro
 #: convolution) is run as written, with its convolution call routed to the rule.
 _STOCK_FORWARD = {nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward}
 _CONV_FUNCS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
+#: Stock max-pooling forwards, run during LRP with a backward that keeps only the indices.
+_MAXPOOL_FUNCS = {nn.MaxPool1d.forward: (F.max_pool1d, 1), nn.MaxPool2d.forward: (F.max_pool2d, 2),
+                  nn.MaxPool3d.forward: (F.max_pool3d, 3)}
 _ADD_FUNCS = (torch.Tensor.add, torch.Tensor.add_, torch.add)
 
 
@@ -737,6 +742,8 @@ class _Run:
         if unsupported not in ("error", "gradient"):
             raise ValueError(f"unsupported must be 'error' or 'gradient', got {unsupported!r}")
         self.model, self.composite, self.backend, self.unsupported = model, composite, backend, unsupported
+        # one per pass: layers may keep their outputs for the backward within it (time for memory)
+        self.budget = _ops.SaveBudget()
         self.merged: Dict[int, nn.Module] = {}       # id(linear) -> bn
         self.merged_bn: Dict[int, Tuple[nn.Module, bool]] = {}  # id(bn) -> (linear, zennit_compat)
         self.blocks: Dict[int, Tuple[nn.Module, str, ResidualSum]] = {}
@@ -858,6 +865,8 @@ class _Run:
                     f"unsupported {kind} {name!r} ({type(m).__name__}) for LRP: no rule in composite "
                     f"{self.composite!r} and no known relevance flow; map it to a rule, or pass "
                     "unsupported='gradient' to let relevance cross it as the gradient"))
+            elif type(m).forward in _MAXPOOL_FUNCS and not m.return_indices:
+                self._swap(m, self._max_pool_forward(m, orig))
             return
         if isinstance(rule, Pass):
             self._swap(m, lambda x, _f=orig: _ops.pass_through(x, _f))
@@ -868,6 +877,19 @@ class _Run:
             self._swap(m, lambda x, _m=m, _p=params: self._bn_call(x, _m, _p))
         else:
             raise self._rule_error(name, m, rule)
+
+    @staticmethod
+    def _max_pool_forward(m, orig):
+        pool, d = _MAXPOOL_FUNCS[type(m).forward]
+
+        def fn(t):
+            return pool(t, m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode, return_indices=True)
+
+        def fwd(x):
+            if x.dim() != d + 2:  # unbatched input: autograd's own op
+                return orig(x)
+            return _ops.max_pool(x, fn)
+        return fwd
 
     def _gradient_ok(self, m: nn.Module) -> bool:
         if list(m.children()):
@@ -881,7 +903,7 @@ class _Run:
         return fwd
 
     def _linear_call(self, x, weights, params, geom, m):
-        return self._record(m, _ops.lrp_layer(x, weights, params, geom, self.backend))
+        return self._record(m, _ops.lrp_layer(x, weights, params, geom, self.backend, self.budget))
 
     def _record(self, m, z):
         if id(m) in self.merged:
@@ -890,7 +912,7 @@ class _Run:
 
     def _bn_call(self, x, m, params):
         weights, geom = _bn_as_layer(m, x)
-        return _ops.lrp_layer(x, weights, params, geom, self.backend)
+        return _ops.lrp_layer(x, weights, params, geom, self.backend, self.budget)
 
     def _merged_bn_forward(self, name, bn, lin, compat, pass_rule):
         lin_name = self.names.get(id(lin), "?")

@@ -1,10 +1,12 @@
 """LRP rule ops: each rule is the backward of one autograd Function.
 
 The forward of a rule Function is the layer's own forward (it *is* the layer call during an
-LRP pass), computing in the same product whatever the rule's backward needs (z⁺, z⁻, the
-stabilised denominators); the backward maps output relevance to input relevance.  One forward
-and one backward through the model therefore give the LRP attribution — no layer forward is
-re-run inside a hook.
+LRP pass); the backward maps output relevance to input relevance.  One forward and one backward
+through the model therefore give the LRP attribution — no hook re-runs a layer.  What a
+backward needs beyond the layer input is kept only where it is cheap; the torch backend
+recomputes the sign-split products in the backward (the same work as computing them in the
+forward, without holding them in between), and a :class:`SaveBudget` lets αβ/γ layers keep
+their outputs within a bound on memory.
 
 Ops (dispatched per call, :mod:`xaikernels._backend`):
 
@@ -17,6 +19,7 @@ built when needed and never held alive between the forward and the backward.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -61,14 +64,48 @@ LINEAR_OP.register("triton", _Lazy(_triton_linear))
 CONV_OP.register("triton", _Lazy(_triton_conv))
 
 
+class SaveBudget:
+    """How much a pass may keep between forward and backward to save recomputation.
+
+    The torch backend recomputes the products of the sign-split rules (αβ, γ) in the backward,
+    so it keeps nothing beyond the layer inputs the plain gradient keeps too.  With a budget, a
+    layer may instead keep a copy of its output ``z`` (one product fewer in the backward) while
+    the bytes kept so far stay within ``ratio`` × the bytes of the rule layers' inputs seen so
+    far.  Greedy in forward order, so it favours the small outputs of deep layers, where a
+    product costs as much as in the early layers but a kept output little memory.
+    """
+
+    def __init__(self, ratio: float = 0.75):
+        self.ratio = float(ratio)
+        self.seen = 0
+        self.kept = 0
+
+    def see(self, x: torch.Tensor) -> None:
+        self.seen += x.numel() * x.element_size()
+
+    def take(self, z: torch.Tensor) -> bool:
+        nb = z.numel() * z.element_size()
+        if self.kept + nb > self.ratio * self.seen:
+            return False
+        self.kept += nb
+        return True
+
+
 class _LayerRule(torch.autograd.Function):
     """forward: the layer output; backward: the rule's input relevance."""
 
     @staticmethod
-    def forward(ctx, x, weights, geom, rule, impl):
+    def forward(ctx, x, weights, geom, rule, impl, budget):
         fwd, bwd = impl
         w, b = weights()
         z, saved = fwd(x, w, b, geom, rule)
+        if budget is not None:
+            budget.see(x)
+            # only the torch backend reads a kept output (its αβ/γ backward); not in low
+            # precision, where z is a rounded copy of what the backward would recompute
+            if (fwd is _ref.layer_forward and rule.kind in _ref.KEEPS_OUTPUT and not saved
+                    and z.dtype in (torch.float32, torch.float64) and budget.take(z)):
+                saved = (z.detach().clone(),)
         ctx.save_for_backward(x, *saved)
         ctx.weights, ctx.geom, ctx.rule, ctx.bwd = weights, geom, rule, bwd
         return z
@@ -77,11 +114,11 @@ class _LayerRule(torch.autograd.Function):
     def backward(ctx, r):
         x, *saved = ctx.saved_tensors
         w, b = ctx.weights()
-        return ctx.bwd(r.contiguous(), x, w, b, tuple(saved), ctx.geom, ctx.rule), None, None, None, None
+        return ctx.bwd(r.contiguous(), x, w, b, tuple(saved), ctx.geom, ctx.rule), None, None, None, None, None
 
 
 def lrp_layer(x: torch.Tensor, weights: WeightProvider, rule: RuleParams, geom: Optional[ConvGeom] = None,
-              backend: str = "auto") -> torch.Tensor:
+              backend: str = "auto", budget: Optional[SaveBudget] = None) -> torch.Tensor:
     """Apply a linear-like layer whose backward is an LRP rule.
 
     ``z = W x + b`` forward;  backward ``R_in = rule(x, W, b, R)`` (see :mod:`xaikernels.reference.lrp`
@@ -94,6 +131,7 @@ def lrp_layer(x: torch.Tensor, weights: WeightProvider, rule: RuleParams, geom: 
     rule : :class:`~xaikernels.reference.lrp.RuleParams`.
     geom : :class:`~xaikernels.reference.lrp.ConvGeom` for a convolution, None for a linear layer.
     backend : {"auto", "triton", "reference"}.
+    budget : :class:`SaveBudget` shared by the layers of one pass, or None (keep nothing extra).
 
     Returns
     -------
@@ -101,7 +139,7 @@ def lrp_layer(x: torch.Tensor, weights: WeightProvider, rule: RuleParams, geom: 
     """
     op = LINEAR_OP if geom is None else CONV_OP
     _, impl = op.launcher(x.device, backend)
-    return _LayerRule.apply(x, weights, geom, rule, tuple(impl))
+    return _LayerRule.apply(x, weights, geom, rule, tuple(impl), budget)
 
 
 class _Pass(torch.autograd.Function):
@@ -122,6 +160,36 @@ class _Pass(torch.autograd.Function):
 def pass_through(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``fn(x)`` forward, identity backward (the pass rule; ``fn`` must keep the shape)."""
     return _Pass.apply(x, fn)
+
+
+class _MaxPool(torch.autograd.Function):
+    """Max pooling whose backward (the gradient: winner takes all) keeps only the indices.
+
+    Autograd's own max pooling also keeps its input, only for its shape; during LRP no other
+    op keeps that tensor (the activation before it has the pass rule), so it would be held
+    through the backward for nothing.
+    """
+
+    @staticmethod
+    def forward(ctx, x, fn):
+        out, idx = fn(x)
+        ctx.save_for_backward(idx)
+        ctx.in_shape = x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, r):
+        (idx,) = ctx.saved_tensors
+        n, c = r.shape[:2]
+        g = r.new_zeros((n, c, math.prod(ctx.in_shape[2:])))
+        # indices are flat positions in each (example, channel) plane; overlapping windows add
+        g.scatter_add_(2, idx.reshape(n, c, -1), r.reshape(n, c, -1))
+        return g.view(ctx.in_shape), None
+
+
+def max_pool(x: torch.Tensor, fn: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``fn(x)`` = (output, indices) of a batched max pooling forward; its gradient backward."""
+    return _MaxPool.apply(x, fn)
 
 
 class _Norm(torch.autograd.Function):

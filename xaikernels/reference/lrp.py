@@ -20,12 +20,14 @@ Here ``c⁺ = W⁺x⁺ + W⁻x⁻`` and ``c⁻ = W⁻x⁺ + W⁺x⁻``, so every
 with sign-split weights.  Two implementations live here:
 
 * :func:`layer_forward` / :func:`layer_backward` — the ``"reference"`` backend of the
-  ``lrp_linear`` / ``lrp_conv`` ops.  The forward returns the layer output ``z`` plus the
-  stabilised denominators the rule needs, computed from one *stacked* product: the sign-split
-  weights are laid side by side (``[W⁺; W⁻]``, or ``[[W⁺, W⁻], [W⁻, W⁺]]`` on ``[x⁺; x⁻]``
-  when the input has negative entries) so αβ and γ cost one larger GEMM/convolution instead of
-  four or five, and the layer output is assembled from the same product.  The backward is one
-  transposed product with the same stacked weight and the final input multiply.
+  ``lrp_linear`` / ``lrp_conv`` ops.  The forward is the plain layer; it keeps only what is
+  cheap (ε: ``s(z)``; flat and w²: a one-example denominator).  The sign-split rules recompute
+  their products in the backward — z⁺ on ``x ≥ 0`` is one product with W⁺, αβ and γ add the
+  layer output (or read it, kept by the caller within a memory budget) — so between the passes
+  nothing output-sized is held beyond what the plain gradient holds: the forward pass, z⁺'s
+  product and the transposed product are the same work wherever they run.  Inputs with
+  negative entries use stacked sign-split weights (``[W⁺, W⁻]`` on ``[x⁺; x⁻]``); where the
+  weights are small next to the activations, αβ/γ stack ``[W; W⁺]`` into one product.
 * :func:`dense_rule` and friends — the oracle: the layer written out as an explicit dense matrix
   per example and each rule evaluated term by term as in the formulas above.  Tests run it in
   float64.
@@ -42,6 +44,9 @@ Tensor = torch.Tensor
 
 #: Rule kinds understood by the linear-like layer ops.
 RULES = ("epsilon", "zplus", "alphabeta", "gamma", "zbox", "flat", "wsquare")
+#: Rules whose :func:`layer_backward` accepts the layer output ``z`` as ``saved`` (kept by the
+#: caller, :class:`xaikernels.ops.lrp.SaveBudget`) instead of recomputing it.
+KEEPS_OUTPUT = ("alphabeta", "gamma")
 
 
 class RuleParams(NamedTuple):
@@ -267,6 +272,11 @@ def layer_forward(x: Tensor, w: Tensor, b: Optional[Tensor], geom: Optional[Conv
                   rule: RuleParams) -> Tuple[Tensor, Tuple[Tensor, ...]]:
     """Layer output ``z = W x + b`` and the tensors :func:`layer_backward` needs.
 
+    Memory: the sign-split rules (z⁺, αβ, γ) and z^B save nothing beyond the input (which the
+    plain gradient saves too) — their products with sign-split weights are recomputed in the
+    backward, which costs the same arithmetic as computing them here and keeps no output-sized
+    tensor alive between the passes.  ε saves ``s(z)``; flat and w² a one-example denominator.
+
     Parameters
     ----------
     x : Tensor (N, ..., I) for a linear layer, (N, C, *spatial) for a convolution.
@@ -283,7 +293,6 @@ def layer_forward(x: Tensor, w: Tensor, b: Optional[Tensor], geom: Optional[Conv
     acc = _opmath(x.dtype)
     x, w = x.to(acc), w.to(acc)
     b = None if b is None else b.to(acc)
-    bb = None if b is None else _bshape(b, geom)
     k, eps = rule.kind, rule.eps
     if k == "epsilon":
         if not rule.wmod and not rule.zero_bias:
@@ -291,6 +300,7 @@ def layer_forward(x: Tensor, w: Tensor, b: Optional[Tensor], geom: Optional[Conv
             return z.to(out_dtype), (stabilize(z, eps),)
         # Captum's modified-weight rules: the layer output keeps the true weights, the rule
         # propagates with the modified ones; both from one stacked product.
+        bb = None if b is None else _bshape(b, geom)
         z, zr = split_channels(_fwd(x, block_weight(w, [["w"], [_modified_weight(w, rule)]], geom), None, geom),
                                2, geom)
         if bb is not None:
@@ -303,43 +313,16 @@ def layer_forward(x: Tensor, w: Tensor, b: Optional[Tensor], geom: Optional[Conv
         # The denominator does not depend on the input values: one example is enough.
         one = torch.ones_like(x[:1])
         if k == "flat":
-            den = _fwd(one, torch.ones_like(w), None, geom)
+            # every output channel sees the same count of real inputs (C/groups channels deep):
+            # one channel is enough
+            one = one[:, : w.shape[1]] if geom is not None else one
+            den = _fwd(one, torch.ones_like(w[:1]), None, None if geom is None else geom._replace(groups=1))
         else:
             den = _fwd(one, w * w, None if b is None else b * b, geom)
         return z.to(out_dtype), (stabilize(den, eps),)
-    if k == "zbox":
-        z = _fwd(x, w, b, geom)
-        lo, hi = expand_bound(rule.low, x, "low"), expand_bound(rule.high, x, "high")
-        d = _fwd(stack_channels([lo, hi], geom), block_weight(w, [["p", "n"]], geom), None, geom)
-        zd = z - d if bb is None else z - (d + bb)
-        return z.to(out_dtype), (lo, hi, stabilize(zd, eps))
-    if k not in ("zplus", "alphabeta", "gamma"):
+    if k not in RULES:
         raise ValueError(f"unknown LRP rule kind {k!r}; choose from {RULES}")
-    # The layer output with the true weights (no copy of W), and z⁺ from one more product: with
-    # W⁺ alone on a non-negative input (after a ReLU), with [W⁺, W⁻] on [x⁺; x⁻] otherwise.
-    # z⁻ = z − z⁺.  (Summing z⁺ + z⁻ into the output instead loses precision to their
-    # cancellation, which then compounds through the network's forward pass.)  Two products
-    # rather than one on [W⁺; W] stacked: same arithmetic, but no stacked weight copy, and the
-    # output is a tensor of its own instead of a view pinning the stacked result.
-    z = _fwd(x, w, b, geom)
-    if _has_negative(x):
-        a = _fwd(stack_channels(["p", "n"], geom, base=x), block_weight(w, [["p", "n"]], geom), None, geom)
-    else:
-        a = _fwd(x, w.clamp(min=0), None, geom)
-    if bb is not None:
-        a.add_(bb.clamp(min=0))
-    if k == "zplus":
-        # z⁺ is a sum of non-negative terms, so s(z⁺) = z⁺ + ε, in place
-        return z.to(out_dtype), (a.add_(eps),)
-    bneg = z - a
-    if k == "alphabeta":
-        return z.to(out_dtype), (a.add_(eps), stabilize(bneg, eps))
-    g = rule.gamma
-    # z > 0 ⇒ z + γz⁺ > 0 and z < 0 ⇒ z + γz⁻ < 0: one signed tensor carries both
-    # coefficients and, through its sign, their masks.
-    q = torch.where(z > 0, stabilize(a.mul_(g).add_(z), eps).reciprocal_(),
-                    torch.where(z < 0, stabilize(bneg.mul_(g).add_(z), eps).reciprocal_(), 0.0))
-    return z.to(out_dtype), (q,)
+    return _fwd(x, w, b, geom).to(out_dtype), ()
 
 
 def _has_negative(x: Tensor) -> bool:
@@ -353,55 +336,154 @@ def _bshape(b: Tensor, geom: Optional[ConvGeom]) -> Tensor:
     return b.view(-1, *([1] * len(geom.stride)))
 
 
+def _stabilize_(t: Tensor, eps: float) -> Tensor:
+    """:func:`stabilize` in place (bit-identical: ``t + (−ε)`` is ``t − ε``)."""
+    return t.add_(torch.where(t >= 0, t.new_full((), eps), t.new_full((), -eps)))
+
+
+def _zplus(x: Tensor, w: Tensor, b: Optional[Tensor], geom: Optional[ConvGeom], signed: bool,
+           wp: Optional[Tensor] = None, shift: float = 0.0) -> Tensor:
+    """``z⁺ + shift = W⁺x⁺ + W⁻x⁻ + (b⁺ + shift)`` (a fresh tensor); ``wp``: W⁺ if already built.
+
+    ``shift`` rides on the bias, so adding a stabiliser costs no pass of its own."""
+    bp = None if b is None else b.clamp(min=0)
+    if shift:
+        bp = w.new_full((w.shape[0],), shift) if bp is None else bp.add_(shift)
+    if not signed:
+        return _fwd(x, w.clamp(min=0) if wp is None else wp, bp, geom)
+    a = _fwd(stack_channels(["p", "n"], geom, base=x), block_weight(w, [["p", "n"]], geom), None, geom)
+    return a if bp is None else a.add_(_bshape(bp, geom))
+
+
+def _signed_input_relevance(uv: Tensor, x: Tensor, w: Tensor, geom: Optional[ConvGeom]) -> Tensor:
+    """``x⁺ ⊙ (W⁺ᵀu + W⁻ᵀv) + x⁻ ⊙ (W⁻ᵀu + W⁺ᵀv)`` for stacked ``uv = [u; v]`` (one product)."""
+    gp, gn = split_channels(_bwd(uv, block_weight(w, [["p", "n"], ["n", "p"]], geom), _stacked_shape(x, 2, geom),
+                                 geom), 2, geom)
+    return gp.mul_(x.clamp(min=0)).add_(gn.mul_(x.clamp(max=0)))
+
+
 def layer_backward(r: Tensor, x: Tensor, w: Tensor, b: Optional[Tensor], saved: Tuple[Tensor, ...],
                    geom: Optional[ConvGeom], rule: RuleParams) -> Tensor:
     """Relevance of the layer input from the relevance ``r`` of its output (shape of ``z``).
+
+    ``saved``: what :func:`layer_forward` returned; for the rules in :data:`KEEPS_OUTPUT` it may
+    instead hold the layer output ``z``, which is then not recomputed.
 
     Returns a Tensor shaped and typed like ``x``.
     """
     out_dtype = x.dtype
     acc = _opmath(x.dtype)
     x, w, r = x.to(acc), w.to(acc), r.to(acc)
-    k = rule.kind
+    b = None if b is None else b.to(acc)
+    k, eps = rule.kind, rule.eps
     if k == "epsilon":
         return (x * _bwd(r / saved[0], _modified_weight(w, rule), x.shape, geom)).to(out_dtype)
     if k == "flat":
-        return _bwd(r / saved[0], torch.ones_like(w), x.shape, geom).to(out_dtype)
+        return _flat_backward(r, saved[0], x, w, geom).to(out_dtype)
     if k == "wsquare":
         return _bwd(r / saved[0], w * w, x.shape, geom).to(out_dtype)
     if k == "zbox":
-        lo, hi, den = saved
+        lo, hi = expand_bound(rule.low, x, "low"), expand_bound(rule.high, x, "high")
+        d = _fwd(stack_channels([lo, hi], geom), block_weight(w, [["p", "n"]], geom), None, geom)
+        if b is not None:
+            d.add_(_bshape(b, geom))
+        g = _fwd(x, w, b, geom).sub_(d)  # (Wx + b) − (W⁺l + W⁻h + b): the bias cancels
+        del d
+        torch.div(r, _stabilize_(g, eps), out=g)
         gx, gl, gh = split_channels(
-            _bwd(r / den, block_weight(w, [["w", "p", "n"]], geom), _stacked_shape(x, 3, geom), geom), 3, geom)
-        return (x * gx - (lo * gl + hi * gh)).to(out_dtype)
+            _bwd(g, block_weight(w, [["w", "p", "n"]], geom), _stacked_shape(x, 3, geom), geom), 3, geom)
+        return gx.mul_(x).sub_(lo * gl + hi * gh).to(out_dtype)
+    if k not in ("zplus", "alphabeta", "gamma"):
+        raise ValueError(f"unknown LRP rule kind {k!r}; choose from {RULES}")
     signed = _has_negative(x)
     if k == "zplus":
-        g = r / saved[0]
+        wp = None if signed else w.clamp(min=0)
+        g = _zplus(x, w, b, geom, signed, wp, eps)  # z⁺ ≥ 0, so s(z⁺) = z⁺ + ε
+        torch.div(r, g, out=g)
         if not signed:
-            return _bwd(g, w.clamp(min=0), x.shape, geom).mul_(x).to(out_dtype)
+            return _bwd(g, wp, x.shape, geom).mul_(x).to(out_dtype)
         gp, gn = split_channels(_bwd(g, block_weight(w, [["p", "n"]], geom), _stacked_shape(x, 2, geom), geom),
                                 2, geom)
-        return (gp.mul_(x.clamp(min=0)) + gn.mul_(x.clamp(max=0))).to(out_dtype)
+        return gp.mul_(x.clamp(min=0)).add_(gn.mul_(x.clamp(max=0))).to(out_dtype)
+    # αβ and γ need z⁺ and z⁻ = z − z⁺ (z: the layer output, recomputed with the true weights;
+    # z⁻ as z⁺ + z⁻ would lose precision to cancellation).  Where the weights are small next to
+    # the activations (early convolutions), z and z⁺ come from one product with [W; W⁺] and the
+    # relevance goes back through one product with the stacked weight, into the same buffer
+    # (one larger product beats two there); elsewhere two products each way, so no stacked
+    # weight copy is made.  Either way the output-sized buffers are reused in place: z and z⁺
+    # become the two coefficient maps u, v.
+    kept = saved[0] if saved else None
+    stacked = kept is None and not signed and geom is not None and 2 * w.numel() <= r.numel() // r.shape[0]
+    if stacked:
+        bz = None if b is None else stack_channels([b.view(1, -1, *([1] * len(geom.stride))), "p"], geom).view(-1)
+        zs = _fwd(x, block_weight(w, [["w"], ["p"]], geom), bz, geom)
+        z, a = _halves(zs, geom)
+        rv = _grouped(r, geom)
+    else:
+        wp = None if signed else w.clamp(min=0)
+        z = _fwd(x, w, b, geom) if kept is None else kept.to(acc)
+        a = _zplus(x, w, b, geom, signed, wp)
+        rv = r
+    own = kept is None  # z is ours to overwrite (a kept output stays intact for a second backward)
     if k == "alphabeta":
-        u = (r / saved[0]).mul_(rule.alpha)
-        v = (r / saved[1]).mul_(-rule.beta)
+        n = z.sub_(a) if own else torch.sub(z, a)  # z⁻
+        torch.div(rv, a.add_(eps), out=a).mul_(rule.alpha)
+        torch.div(rv, _stabilize_(n, eps), out=n).mul_(-rule.beta)
+        u, v, codes = a, n, (["n"], ["p"])
     elif k == "gamma":
-        g = r * saved[0]
-        pos = saved[0] > 0
-        # u = (1+γ)g₁ + g₂, v = g₁ + (1+γ)g₂ with g₁ = g[z>0], g₂ = g[z<0]
-        gg = g * (1.0 + rule.gamma)
-        u = torch.where(pos, gg, g)
-        v = torch.where(pos, g, gg)
-        del g, gg
+        g = rule.gamma
+        n = torch.sub(z, a)
+        # z > 0 ⇒ z + γz⁺ > 0 and z < 0 ⇒ z + γz⁻ < 0 (z⁺ ≥ 0 ≥ z − z⁺ exactly, rounding being
+        # monotone), so each stabiliser's sign is known where its term is used
+        p1 = torch.div(rv, a.mul_(g).add_(z).add_(eps), out=a).masked_fill_(z <= 0, 0.0)
+        p2 = torch.div(rv, n.mul_(g).add_(z).sub_(eps), out=n).masked_fill_(z >= 0, 0.0)
+        # g₁ = R/s(·)[z>0], g₂ = R/s(·)[z<0]:  u = (1+γ)g₁ + g₂,  v = g₁ + (1+γ)g₂
+        u = torch.add(p2, p1, alpha=1.0 + g, out=z if own else None)
+        v = p1.add_(p2, alpha=1.0 + g)
+        del p2, n
+        codes = (["p"], ["n"])
     else:
         raise ValueError(f"unknown LRP rule kind {k!r}; choose from {RULES}")
-    uv = stack_channels([u, v], geom)
-    del u, v
-    if not signed:
-        return _bwd(uv, block_weight(w, [["p"], ["n"]], geom), x.shape, geom).mul_(x).to(out_dtype)
-    gp, gn = split_channels(_bwd(uv, block_weight(w, [["p", "n"], ["n", "p"]], geom), _stacked_shape(x, 2, geom),
-                                 geom), 2, geom)
-    return (gp.mul_(x.clamp(min=0)) + gn.mul_(x.clamp(max=0))).to(out_dtype)
+    if stacked:
+        del u, v, z, a, rv
+        # zs now holds [v; u] (αβ) or [u; v] (γ), laid out as the stacked weight's rows
+        return _bwd(zs, block_weight(w, list(codes), geom), x.shape, geom).mul_(x).to(out_dtype)
+    if signed:
+        uv = stack_channels([u, v], geom)
+        del u, v
+        return _signed_input_relevance(uv, x, w, geom).to(out_dtype)
+    # W⁺ᵀu + W⁻ᵀv as two products: no stacked weight or stacked relevance in memory
+    out = _bwd(u, wp, x.shape, geom)
+    del u, wp
+    out.add_(_bwd(v, w.clamp(max=0), x.shape, geom))
+    return out.mul_(x).to(out_dtype)
+
+
+def _halves(t: Tensor, geom: ConvGeom) -> Tuple[Tensor, Tensor]:
+    """Views of the two halves of a 2-stacked convolution output, as ``(N, g, O/g, *spatial)``."""
+    n, g, sp = t.shape[0], geom.groups, tuple(t.shape[2:])
+    v = t.view(n, g, 2, t.shape[1] // (2 * g), *sp)
+    return v[:, :, 0], v[:, :, 1]
+
+
+def _grouped(t: Tensor, geom: ConvGeom) -> Tensor:
+    """``t`` (N, O, *spatial) viewed as ``(N, g, O/g, *spatial)``, the layout of :func:`_halves`."""
+    return t.view(t.shape[0], geom.groups, t.shape[1] // geom.groups, *t.shape[2:])
+
+
+def _flat_backward(r: Tensor, den: Tensor, x: Tensor, w: Tensor, geom: Optional[ConvGeom]) -> Tensor:
+    """Flat rule: ``R_in = 1ᵀ(R / s(1·1))``.  The all-ones layer maps the relevance of every
+    output channel (of a group) the same way, and the denominator is one channel's tap count:
+    sum the channels first, then one single-channel transposed product per group."""
+    g = _groups(geom)
+    if geom is None:
+        return (r / den).sum(-1, keepdim=True).expand(x.shape).contiguous()
+    n, o, sp = r.shape[0], r.shape[1], tuple(r.shape[2:])
+    rs = r.reshape(n, g, o // g, *sp).sum(2).div_(den)  # (N, g, *spatial)
+    c = x.shape[1]
+    ones = torch.ones((g, 1) + tuple(w.shape[2:]), dtype=r.dtype, device=r.device)
+    gin = _bwd(rs, ones, (x.shape[0], g) + tuple(x.shape[2:]), geom._replace(groups=g))
+    return gin.unsqueeze(2).expand(n, g, c // g, *gin.shape[2:]).reshape(x.shape)
 
 
 def norm_backward(r: Tensor, x: Tensor, den: Tensor, adjoint) -> Tensor:
