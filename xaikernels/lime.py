@@ -58,7 +58,7 @@ def _weights(distances, kernel_fn, kernel_width, backend):
     return w
 
 
-def _check_outputs(yss, n, mode="classification", need_2d=True):
+def _check_outputs(yss, n, mode="classification", need_2d=True, warn_proba=False, backend="auto"):
     yss = np.asarray(yss)
     if yss.dtype == object or not np.issubdtype(yss.dtype, np.number):
         raise ValueError(f"classifier_fn must return a numeric array, got dtype {yss.dtype}")
@@ -67,22 +67,25 @@ def _check_outputs(yss, n, mode="classification", need_2d=True):
                          "it must return one row of class probabilities per input")
     if need_2d and yss.ndim != 2:
         raise ValueError(f"classifier_fn must return (n_samples, n_classes) probabilities, got shape {yss.shape}")
-    if not np.all(np.isfinite(yss)):
+    yss = np.ascontiguousarray(yss, dtype=np.float64)
+    # finiteness and lime's np.allclose(row sums, 1) in one kernel pass
+    finite, proba = P.output_check(yss.reshape(n, -1), backend=backend)
+    if not finite:
         raise ValueError("classifier_fn returned non-finite values")
-    return yss.astype(np.float64, copy=False)
-
-
-def _warn_not_proba(yss):
-    # np.allclose(rows, 1.0), without its generic broadcasting and NaN handling overhead
-    if not np.all(np.abs(yss.sum(axis=1) - 1.0) <= 1e-8 + 1e-5) or yss.min() < 0 or yss.max() > 1:
+    if warn_proba and not proba:
         warnings.warn("Prediction probabilities do not sum to 1 (or lie outside [0, 1]): the classifier "
                       "should return probabilities, not logits or class predictions.", UserWarning, stacklevel=3)
+    return yss
 
 
 def _local_exp(coef_t, used_t):
+    """lime's ``sorted(zip(used_features, coef), key=abs, reverse=True)``: a stable argsort of
+    ``-|coef|`` keeps ties in selection order, as Python's reverse sort does."""
     order = np.nonzero(used_t)[0]
     order = order[np.argsort(used_t[order], kind="stable")]
-    return sorted(zip(order.tolist(), coef_t[order].tolist()), key=lambda z: abs(z[1]), reverse=True)
+    vals = coef_t[order]
+    by = np.argsort(-np.abs(vals), kind="stable")
+    return list(zip(order[by].tolist(), vals[by].tolist()))
 
 
 def _rank_ids(segments):
@@ -112,14 +115,31 @@ class _SurrogateFitter:
         self.verbose = verbose
         self.backend = backend
 
-    def fit(self, exp, data, yss, distances, labels, num_features, model_regressor):
-        weights = _weights(distances, self.kernel_fn, self.kernel_width, self.backend)
+    def fit(self, exp, data, yss, distances, labels, num_features, model_regressor, metric=None, weights=None):
+        """``distances`` (S,), or None with ``metric`` ('cosine' | 'euclidean'): the distances
+        of the rows of ``data`` to the all-ones row (image / text coalitions).  ``weights``:
+        lime's default-kernel weights of ``distances`` when already computed."""
         labels = [int(l) for l in labels]
         if any(l < 0 or l >= yss.shape[1] for l in labels):
             raise IndexError(f"labels {labels} out of range for {yss.shape[1]} classifier outputs")
-        Y = np.ascontiguousarray(yss[:, labels], dtype=np.float64)
         k = int(min(num_features, data.shape[1])) if num_features is not None else data.shape[1]
         k = max(k, 1)
+        if model_regressor is None and self.kernel_fn is None:
+            # lime's default kernel: weights, Gram products, selection and every label's
+            # solve in one kernel call
+            if weights is not None:
+                wd, mode = weights, "weights"
+            else:
+                wd, mode = distances, "distances" if distances is not None else metric
+            fit = P.fit_lime(data, yss, labels, wd, weights=mode,
+                             kernel_width=self.kernel_width, alpha=1.0, feature_selection=self.feature_selection,
+                             num_features=k, backend=self.backend)
+            return self._store(exp, fit, labels, yss)
+        if distances is None:
+            distances = P.row_distances(data, np.ones(data.shape[1]), metric, backend=self.backend)
+        weights = _weights(distances, self.kernel_fn, self.kernel_width, self.backend)
+        Y = np.ascontiguousarray(yss[:, labels], dtype=np.float64)
+        data = np.asarray(data, dtype=np.float64)
         if model_regressor is None:
             fit = P.fit_surrogate(data, Y, weights, alpha=1.0, feature_selection=self.feature_selection,
                                   num_features=k, backend=self.backend)
@@ -138,6 +158,9 @@ class _SurrogateFitter:
                 fit["intercept"][j] = reg.intercept_
                 fit["score"][j] = reg.score(data[:, used], Y[:, j], sample_weight=weights)
                 fit["local_pred"][j] = reg.predict(data[0, used].reshape(1, -1))[0]
+        return self._store(exp, fit, labels, yss)
+
+    def _store(self, exp, fit, labels, yss):
         exp.score_per_label = {}
         exp.local_pred_per_label = {}
         for j, lab in enumerate(labels):
@@ -268,26 +291,25 @@ class LimeImageExplainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=num_samples)
-        build = P.PerturbedBuilder(x_apb, fill, seg_ids, backend=self.backend)
+        fill_rows = P.PerturbedBuilder(x_apb, fill, seg_ids, backend=self.backend).batches(data)
+        dt = image.dtype
         for s0 in range(0, num_samples, bs):
             s1 = min(num_samples, s0 + bs)
-            # a fresh buffer per call: classifier_fn may keep or modify what it is given
-            buf = np.empty((s1 - s0, H, W, C), dtype=image.dtype)
-            build(data[s0:s1], buf.reshape((s1 - s0,) + x_apb.shape))
-            out = np.asarray(classifier_fn(buf))
-            if out.ndim != 2 or out.shape[0] != s1 - s0:
-                raise ValueError(f"classifier_fn must return one row of class probabilities per image (rows = "
-                                 f"images): ({s1 - s0}, K) expected, got shape {out.shape}")
-            preds.append(out)
-            # drop our reference now: unless classifier_fn kept it, the next batch's
-            # np.empty gets this (cache-warm) block back instead of a second one
-            del buf, out
+            # a fresh buffer per call: classifier_fn may keep or modify what it is given.
+            # Unless it kept the last one, np.empty gets that (cache-warm) block back.
+            preds.append(classifier_fn(fill_rows(s0, s1, np.empty((s1 - s0, H, W, C), dtype=dt))))
             if bar is not None:
                 bar.update(s1 - s0)
+        for i, out in enumerate(preds):
+            n_i = min(bs, num_samples - i * bs)
+            if np.ndim(out) != 2 or np.shape(out)[0] != n_i:
+                raise ValueError(f"classifier_fn must return one row of class probabilities per image (rows = "
+                                 f"images): ({n_i}, K) expected, got shape {np.shape(out)}")
         if bar is not None:
             bar.close()
-        yss = _check_outputs(np.concatenate(preds), num_samples)
-        distances = P.row_distances(data, np.ones(F), distance_metric, backend=self.backend)
+        yss = _check_outputs(np.concatenate(preds), num_samples, backend=self.backend)
+        if distance_metric not in ("cosine", "euclidean"):
+            raise ValueError(f"distance metric must be 'cosine' or 'euclidean', got {distance_metric!r}")
         # consecutive ids (identical to the input for skimage segmentations), so that feature f
         # is exactly the pixels where segments == f
         exp = ImageExplanation(image, seg_ids.reshape(H, W).astype(segments.dtype if segments.dtype.kind in "iu"
@@ -297,7 +319,7 @@ class LimeImageExplainer:
             top = np.argsort(yss[0])[-top_labels:]
             exp.top_labels = list(top)
             exp.top_labels.reverse()
-        return self.base.fit(exp, data.astype(np.float64), yss, distances, top, num_features, model_regressor)
+        return self.base.fit(exp, data, yss, None, top, num_features, model_regressor, metric=distance_metric)
 
 
 # ------------------------------------------------------------------------------- explanation
@@ -446,27 +468,32 @@ class LimeTabularExplainer:
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
         seed = int(self.random_state.randint(0, 2**31 - 1))
-        # sampling, standardisation and distances in one kernel pass
-        scaled, inverse, distances = self.sampler.neighbourhood(data_row, num_samples, seed, distance_metric,
-                                                                backend=self.backend)
+        # sampling, standardisation, distances and (lime's default kernel) the weights in one
+        # kernel pass
+        plan = self.sampler.plan(data_row)
+        default_kernel = self.base.kernel_fn is None
+        nb = P.tabular_neighbourhood(num_samples, seed, plan, metric=distance_metric,
+                                     kernel_width=self.base.kernel_width if default_kernel else None,
+                                     backend=self.backend)
+        scaled, inverse, distances = nb[:3]
+        weights = nb[3] if default_kernel else None
         yss = np.asarray(predict_fn(inverse))
         if self.mode == "classification":
             if yss.ndim == 1:
                 raise ValueError("mode='classification' needs predict_fn to return (n_samples, n_classes) "
                                  "probabilities (e.g. predict_proba); got a 1-D array. Use mode='regression' "
                                  "for a regressor")
-            yss = _check_outputs(yss, num_samples)
+            yss = _check_outputs(yss, num_samples, warn_proba=True, backend=self.backend)
             if self.class_names is None:
                 self.class_names = [str(x) for x in range(yss.shape[1])]
             else:
                 self.class_names = list(self.class_names)
-            _warn_not_proba(yss)
         else:
             if yss.ndim == 2 and yss.shape[1] == 1:
                 yss = yss[:, 0]
             if yss.ndim != 1:
                 raise ValueError(f"mode='regression' needs predict_fn to return one value per row, got {yss.shape}")
-            yss = _check_outputs(yss, num_samples, need_2d=False)
+            yss = _check_outputs(yss, num_samples, need_2d=False, backend=self.backend)
             predicted_value, min_y, max_y = yss[0], yss.min(), yss.max()
             yss = yss[:, None]
         feature_names = list(self.feature_names)
@@ -481,7 +508,7 @@ class LimeTabularExplainer:
             values[i] = "True"
         disc_names = None
         if self.discretizer is not None:
-            disc = self.sampler.discretize(data_row)
+            disc = plan["inst"]  # the row's bins (sampler.discretize)
             disc_names = list(feature_names)
             for f, lst in self._names.items():
                 disc_names[f] = lst[int(disc[f])]
@@ -496,7 +523,7 @@ class LimeTabularExplainer:
         else:
             exp.predicted_value, exp.min_value, exp.max_value = predicted_value, min_y, max_y
             labels = [0]
-        self.base.fit(exp, scaled, yss, distances, labels, num_features, model_regressor)
+        self.base.fit(exp, scaled, yss, distances, labels, num_features, model_regressor, weights=weights)
         if self.mode == "regression":
             exp.intercept[1] = exp.intercept[0]
             exp.local_exp[1] = list(exp.local_exp[0])
@@ -551,7 +578,7 @@ class LimeTextExplainer:
             if data.shape != (num_samples, F):
                 raise ValueError(f"masks must be ({num_samples}, {F}), got {data.shape}")
         docs = [text_instance] + [idx.render(r) for r in data[1:]]
-        yss = _check_outputs(classifier_fn(docs), num_samples)
+        yss = _check_outputs(classifier_fn(docs), num_samples, backend=self.backend)
         distances = P.row_distances(data, np.ones(F), distance_metric, backend=self.backend) * 100
         if self.class_names is None:
             self.class_names = [str(x) for x in range(yss.shape[1])]

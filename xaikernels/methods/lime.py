@@ -454,7 +454,23 @@ class TabularSampler:
         raise ValueError(f"discretizer must be 'quartile', 'decile' or 'entropy', got {discretizer!r}")
 
     def discretize(self, row: np.ndarray) -> np.ndarray:
+        """Bin index of every discretised feature (``searchsorted(edges, x)``: the number of
+        edges below ``x``), other features unchanged."""
         out = np.array(row, dtype=np.float64, copy=True)
+        edges = self.__dict__.get("_edge_table")
+        if edges is None:
+            dims = np.array(sorted(self.bins), dtype=np.int64)
+            E = max([len(q) for q in self.bins.values()] + [0])
+            tab = np.full((len(dims), E), np.inf)
+            for j, d in enumerate(dims):
+                tab[j, :len(self.bins[d])] = self.bins[d]
+            edges = self._edge_table = (dims, tab)
+        dims, tab = edges
+        if out.ndim == 1 and dims.size and not np.isnan(out[dims]).any():
+            # one comparison against the +inf-padded edge table instead of a searchsorted
+            # per feature (NaN sorts last in searchsorted: those rows take the loop)
+            out[dims] = (tab < out[dims, None]).sum(1)
+            return out
         for d, qts in self.bins.items():
             out[..., d] = np.searchsorted(qts, out[..., d])
         return out

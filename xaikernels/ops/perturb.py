@@ -213,6 +213,16 @@ class PerturbedBuilder:
         self._impl(masks, ov)
         return out
 
+    def batches(self, masks: np.ndarray):
+        """``fn(s0, s1, out)`` writing rows ``s0..s1-1`` of ``masks`` into ``out`` — a
+        C-contiguous NumPy array of ``s1 - s0`` inputs of this builder's dtype and size, any
+        shape (e.g. (n, H, W, C)) — and returning it.  Checked once here, not per call: for a
+        loop over model batches."""
+        masks = np.ascontiguousarray(masks, dtype=np.uint8)
+        if masks.ndim != 2:
+            raise ValueError(f"masks must be (S, F), got shape {masks.shape}")
+        return self._impl.batches(masks)
+
 
 def check_feature_map(seg: np.ndarray, n_positions: int, name: str = "segments") -> Tuple[np.ndarray, int]:
     """Validate a feature map and return it as contiguous int64 with the feature count.
@@ -371,6 +381,66 @@ def fit_surrogate(X: np.ndarray, Y: np.ndarray, w: np.ndarray, x0: Optional[np.n
     return out
 
 
+OP_OUTPUT_CHECK = _define("output_check", _ref.output_check)
+
+
+def output_check(Y: np.ndarray, backend: str = "auto") -> Tuple[bool, bool]:
+    """One pass over model outputs (S, K): (all finite, every row a probability vector —
+    entries in [0, 1] summing to 1 within ``1e-8 + 1e-5``, lime's ``np.allclose`` check)."""
+    return _impl(OP_OUTPUT_CHECK, backend)(np.ascontiguousarray(Y, dtype=np.float64))
+
+
+OP_FIT_LIME = _define("fit_lime", _ref.fit_lime)
+_METRICS = {"weights": 0, "distances": 1, "cosine": 2, "euclidean": 3}
+
+
+def fit_lime(X: np.ndarray, Y: np.ndarray, labels, wd: Optional[np.ndarray] = None, *, weights: str = "weights",
+             kernel_width: float = 0.0, alpha: float = 1.0, feature_selection: str = "none",
+             num_features: Optional[int] = None, backend: str = "auto"):
+    """One instance's LIME fit for several labels in one kernel call: sample weights, the
+    weighted Gram products and :func:`fit_surrogate`'s selection and ridge solves.
+
+    ``X`` (S, F) uint8 coalitions or float64 features; ``Y`` (S, K) every model output (the
+    kernel picks the ``labels`` columns itself).  ``weights``: ``"weights"`` — ``wd`` are the
+    sample weights; ``"distances"`` — ``wd`` are distances, weighted by lime's kernel
+    ``sqrt(exp(-d²/kernel_width²))``; ``"cosine"`` / ``"euclidean"`` — distances of the rows
+    of ``X`` to the all-ones row (lime image / text), then the same kernel.  The intercept is
+    fitted and ``local_pred`` is evaluated at row 0 (lime).
+
+    Returns dict ``coef`` (T, F), ``intercept``, ``score``, ``local_pred`` (T,), ``used``
+    (T, F) as :func:`fit_surrogate`.
+    """
+    if X.ndim != 2 or Y.ndim != 2 or Y.shape[0] != X.shape[0]:
+        raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}")
+    if X.dtype != np.uint8:
+        X = np.ascontiguousarray(X, dtype=np.float64)
+    Y = np.ascontiguousarray(Y, dtype=np.float64)
+    labels = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= Y.shape[1]):
+        raise IndexError(f"labels {labels.tolist()} out of range for {Y.shape[1]} model outputs")
+    metric = _METRICS[weights]
+    if metric:
+        if not (kernel_width > 0 and math.isfinite(kernel_width)):
+            raise ValueError(f"kernel_width must be a positive finite number, got {kernel_width}")
+    wd = np.zeros(0) if wd is None else np.ascontiguousarray(wd, dtype=np.float64)
+    if metric < 2 and wd.shape != (X.shape[0],):
+        raise ValueError(f"need one weight / distance per sample ({X.shape[0]}), got {wd.shape}")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    F = X.shape[1]
+    k = F if num_features is None else int(num_features)
+    if k < 1:
+        raise ValueError(f"num_features must be >= 1, got {k}")
+    coef, icpt, score, pred0, used, status = _impl(OP_FIT_LIME, backend)(
+        X, Y, labels, wd, float(kernel_width), metric, float(alpha), resolve_selection(feature_selection, k), k)
+    if status == _ref.FIT_NONFINITE:
+        raise ValueError("non-finite values in the surrogate data or model outputs")
+    if status == _ref.FIT_BAD_WEIGHTS:
+        _check_weights(wd if metric == 0 else np.zeros(1))
+        raise ValueError("kernel weights must be finite and non-negative")
+    return dict(coef=coef, intercept=icpt, score=score, local_pred=pred0, used=used)
+
+
 def lasso_fit(X: np.ndarray, Y: np.ndarray, w: np.ndarray, alpha: float, *, max_iter: int = 1000,
               tol: float = 1e-4, backend: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
     """Weighted lasso ``1/(2Σw) Σ w_s (y_s - c - x_s·β)² + α|β|₁`` for every instance and
@@ -433,8 +503,7 @@ truncnorm_table = _ref.truncnorm_table
 
 
 def tabular_neighbourhood(n_rows: int, seed: int, plan: dict, *, metric: str = "euclidean", stream: int = 0,
-                          row_offset: int = 0, backend: str = "auto"
-                          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          row_offset: int = 0, kernel_width: Optional[float] = None, backend: str = "auto"):
     """lime's tabular neighbourhood fused with its standardisation and distances: returns
     (surrogate features (n, D), model inputs (n, D), distances to the instance (n,)).
 
@@ -442,12 +511,19 @@ def tabular_neighbourhood(n_rows: int, seed: int, plan: dict, *, metric: str = "
     truncated normal *exactly* (equal-mass pieces, inverse CDF in the two end pieces and
     squeezed rejection in the others; :func:`truncnorm_table`) — lime's distribution, not
     lime's draws.  ``plan``: :meth:`xaikernels.methods.lime.TabularSampler.plan`.  Row ``g``
-    depends only on ``(seed, stream, g)``."""
+    depends only on ``(seed, stream, g)``.  With ``kernel_width``, lime's kernel weights
+    ``sqrt(exp(-d²/kernel_width²))`` come back as a fourth array."""
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"distance metric must be 'cosine' or 'euclidean', got {metric!r}")
+    width = 0.0
+    if kernel_width is not None:
+        width = float(kernel_width)
+        if not (width > 0 and math.isfinite(width)):
+            raise ValueError(f"kernel_width must be a positive finite number, got {kernel_width}")
     p = plan
-    return _impl(OP_NEIGHBOURHOOD, backend)(
+    out = _impl(OP_NEIGHBOURHOOD, backend)(
         int(n_rows), int(seed), int(stream), int(row_offset), p["kind"], p["cdf"], p["values"], p["inst"], p["center"],
         p["scale"], p["smean"], p["sscale"], p["tn_z0"], p["tn_w"], p["tn_c"], p["tn_r"], p["tn_tail"], p["tn_x0"],
         p["tn_xw"], p["bin_flat"],
-        p["bin_mean"], p["bin_std"], p["bin_min"], p["bin_max"], p["row0"], metric)
+        p["bin_mean"], p["bin_std"], p["bin_min"], p["bin_max"], p["row0"], metric, width)
+    return out if kernel_width is not None else out[:3]

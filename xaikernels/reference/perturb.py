@@ -112,6 +112,15 @@ class Builder:
     def __call__(self, masks, out):
         return build_perturbed(self.x, self.fill, self.seg, masks, out)
 
+    def batches(self, masks):
+        """``fn(s0, s1, out)``: rows ``s0..s1-1`` of ``masks`` into ``out`` ((s1 - s0, ...)
+        C-contiguous, ``x``'s dtype)."""
+        def fn(s0, s1, out):
+            self(masks[s0:s1], out.reshape((s1 - s0,) + self.x.shape))
+            return out
+
+        return fn
+
 
 def feature_stats(x: np.ndarray, fill: np.ndarray, seg: np.ndarray, n_features: int) -> np.ndarray:
     """Per-feature sums ``[Σx², Σx·fill, Σfill², Σ(x-fill)²]`` over the positions of each feature:
@@ -386,6 +395,51 @@ def fit_surrogate(X: np.ndarray, Y: np.ndarray, w: np.ndarray, x0: np.ndarray, a
             pred0[bi, t] = c + x0[bi, sel] @ beta
             used[bi, t, sel] = np.arange(1, len(sel) + 1)
     return coef, icpt, score, pred0, used
+
+
+def output_check(Y: np.ndarray) -> Tuple[bool, bool]:
+    """(every value finite, every row a probability vector: entries in [0, 1] summing to 1
+    within ``1e-8 + 1e-5``) for model outputs ``Y`` (S, K) float64."""
+    finite = bool(np.all(np.isfinite(Y)))
+    proba = bool(finite and np.all(np.abs(Y.sum(axis=1) - 1.0) <= 1e-8 + 1e-5)
+                 and (Y.size == 0 or (Y.min() >= 0 and Y.max() <= 1)))
+    return finite, proba
+
+
+FIT_OK, FIT_NONFINITE, FIT_BAD_WEIGHTS = 0, 1, 2
+
+
+def fit_lime(X: np.ndarray, Y: np.ndarray, labels: np.ndarray, wd: np.ndarray, width: float, metric: int,
+             alpha: float, select: int, num_features: int):
+    """One instance's LIME surrogates for the explained labels, weights included (lime's
+    ``explain_instance_with_data`` for every label at once).
+
+    ``X`` (S, F) interpretable samples (uint8 coalitions or float64), ``Y`` (S, K) all model
+    outputs, ``labels`` (T,) the explained columns of ``Y``.  Sample weights: ``metric`` 0 —
+    ``wd`` are the weights; 1 — ``wd`` are distances and ``w = sqrt(exp(-d²/width²))``;
+    2 / 3 — cosine / euclidean distance of each row of ``X`` to the all-ones row, then the
+    same kernel (``wd`` unused).  Then :func:`fit_surrogate` (intercept, ``x0`` = row 0).
+
+    Returns (coef (T, F), intercept (T,), score (T,), pred0 (T,), used (T, F) int32,
+    status): status ``FIT_NONFINITE`` for non-finite ``X``/``Y``, ``FIT_BAD_WEIGHTS`` for
+    negative / non-finite / all-zero weights (outputs then unspecified), else ``FIT_OK``.
+    """
+    Xf = X.astype(np.float64)
+    S, F = Xf.shape
+    T = labels.shape[0]
+    if metric == 0:
+        w = np.asarray(wd, dtype=np.float64)
+    else:
+        d = wd if metric == 1 else row_distances(Xf, np.ones(F), "cosine" if metric == 2 else "euclidean")
+        w = exp_kernel(np.asarray(d, dtype=np.float64), width)
+    empty = (np.zeros((T, F)), np.zeros(T), np.zeros(T), np.zeros(T), np.zeros((T, F), dtype=np.int32))
+    Yl = Y[:, labels].astype(np.float64)
+    if not (np.all(np.isfinite(Xf)) and np.all(np.isfinite(Yl))):
+        return empty + (FIT_NONFINITE,)
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+        return empty + (FIT_BAD_WEIGHTS,)
+    out = fit_surrogate(Xf[None], Yl[None], w[None], Xf[:1], alpha, True, select, num_features)
+    return tuple(v[0] for v in out) + (FIT_OK,)
 
 
 def _gap(Xc, yc, R, beta, l1):
@@ -665,8 +719,8 @@ def tabular_neighbourhood(n_rows: int, seed: int, stream: int, row_offset: int, 
                           scale: np.ndarray, smean: np.ndarray, sscale: np.ndarray, tn_z0: np.ndarray,
                           tn_w: np.ndarray, tn_c: np.ndarray, tn_r: np.ndarray, tn_tail: np.ndarray,
                           tn_x0: np.ndarray, tn_xw: np.ndarray, bin_flat: np.ndarray, bin_mean: np.ndarray, bin_std: np.ndarray,
-                          bin_min: np.ndarray, bin_max: np.ndarray, row0: np.ndarray, metric: str
-                          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          bin_min: np.ndarray, bin_max: np.ndarray, row0: np.ndarray, metric: str,
+                          width: float = 0.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """lime's tabular neighbourhood in one pass: surrogate features, model inputs, distances.
 
     Element ``(r, d)`` draws ``h = mix(key_r + (d+1)·γ)``: ``u1`` = its high 32 bits picks a
@@ -682,7 +736,8 @@ def tabular_neighbourhood(n_rows: int, seed: int, stream: int, row_offset: int, 
     Surrogate features: ``(x - smean)/sscale`` for kind 0, ``[v == inst[d]]`` otherwise.
     Global row 0 is the instance ``row0`` (surrogate 1 for kinds 1, 2).  Distances
     (``"euclidean"`` | ``"cosine"``, as :func:`row_distances`) are to the surrogate row of the
-    instance.  Returns (scaled (n, D), inverse (n, D), distances (n,)).
+    instance; with ``width > 0`` also lime's kernel weights ``sqrt(exp(-d²/width²))``.
+    Returns (scaled (n, D), inverse (n, D), distances (n,), weights (n,) or (0,)).
     """
     D = kind.shape[0]
     K = tn_z0.shape[2]
@@ -738,4 +793,5 @@ def tabular_neighbourhood(n_rows: int, seed: int, stream: int, row_offset: int, 
     if first.any():
         scaled[first] = s0
         inv[first] = row0
-    return scaled, inv, row_distances(scaled, s0, metric)
+    dist = row_distances(scaled, s0, metric)
+    return scaled, inv, dist, exp_kernel(dist, width) if width > 0 else np.empty(0)
