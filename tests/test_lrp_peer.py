@@ -179,7 +179,8 @@ def test_captum_lrp_parity(setup):
     with pytest.warns(UserWarning):  # captum: input did not require grad
         exp, d_exp = CaptumLRP(net).attribute(x, target=[0, 2, 3], return_convergence_delta=True)
     rules()
-    got, d_got = LRP(net).attribute(x, target=[0, 2, 3], return_convergence_delta=True)
+    with pytest.warns(UserWarning, match="did not already require gradients"):  # as Captum
+        got, d_got = LRP(net).attribute(x, target=[0, 2, 3], return_convergence_delta=True)
     torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-12 * exp.abs().max().item())
     torch.testing.assert_close(d_got, d_exp, rtol=1e-7, atol=1e-10)
     assert captum is not None

@@ -244,6 +244,8 @@ class Gradient:
         return False
 
     def __call__(self, input: torch.Tensor, attr_output: Union[None, torch.Tensor, Callable] = None):
+        if not isinstance(input, torch.Tensor):  # the engine would take a tuple as several inputs
+            raise TypeError(f"x must be a torch.Tensor, got {type(input).__name__}")
         spec = self.attr_output if attr_output is None else attr_output
 
         def grad_out(out):

@@ -37,7 +37,14 @@ from xaikernels.captum._gradient import (
 from xaikernels.captum._integrated import IntegratedGradients
 from xaikernels.captum._noise_tunnel import NoiseTunnel
 from xaikernels.captum._lime import KernelShap, Lime, LimeBase
-from xaikernels.captum._lrp import LRP
+from xaikernels.captum._lrp import (
+    LRP,
+    Alpha1_Beta0_Rule,
+    EpsilonRule,
+    GammaRule,
+    IdentityRule,
+    PropagationRule,
+)
 
 __all__ = [
     "Attribution",
@@ -50,6 +57,11 @@ __all__ = [
     "IntegratedGradients",
     "KernelShap",
     "LRP",
+    "Alpha1_Beta0_Rule",
+    "EpsilonRule",
+    "GammaRule",
+    "IdentityRule",
+    "PropagationRule",
     "Lime",
     "LimeBase",
     "InternalAttribution",

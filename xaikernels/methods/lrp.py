@@ -242,6 +242,21 @@ class Gradient(Rule):
     """Explicit opt-in: the relevance crosses this module as the plain gradient."""
 
 
+@dataclass(frozen=True)
+class _PassLayer(Rule):
+    """Captum's ``IdentityRule``: the layer runs as written (weights included) and hands its output
+    relevance to its input unchanged, so input and output must have the same shape.  Unlike
+    :class:`Pass` it may sit on a linear/convolution layer (Captum allows that)."""
+
+
+@dataclass(frozen=True)
+class _CaptumActivation(Rule):
+    """Captum's pass-through on ``ReLU``/``Dropout``/``Tanh``, including its hook-order effect: in
+    a run of such layers each taking the previous one's output tensor as is, the 2nd, 4th, ...
+    propagate the gradient (Captum's backward hooks capture the gradient before the next layer
+    replaces it), the others pass relevance unchanged."""
+
+
 @dataclass(frozen=True, eq=False)
 class _ModifiedEpsilon(Rule):
     """Captum's rules: ε propagated with modified weights (``"gamma"``: W + γW⁺, ``"positive"``: W⁺)."""
@@ -381,14 +396,14 @@ class _AdditionMode(torch.overrides.TorchFunctionMode):
     :class:`FunctionalAdditions`).  Rule ops run their forwards without grad, so their internal
     arithmetic is never caught."""
 
-    def __init__(self, eps: float, x: torch.Tensor):
+    def __init__(self, eps: float, xs: Sequence[torch.Tensor]):
         super().__init__()
-        self.eps, self.x = eps, x
+        self.eps, self.xs = eps, tuple(xs)
 
     def _computed(self, t) -> bool:
-        # The model input is a leaf; parameters are leaves and are not summands that carry relevance.
+        # The model inputs are leaves; parameters are leaves and are not summands that carry relevance.
         return (isinstance(t, torch.Tensor) and t.is_floating_point()
-                and (t.grad_fn is not None or t is self.x))
+                and (t.grad_fn is not None or any(t is x for x in self.xs)))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -772,6 +787,7 @@ class _Run:
                 self.rules[id(mod)] = rule
         self._swapped: List[Tuple[nn.Module, bool, Any]] = []
         self._last_out: Dict[int, torch.Tensor] = {}
+        self._act_chain: Optional[Tuple[torch.Tensor, int]] = None  # last _CaptumActivation output
 
     def _entries(self):
         out, seen = [], set()
@@ -807,6 +823,7 @@ class _Run:
                 m.__dict__.pop("forward", None)
         self._swapped.clear()
         self._last_out.clear()
+        self._act_chain = None
 
     def install(self, guard: ModelGuard) -> None:
         virtual = {id(mk) for _, _, mk in self.blocks.values()}
@@ -823,7 +840,7 @@ class _Run:
         rule = self.rules.get(id(m))
         orig = m.forward
         if isinstance(m, ResidualSum) or type(m).__name__ == "Addition_Module":  # Captum's two-input add
-            if rule is None or isinstance(rule, Gradient):
+            if rule is None or isinstance(rule, (Gradient, _PassLayer)):  # the gradient: R to both summands
                 return
             if not isinstance(rule, Norm):
                 raise self._rule_error(name, m, rule)
@@ -847,6 +864,10 @@ class _Run:
                 return
             if isinstance(rule, Pass):
                 raise self._rule_error(name, m, rule)
+            if isinstance(rule, _PassLayer):
+                self._swap(m, _layer_forward(m, name, lambda x, g: self._record(
+                    m, _pass_layer(name, m, x, lambda t: _plain_linear(t, weights, g)))))
+                return
             params = rule.params()
             if params is None:
                 raise self._rule_error(name, m, rule)
@@ -854,9 +875,9 @@ class _Run:
             return
         if id(m) in self.merged_bn:
             lin, compat = self.merged_bn[id(m)]
-            if rule is not None and not isinstance(rule, (Pass, Gradient)):
+            if rule is not None and not isinstance(rule, (Pass, Gradient, _PassLayer)):
                 raise self._rule_error(name, m, rule)
-            self._swap(m, self._merged_bn_forward(name, m, lin, compat, isinstance(rule, Pass)))
+            self._swap(m, self._merged_bn_forward(name, m, lin, compat, isinstance(rule, (Pass, _PassLayer))))
             return
         if rule is None or isinstance(rule, Gradient):
             if rule is None and self.unsupported == "error" and not self._gradient_ok(m):
@@ -870,6 +891,10 @@ class _Run:
             return
         if isinstance(rule, Pass):
             self._swap(m, lambda x, _f=orig: _ops.pass_through(x, _f))
+        elif isinstance(rule, _PassLayer):
+            self._swap(m, lambda x, _f=orig: _pass_layer(name, m, x, _f))
+        elif isinstance(rule, _CaptumActivation):
+            self._swap(m, lambda x, _f=orig: self._captum_activation(x, _f))
         elif isinstance(rule, Norm):
             self._swap(m, lambda x, _f=orig, _e=rule.stabilizer: _ops.norm_rule(x, _f, _e))
         elif isinstance(m, BATCHNORM_TYPES) and rule.params() is not None:
@@ -905,14 +930,43 @@ class _Run:
     def _linear_call(self, x, weights, params, geom, m):
         return self._record(m, _ops.lrp_layer(x, weights, params, geom, self.backend, self.budget))
 
+    def _captum_activation(self, x, fn):
+        prev = self._act_chain
+        pos = prev[1] + 1 if prev is not None and prev[0] is x else 1
+        if pos % 2:
+            out = _ops.pass_through(x, fn)
+        else:
+            out = fn(x)
+            if out is x:  # Captum's hooks run the layer on a copy: a fresh tensor either way
+                out = x.view_as(x)
+        self._act_chain = (out, pos)
+        return out
+
     def _record(self, m, z):
         if id(m) in self.merged:
             self._last_out[id(m)] = z
         return z
 
     def _bn_call(self, x, m, params):
+        if params.wmod or params.zero_bias:
+            return self._captum_bn(x, m, params)
         weights, geom = _bn_as_layer(m, x)
         return _ops.lrp_layer(x, weights, params, geom, self.backend, self.budget)
+
+    @staticmethod
+    def _captum_bn(x, m, params):
+        """Captum's γ/α1β0 on a BatchNorm modify its weight γ, hence the shift ``β − μγ'/σ``
+        too (``β`` → 0 with ``set_bias_to_zero``): the ε rule of ``z' = (γ'/σ)·x + β' − μγ'/σ``."""
+        var = m.running_var.detach()
+        sigma = (var + m.eps) ** 0.5
+        g = m.weight.detach() if m.weight is not None else torch.ones_like(var)
+        g = g + params.gamma * g.clamp(min=0) if params.wmod == "gamma" else g.clamp(min=0) if params.wmod else g
+        beta = m.bias.detach() if m.bias is not None and not params.zero_bias else torch.zeros_like(var)
+        scale = g / sigma
+        shift = beta - m.running_mean.detach() * scale
+        shape = (-1,) + (1,) * (x.dim() - 2)
+        return _ops.diag_epsilon(x, m.__class__.forward.__get__(m), scale.view(shape).to(x.dtype),
+                                 shift.view(shape).to(x.dtype), params.eps)
 
     def _merged_bn_forward(self, name, bn, lin, compat, pass_rule):
         lin_name = self.names.get(id(lin), "?")
@@ -960,6 +1014,15 @@ class _Run:
         return fwd
 
 
+def _pass_layer(name: str, m: nn.Module, x: torch.Tensor, fn) -> torch.Tensor:
+    out = _ops.pass_through(x, fn)
+    if out.shape != x.shape:
+        raise RuntimeError(f"layer {name!r} ({type(m).__name__}): the identity rule hands the output relevance "
+                           f"to the input unchanged, so the layer must keep the shape; got {tuple(x.shape)} -> "
+                           f"{tuple(out.shape)}")
+    return out
+
+
 def _plain_linear(x, weights, geom):
     w, b = weights()
     if geom is None:
@@ -972,16 +1035,38 @@ def _plain_linear(x, weights, geom):
 @dataclass
 class LRPResult:
     output: torch.Tensor
-    relevance: torch.Tensor
+    relevance: Union[torch.Tensor, Tuple[torch.Tensor, ...]]  # a tuple when the inputs were a tuple
     layers: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def run_lrp(model: nn.Module, x: torch.Tensor, grad_out: Callable[[torch.Tensor], torch.Tensor], *,
+def _leaves_of(xs: Tuple[torch.Tensor, ...]) -> List[torch.Tensor]:
+    """One detached leaf per distinct input tensor (a tensor passed twice gets its full relevance
+    in both places); non-floating inputs stay as they are (autograd then refuses them)."""
+    seen: Dict[int, torch.Tensor] = {}
+    out = []
+    for t in xs:
+        if id(t) not in seen:
+            seen[id(t)] = (t.detach().requires_grad_(True)
+                           if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) else t)
+        out.append(seen[id(t)])
+    return out
+
+
+def run_lrp(model: nn.Module, x: Union[torch.Tensor, Tuple[torch.Tensor, ...]],
+            grad_out: Callable[[torch.Tensor], torch.Tensor], *,
             composite="epsilon_plus", canonizers="auto", backend: str = "auto", unsupported: str = "error",
             layers: Sequence[str] = (), forward_args: Sequence = (), composite_kwargs: Optional[dict] = None,
-            check_mode: bool = True) -> LRPResult:
-    """The engine behind :func:`lrp` and the drop-ins: ``grad_out(output)`` is the output relevance."""
-    _validate.check_input(x)
+            check_mode: bool = True, check_input: bool = True) -> LRPResult:
+    """The engine behind :func:`lrp` and the drop-ins: ``grad_out(output)`` is the output relevance.
+
+    ``x`` may be a tuple of inputs (``model(*x, *forward_args)``); the relevance is then a tuple
+    with one tensor per input.  ``check_input=False`` skips the input checks (the Captum drop-in
+    lets torch report bad inputs, as Captum does)."""
+    multi = isinstance(x, tuple)
+    xs = x if multi else (x,)
+    if check_input:
+        for i, xi in enumerate(xs):
+            _validate.check_input(xi, f"x[{i}]" if multi else "x")
     if check_mode:
         _validate.check_mode(model)
     comp = resolve_composite(composite, composite_kwargs)
@@ -994,21 +1079,22 @@ def run_lrp(model: nn.Module, x: torch.Tensor, grad_out: Callable[[torch.Tensor]
             for name, mod in targets.items():
                 mod.register_forward_hook(_capture_hook(name, captured))
             run.install(guard)
-            xg = x.detach().requires_grad_(True)
-            adds = (_AdditionMode(run.additions.stabilizer, xg) if run.additions is not None
+            xgs = _leaves_of(xs)
+            adds = (_AdditionMode(run.additions.stabilizer, xgs) if run.additions is not None
                     else contextlib.nullcontext())
             with torch.enable_grad():
                 try:
                     with adds:
-                        out = model(xg, *forward_args)
+                        out = model(*xgs, *forward_args)
                 except _Unsupported as e:
                     raise TypeError(str(e)) from None
                 if not isinstance(out, torch.Tensor):
                     _validate.check_output(out)
                 go = grad_out(out)
-                (rel,) = torch.autograd.grad(out, xg, go)
+                rels = torch.autograd.grad(out, xgs, go)
     finally:
         run.restore()
+    rel = tuple(rels) if multi else rels[0]
     lay = {}
     for name, vals in captured.items():
         if not vals:
@@ -1080,6 +1166,8 @@ def lrp(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike = None, 
     """
     if init not in ("score", "one_hot"):
         raise ValueError(f"init must be 'score' or 'one_hot', got {init!r}")
+    if not isinstance(x, torch.Tensor):  # one input tensor here (the engine also takes a tuple)
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
 
     def grad_out(out):
         out2 = _validate.check_output(out)

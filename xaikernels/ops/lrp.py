@@ -268,3 +268,28 @@ def sum_norm_(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
     if b.shape != a.shape:
         b = b.expand_as(a)
     return _SumNormInplace.apply(a, b, float(eps))
+
+
+class _DiagEpsilon(torch.autograd.Function):
+    """forward: ``fn(x)``; backward: the ε rule of the per-channel affine map ``z' = s·x + t``,
+    ``R_in = x ⊙ s R / (z' + ε·sign(z'))`` (Captum's γ/α1β0 on a BatchNorm: ``z'`` uses the
+    modified BatchNorm weight, not the layer's own)."""
+
+    @staticmethod
+    def forward(ctx, x, fn, scale, shift, eps):
+        with torch.no_grad():
+            out = fn(x)
+        ctx.save_for_backward(x, scale, shift)
+        ctx.eps = eps
+        return out.clone() if out.data_ptr() == x.data_ptr() else out
+
+    @staticmethod
+    def backward(ctx, r):
+        x, scale, shift = ctx.saved_tensors
+        return x * scale * r / stabilize(scale * x + shift, ctx.eps), None, None, None, None
+
+
+def diag_epsilon(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], scale: torch.Tensor,
+                 shift: torch.Tensor, eps: float) -> torch.Tensor:
+    """``fn(x)`` forward; ε rule of ``scale·x + shift`` backward (``scale``/``shift`` broadcast to ``x``)."""
+    return _DiagEpsilon.apply(x, fn, scale, shift, float(eps))
