@@ -206,6 +206,136 @@ def test_build_bad_input():
         P.build_perturbed(x, x, np.zeros(3, np.int64), np.ones((2, 1), np.uint8), np.zeros((2, 1, 4, 1), np.float32))
 
 
+def _wide_case(L=3000, F_map=2, F_masks=700, S=40, seed=0):
+    """A feature map that stops short of the masks' highest feature (one input of several,
+    or one example of a batch with per-example masks): the case that once read past the
+    builder's per-feature index and wrote garbage memory."""
+    rng = np.random.RandomState(seed)
+    x = rng.randn(1, L, 1).astype(np.float32)
+    fill = rng.randn(1, L, 1).astype(np.float32)
+    seg = rng.randint(0, F_map, L).astype(np.int64)
+    masks = (rng.rand(S, F_masks) < 0.5).astype(np.uint8)
+    expect = np.empty((S, 1, L, 1), np.float32)
+    R.build_perturbed(x, fill, seg, masks, expect)
+    return x, fill, seg, masks, expect
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_builder_masks_wider_than_feature_map(backend):
+    x, fill, seg, masks, expect = _wide_case()
+    b = P.PerturbedBuilder(x, fill, seg, backend=backend)
+    out = np.empty_like(expect)
+    b(masks, out)
+    np.testing.assert_array_equal(out, expect)
+    fn = b.batches(masks)
+    out2 = np.empty_like(expect)
+    for s0 in range(0, masks.shape[0], 7):
+        s1 = min(masks.shape[0], s0 + 7)
+        fn(s0, s1, out2[s0:s1])
+    np.testing.assert_array_equal(out2, expect)
+    # an empty feature map (an input with no elements) against any masks
+    e = np.zeros((1, 0, 1), np.float32)
+    out3 = np.empty((masks.shape[0], 1, 0, 1), np.float32)
+    P.PerturbedBuilder(e, e, np.zeros(0, np.int64), backend=backend)(masks, out3)
+
+
+@needs_numba
+def test_builder_both_kernels_masks_wider_than_feature_map():
+    # the parallel kernel is only picked for large batches on several threads: call both
+    # kernels directly on the prepared builder
+    from xaikernels.kernels.numba import perturb as K
+
+    x, fill, seg, masks, expect = _wide_case()
+    b = K.Builder(x, fill, seg)
+    for kern in (K._build_serial, K._build_parallel):
+        out = np.empty_like(expect)
+        kern(b.xv, b.fv, b.ptr, b.word, b.bits, masks, out.reshape(masks.shape[0], 1, -1).view(b.raw))
+        np.testing.assert_array_equal(out, expect)
+
+
+@needs_numba
+def test_builder_kernel_contract_is_checked():
+    from xaikernels.kernels.numba import perturb as K
+
+    x, fill, seg, masks, expect = _wide_case(F_map=5, F_masks=5, S=6)
+    b = K.Builder(x, fill, seg)
+    ok = np.empty((6, 1, x.shape[1]), np.uint32)
+    for kern in (K._build_serial, K._build_parallel):
+        args = [b.xv, b.fv, b.ptr, b.word, b.bits]
+        with pytest.raises(ValueError, match="fewer columns"):
+            kern(*args, masks[:, :3], ok)
+        with pytest.raises(ValueError, match="same number of rows"):
+            kern(*args, masks[:4], ok)
+        with pytest.raises(ValueError, match="out must be"):
+            kern(*args, masks, np.empty((6, 1, x.shape[1] // 2), np.uint32))
+        with pytest.raises(ValueError, match="fill"):
+            kern(b.xv, b.fv[:, :10], b.ptr, b.word, b.bits, masks, ok)
+        bad_word = b.word.copy()
+        bad_word[-1] = 10 ** 9
+        with pytest.raises(ValueError, match="word id"):
+            kern(b.xv, b.fv, b.ptr, bad_word, b.bits, masks, ok)
+        bad_ptr = b.ptr.copy()
+        bad_ptr[-1] += 1000
+        with pytest.raises(ValueError, match="ptr"):
+            kern(b.xv, b.fv, bad_ptr, b.word, b.bits, masks, ok)
+    with pytest.raises(ValueError, match=">= 0"):
+        K.Builder(x, fill, np.full(seg.shape, -1))
+    with pytest.raises(ValueError, match="one entry per position"):
+        K.Builder(x, fill, seg[:-1])
+    with pytest.raises(ValueError, match="n_features"):
+        K._word_masks(seg, np.int64(1), np.int64(2))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_perturbed_builder_rejects_bad_masks(backend):
+    x, fill, seg, masks, expect = _wide_case(F_map=5, F_masks=5, S=6)
+    b = P.PerturbedBuilder(x, fill, seg, backend=backend)
+    with pytest.raises(ValueError, match="features"):
+        b(masks[:, :4], np.empty_like(expect))
+    with pytest.raises(ValueError, match=r"\(S, F\)"):
+        b(masks[0], np.empty_like(expect[:1]))
+    with pytest.raises(ValueError, match="out must be"):
+        b(masks, np.empty_like(expect[:5]))
+    with pytest.raises(ValueError, match=">= 0"):
+        P.PerturbedBuilder(x, fill, -seg - 1, backend=backend)
+    with pytest.raises(ValueError, match="features"):
+        b.batches(masks[:, :4])
+    if backend == "numba":
+        fn = b.batches(masks)
+        with pytest.raises(ValueError):  # rows past the end of the masks
+            fn(4, 8, np.empty_like(expect[:4]))
+        with pytest.raises(ValueError):  # an output of another item size
+            fn(0, 2, np.empty((2, 1, x.shape[1], 1), np.float16))
+
+
+@needs_numba
+def test_builder_in_bounds_under_numba_boundscheck(tmp_path):
+    """The wide-mask case with NUMBA_BOUNDSCHECK=1 (fresh cache): any out-of-bounds index
+    in the construction kernels raises IndexError there instead of corrupting memory."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from xaikernels.kernels.numba import perturb as K\n"
+        "from xaikernels.reference import perturb as R\n"
+        "rng = np.random.RandomState(0)\n"
+        "for L, Fm, Fk in ((3, 2, 3), (3000, 2, 700), (500, 40, 41)):\n"
+        "    x = rng.randn(1, L, 1).astype(np.float32); f = rng.randn(1, L, 1).astype(np.float32)\n"
+        "    seg = rng.randint(0, Fm, L).astype(np.int64); m = (rng.rand(33, Fk) < .5).astype(np.uint8)\n"
+        "    e = np.empty((33, 1, L, 1), np.float32); R.build_perturbed(x, f, seg, m, e)\n"
+        "    b = K.Builder(x, f, seg)\n"
+        "    for kern in (K._build_serial, K._build_parallel):\n"
+        "        o = np.empty_like(e)\n"
+        "        kern(b.xv, b.fv, b.ptr, b.word, b.bits, m, o.reshape(33, 1, L).view(b.raw))\n"
+        "        assert (o == e).all()\n"
+        "print('OK')\n")
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+
+
 def test_feature_map_checks():
     with pytest.raises(ValueError, match="cover"):
         P.check_feature_map(np.zeros((3, 4)), 16)

@@ -115,15 +115,21 @@ class _SurrogateFitter:
         self.verbose = verbose
         self.backend = backend
 
-    def fit(self, exp, data, yss, distances, labels, num_features, model_regressor, metric=None, weights=None):
+    def fit(self, exp, data, yss, distances, labels, num_features, model_regressor, metric=None, weights=None,
+            gram=None):
         """``distances`` (S,), or None with ``metric`` ('cosine' | 'euclidean'): the distances
         of the rows of ``data`` to the all-ones row (image / text coalitions).  ``weights``:
-        lime's default-kernel weights of ``distances`` when already computed."""
+        lime's default-kernel weights of ``distances`` when already computed; ``gram``: their
+        augmented weighted Gram of ``data`` from the tabular sampler."""
         labels = [int(l) for l in labels]
         if any(l < 0 or l >= yss.shape[1] for l in labels):
             raise IndexError(f"labels {labels} out of range for {yss.shape[1]} classifier outputs")
         k = int(min(num_features, data.shape[1])) if num_features is not None else data.shape[1]
         k = max(k, 1)
+        if model_regressor is None and self.kernel_fn is None and gram is not None and weights is not None:
+            fit = P.fit_lime_gram(data, yss, labels, weights, gram, alpha=1.0, feature_selection=self.feature_selection,
+                                  num_features=k, backend=self.backend)
+            return self._store(exp, fit, labels, yss)
         if model_regressor is None and self.kernel_fn is None:
             # lime's default kernel: weights, Gram products, selection and every label's
             # solve in one kernel call
@@ -472,11 +478,15 @@ class LimeTabularExplainer:
         # kernel pass
         plan = self.sampler.plan(data_row)
         default_kernel = self.base.kernel_fn is None
+        # lime's default kernel and regressor: the sampler also sums the weighted Gram of the
+        # surrogate rows, and the fit only adds the label products
+        fused = default_kernel and model_regressor is None
         nb = P.tabular_neighbourhood(num_samples, seed, plan, metric=distance_metric,
                                      kernel_width=self.base.kernel_width if default_kernel else None,
-                                     backend=self.backend)
+                                     gram=fused, binary_uint8=fused, backend=self.backend)
         scaled, inverse, distances = nb[:3]
         weights = nb[3] if default_kernel else None
+        gram = nb[4] if fused else None
         yss = np.asarray(predict_fn(inverse))
         if self.mode == "classification":
             if yss.ndim == 1:
@@ -512,7 +522,7 @@ class LimeTabularExplainer:
             disc_names = list(feature_names)
             for f, lst in self._names.items():
                 disc_names[f] = lst[int(disc[f])]
-        mapper = TableDomainMapper(feature_names, values, scaled[0], self.categorical_features, disc_names)
+        mapper = TableDomainMapper(feature_names, values, scaled[0].astype(np.float64), self.categorical_features, disc_names)
         exp = Explanation(mapper, mode=self.mode, class_names=self.class_names)
         if self.mode == "classification":
             exp.predict_proba = yss[0]
@@ -523,7 +533,8 @@ class LimeTabularExplainer:
         else:
             exp.predicted_value, exp.min_value, exp.max_value = predicted_value, min_y, max_y
             labels = [0]
-        self.base.fit(exp, scaled, yss, distances, labels, num_features, model_regressor, weights=weights)
+        self.base.fit(exp, scaled, yss, distances, labels, num_features, model_regressor, weights=weights,
+                      gram=gram)
         if self.mode == "regression":
             exp.intercept[1] = exp.intercept[0]
             exp.local_exp[1] = list(exp.local_exp[0])

@@ -1,24 +1,27 @@
-"""Captum-API ``Lime`` and ``KernelShap`` on the perturbation kernels (Captum 0.9 signatures).
+"""Captum-API ``LimeBase``, ``Lime`` and ``KernelShap`` on the perturbation kernels (Captum 0.9).
+
+``LimeBase(forward_func, interpretable_model, similarity_func, perturb_func,
+perturb_interpretable_space, from_interp_rep_transform, to_interp_rep_transform)`` with
+``attribute(inputs, target, additional_forward_args, n_samples=50, perturbations_per_eval=1,
+show_progress=False, **kwargs)`` is Captum's generic surrogate trainer: one sample per
+``perturb_func`` call (or generator step), sampled in the interpretable space and mapped to
+the input with ``from_interp_rep_transform`` or sampled in the input space and mapped with
+``to_interp_rep_transform``, ``perturbations_per_eval`` samples per forward call, one
+``similarity_func`` weight per sample, and the interpretable model fitted on the lot.
 
 ``Lime(forward_func, interpretable_model=None, similarity_func=None, perturb_func=None)`` and
 ``KernelShap(forward_func)`` with ``attribute(inputs, baselines, target,
-additional_forward_args, feature_mask, n_samples, perturbations_per_eval,
-return_input_shape, show_progress)``.  Captum's semantics are kept: one surrogate per example
-(or one for the batch when the forward returns a scalar per batch), ``perturbations_per_eval``
-samples per forward call, the default similarity (exponential kernel, width 1, on the cosine
-distance between the original and the perturbed *inputs*), the default interpretable model
-(lasso α=0.01) and KernelShap's Shapley-size sampling with weight 1e6 on the empty and full
-coalitions and an unregularised linear regression.
-
-Where Captum loops in Python per sample, here the coalitions come from the counter-based
-kernel (seeded from ``torch``'s global generator, so ``torch.manual_seed`` makes runs
-repeatable), the perturbed batches are built by the fused kernel, the input-space distances
-come from per-feature sums (O(F) per sample) and the surrogate is fitted by the Numba
-ridge / lasso kernels.  A user ``perturb_func`` or ``similarity_func`` is honoured (called per
-sample, as Captum does); an interpretable model other than the recognised Captum/sklearn
-wrappers (``SkLearnLasso``, ``SkLearnRidge``, ``SkLearnLinearRegression``) is trained through
-its own ``fit`` exactly as Captum would.  Captum hands its surrogate float32 data; so do we
-(rounded to float32, solved in float64).
+additional_forward_args, feature_mask, n_samples=25, perturbations_per_eval=1,
+return_input_shape=True, show_progress=False)`` are subclasses, as in Captum.  With their
+default sampler and transform they take the fast path: the binary samples are drawn from
+``torch``'s global generator with Captum's own calls in Captum's order (so after
+``torch.manual_seed`` the samples are Captum's), the perturbed batches are built by the fused
+Numba kernel, the default exponential-kernel similarities come from per-feature sums (O(F)
+per sample) and the recognised surrogates (``SkLearnLasso``, ``SkLearnRidge``,
+``SkLearnLinearRegression``, Captum's or ours) are fitted by the Numba kernels on float32
+data, as Captum hands them.  Any other ``perturb_func`` / transform runs Captum's per-sample
+loop; any other similarity is called per sample; any other model is trained through its own
+``fit``.
 """
 from __future__ import annotations
 
@@ -32,10 +35,12 @@ import torch
 from torch import Tensor
 
 from xaikernels.captum._base import PerturbationAttribution
+from xaikernels.captum._common import _format_input_baseline, _run_forward, entry
 from xaikernels.ops import perturb as P
 
-__all__ = ["Lime", "KernelShap", "LimeBase", "get_exp_kernel_similarity_function", "SkLearnLasso",
-           "SkLearnRidge", "SkLearnLinearRegression"]
+__all__ = ["Lime", "KernelShap", "LimeBase", "get_exp_kernel_similarity_function", "default_perturb_func",
+           "default_from_interp_rep_transform", "construct_feature_mask", "SkLearnLasso", "SkLearnRidge",
+           "SkLearnLinearRegression"]
 
 
 # ------------------------------------------------------------------------ interpretable models
@@ -49,6 +54,23 @@ class _LinearSurrogate:
         self.construct_kwargs = kwargs
         self._coef: Optional[Tensor] = None
         self._bias: Optional[Tensor] = None
+
+    def fit(self, train_data):
+        """Fit on a DataLoader of (X, y, weights) batches, like Captum's wrappers: on the
+        Numba kernels for the plain settings, through scikit-learn for any other kwargs."""
+        X, y, w = (torch.cat(t).detach().cpu().numpy().astype(np.float64) for t in zip(*train_data))
+        y, w = y.reshape(-1), w.reshape(-1)
+        kind = _model_kind(self)
+        if kind is not None:
+            _fit_numpy(self, kind, X, y, w)
+            return {}
+        from sklearn import linear_model
+
+        cls = {"lasso": linear_model.Lasso, "ridge": linear_model.Ridge,
+               "linear": linear_model.LinearRegression}[self.kind]
+        mdl = cls(**self.construct_kwargs).fit(X, y, sample_weight=w)
+        _store(self, np.asarray(mdl.coef_, dtype=np.float64).reshape(-1), float(np.ravel(mdl.intercept_)[0]))
+        return {}
 
     def representation(self) -> Tensor:
         if self._coef is None:
@@ -92,248 +114,257 @@ def _store(m, coef: np.ndarray, icpt: float) -> None:
     w = torch.tensor(coef, dtype=torch.float32).view(1, -1)
     b = torch.tensor([icpt], dtype=torch.float32)
     if isinstance(m, _LinearSurrogate):
+        # Captum's wrappers build an nn.Linear here, whose initialisation draws from the
+        # global generator; so do we, for the draws after a fit to stay Captum's
+        m.linear = torch.nn.Linear(w.shape[1], 1)
+        m.linear.weight.data, m.linear.bias.data = w, b
         m._coef, m._bias = w, b
     elif hasattr(m, "_construct_model_params"):  # Captum's LinearModel
         m._construct_model_params(norm_type=None, weight_values=w, bias_value=b)
 
 
-# ------------------------------------------------------------------------------ similarities
+def _fit_numpy(m, kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray) -> Tensor:
+    kw = dict(getattr(m, "construct_kwargs", {}) or {})
+    if kind == "lasso":
+        coef, icpt = P.lasso_fit(X[None], y[None, :, None], w[None], kw.get("alpha", 1.0),
+                                 max_iter=kw.get("max_iter", 1000), tol=kw.get("tol", 1e-4))
+        c, b = coef[0, 0], float(icpt[0, 0])
+    else:
+        fit = P.fit_surrogate(X, y[:, None], w, alpha=float(kw.get("alpha", 1.0)) if kind == "ridge" else 0.0)
+        c, b = fit["coef"][0], float(fit["intercept"][0])
+    _store(m, c, b)
+    return torch.tensor(c, dtype=torch.float32).view(1, -1)
+
+
+# ------------------------------------------------------------------- Captum's lime.py helpers
 def get_exp_kernel_similarity_function(distance_mode: str = "cosine", kernel_width: float = 1.0) -> Callable:
     """Captum's exponential-kernel similarity ``exp(-d²/(2·width²))`` on the cosine or
-    euclidean distance between the original and the perturbed input; recognised by
-    :class:`Lime` and computed from the masks without materialising the comparison."""
-    if distance_mode not in ("cosine", "euclidean"):
-        raise ValueError("distance_mode must be either cosine or euclidean.")
+    euclidean distance between the flattened original and perturbed inputs.  Recognised by
+    :class:`Lime`, which then computes it from the masks without materialising the
+    comparison.  An unknown ``distance_mode`` raises ``ValueError`` when called (as Captum)."""
 
     def default_exp_kernel(original_inp, perturbed_inp, __, **kwargs):
-        a = torch.cat([t.flatten() for t in _tup(original_inp)]).float()
-        b = torch.cat([t.flatten() for t in _tup(perturbed_inp)]).float()
+        a = _flatten(original_inp).float()
+        b = _flatten(perturbed_inp).float()
         if distance_mode == "cosine":
             d = 1 - torch.nn.CosineSimilarity(dim=0)(a, b)
-        else:
+        elif distance_mode == "euclidean":
             d = torch.norm(a - b)
+        else:
+            raise ValueError("distance_mode must be either cosine or euclidean.")
         return math.exp(-1 * (d ** 2) / (2 * (kernel_width ** 2)))
 
-    default_exp_kernel._xk_exp = (distance_mode, float(kernel_width))
+    if distance_mode in ("cosine", "euclidean"):
+        default_exp_kernel._xk_exp = (distance_mode, float(kernel_width))
     return default_exp_kernel
 
 
-def _tup(x) -> Tuple[Tensor, ...]:
-    return x if isinstance(x, tuple) else (x,)
+def default_perturb_func(original_inp, **kwargs) -> Tensor:
+    """One (1, num_interp_features) long sample, each feature kept with probability ½
+    (``torch.bernoulli`` on the global generator, as Captum)."""
+    assert "num_interp_features" in kwargs, \
+        "Must provide num_interp_features to use default interpretable sampling function"
+    device = (original_inp if isinstance(original_inp, Tensor) else original_inp[0]).device
+    probs = torch.ones(1, int(kwargs["num_interp_features"])) * 0.5
+    return torch.bernoulli(probs).to(device=device).long()
 
 
-# ----------------------------------------------------------------------------------- helpers
-def _format_baselines(inputs: Tuple[Tensor, ...], baselines) -> Tuple[Any, ...]:
-    if baselines is None:
-        return tuple(0.0 for _ in inputs)
-    b = baselines if isinstance(baselines, tuple) else (baselines,)
-    if len(b) != len(inputs):
-        raise ValueError(f"{len(inputs)} inputs but {len(b)} baselines")
-    return b
+def default_from_interp_rep_transform(curr_sample: Tensor, original_inputs, **kwargs):
+    """Interpretable sample (1, F) → input: kept features from the input, hidden ones from
+    ``kwargs["baselines"]``, features located by ``kwargs["feature_mask"]``."""
+    assert "feature_mask" in kwargs, "Must provide feature_mask to use default interpretable representation transform"
+    assert "baselines" in kwargs, "Must provide baselines to use default interpretable representation transform"
+    masks, bases = kwargs["feature_mask"], kwargs["baselines"]
+    row = curr_sample[0]
+
+    def one(x, fm, b):
+        keep = row[fm].bool()
+        return keep.to(x.dtype) * x + (~keep).to(x.dtype) * b
+
+    if isinstance(masks, Tensor):
+        return one(original_inputs, masks, bases)
+    return tuple(one(original_inputs[j], masks[j], bases[j]) for j in range(len(masks)))
 
 
-def _feature_masks(inputs, feature_mask) -> Tuple[Tuple[Tensor, ...], int]:
+def construct_feature_mask(feature_mask, formatted_inputs: Tuple[Tensor, ...]) -> Tuple[Tuple[Tensor, ...], int]:
+    """(feature masks as a tuple, number of interpretable features): by default one feature
+    per element of one example, numbered across the inputs; a given mask is shifted to start
+    at 0 (with a warning) when its smallest id is not 0."""
     if feature_mask is None:
         out, cur = [], 0
-        for t in inputs:
-            n = t[0].numel()
+        for t in formatted_inputs:
+            n = torch.numel(t[0:1])
             out.append(cur + torch.arange(n, device=t.device).reshape(t[0:1].shape))
             cur += n
         return tuple(out), cur
-    fm = _tup(feature_mask)
-    if len(fm) != len(inputs):
-        raise ValueError(f"{len(inputs)} inputs but {len(fm)} feature masks")
-    lo = int(min(int(m.min()) for m in fm if m.numel()))
+    fm = feature_mask if isinstance(feature_mask, tuple) else (feature_mask,)
+    lo = int(min(torch.min(m).item() for m in fm if m.numel()))
     if lo != 0:
-        warnings.warn("Minimum element in feature mask is not 0, shifting indices to start at 0.", stacklevel=3)
+        warnings.warn("Minimum element in feature mask is not 0, shifting indices to start at 0.", stacklevel=2)
         fm = tuple(m - lo for m in fm)
-    return fm, int(max(int(m.max()) for m in fm if m.numel())) + 1
+    return fm, int(max(torch.max(m).item() for m in fm if m.numel())) + 1
 
 
-def _select(out: Tensor, target, n: int) -> Tensor:
-    if target is None:
-        pass
-    elif isinstance(target, int) or (isinstance(target, Tensor) and target.numel() == 1):
-        out = out[:, int(target)]
-    elif isinstance(target, tuple):
-        out = out[(slice(None),) + tuple(target)]
-    else:
-        t = torch.as_tensor(target, device=out.device).reshape(-1)
-        out = torch.gather(out.reshape(out.shape[0], -1), 1, t.reshape(-1, 1))
-    if n is not None and out.numel() != n:
-        raise AssertionError(f"Number of outputs is not appropriate, must return one output per perturbed input "
-                             f"(got {out.numel()} for {n})")
-    return out.reshape(-1)
+# ----------------------------------------------------------------------------------- helpers
+def _tup(x) -> Tuple[Any, ...]:
+    return x if isinstance(x, tuple) else (x,)
 
 
-def _slice_args(args, i):
-    if args is None:
-        return None
-    a = args if isinstance(args, tuple) else (args,)
-    return tuple(x[i: i + 1] if isinstance(x, Tensor) and x.dim() > 0 else x for x in a)
+def _flatten(x) -> Tensor:
+    return torch.cat([t.flatten() for t in _tup(x)])
+
+
+def _reduce_list(vals: List[Any]) -> Any:
+    if isinstance(vals[0], Tensor):
+        dev = vals[0].device
+        return torch.cat([v.to(dev) for v in vals])
+    if isinstance(vals[0], bool):
+        return any(vals)
+    if isinstance(vals[0], (tuple, list)):
+        return tuple(_reduce_list([v[i] for v in vals]) for i in range(len(vals[0])))
+    raise AssertionError("Elements to be reduced can only be either Tensors or tuples containing Tensors.")
 
 
 def _expand_args(args, n):
     if args is None:
-        return ()
-    a = args if isinstance(args, tuple) else (args,)
-    return tuple(torch.cat([x] * n, dim=0) if isinstance(x, Tensor) and x.dim() > 0 else x for x in a)
+        return None
+    return tuple(torch.cat([x] * n, dim=0) if isinstance(x, Tensor) and x.dim() > 0 else x for x in _tup(args))
 
 
 def _expand_target(target, n):
     if isinstance(target, list):
         return target * n
-    if isinstance(target, Tensor) and target.numel() > 1:
+    if isinstance(target, Tensor) and torch.numel(target) > 1:
         return torch.cat([target] * n, dim=0)
     return target
 
 
-def _slice_target(target, i, bsz):
-    if isinstance(target, (list, Tensor)) and not (isinstance(target, Tensor) and target.numel() == 1) \
-            and len(target) == bsz:
-        t = target[i]
-        return int(t) if isinstance(t, Tensor) else t
-    return target
+def _select_example(arg, i: int, bsz: int):
+    if arg is None:
+        return None
+    sel = tuple(a[i: i + 1] if isinstance(a, (Tensor, list)) and len(a) == bsz else a for a in _tup(arg))
+    return sel if isinstance(arg, tuple) else sel[0]
+
+
+def _as_float_tensor(vals: List[Tensor]) -> Tensor:
+    return (torch.cat(vals) if len(vals[0].shape) > 0 else torch.stack(vals)).float()
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, mininterval=0.5)
+    bar.update(0)
+    return bar
 
 
 # --------------------------------------------------------------------------------- LimeBase
 class LimeBase(PerturbationAttribution):
-    """Shared engine: one surrogate for one (possibly batched) example."""
+    """Captum's generic surrogate trainer (see the module docstring): returns the fitted
+    interpretable model's ``representation()``."""
 
-    def __init__(self, forward_func: Callable, interpretable_model, similarity_func, perturb_func):
+    def __init__(self, forward_func: Callable, interpretable_model, similarity_func: Callable,
+                 perturb_func: Callable, perturb_interpretable_space: bool,
+                 from_interp_rep_transform: Optional[Callable], to_interp_rep_transform: Optional[Callable]) -> None:
         PerturbationAttribution.__init__(self, forward_func)
         self.interpretable_model = interpretable_model
         self.similarity_func = similarity_func
         self.perturb_func = perturb_func
-
-    # -- the parts KernelShap overrides
-    def _draw_masks(self, n_samples: int, n_features: int, seed: int) -> np.ndarray:
-        return P.sample_masks(n_samples, n_features, seed, p_on=0.5)
-
-    def _weights(self, masks, inputs, baselines, fms, num_features, n_samples) -> np.ndarray:
-        sim = self.similarity_func
-        mode = getattr(sim, "_xk_exp", None)
-        if mode is None:
-            return None  # computed per sample by the caller
-        metric, width = mode
-        stats = np.zeros((num_features, 4))
-        for x, b, fm in zip(inputs, baselines, fms):
-            xa = x.detach().cpu().float()
-            ba = (torch.as_tensor(b, dtype=xa.dtype).expand_as(xa) if not isinstance(b, Tensor)
-                  else b.detach().cpu().float().expand_as(xa)).contiguous()
-            seg = fm.detach().cpu().expand_as(xa).reshape(-1).numpy().astype(np.int64)
-            stats += P.feature_stats(P.as_apb(xa.numpy(), "flat"), P.as_apb(ba.numpy(), "flat"), seg, num_features)
-        d = P.mask_distances(masks, stats, metric)
-        # Captum's exp(-d²/(2w²)) == lime's sqrt(exp(-d²/w²))
-        return P.exp_kernel(d, width)
-
-    def _fit(self, masks: np.ndarray, y: np.ndarray, w: np.ndarray) -> Tensor:
-        m = self.interpretable_model
-        X = masks.astype(np.float32).astype(np.float64)
-        y = y.astype(np.float32).astype(np.float64)
-        w = w.astype(np.float32).astype(np.float64)
-        kind = _model_kind(m)
-        if kind is None:
-            from torch.utils.data import DataLoader, TensorDataset
-
-            ds = TensorDataset(torch.from_numpy(X).float(), torch.from_numpy(y).float(), torch.from_numpy(w).float())
-            m.fit(DataLoader(ds, batch_size=len(X)))
-            return m.representation()
-        kw = dict(getattr(m, "construct_kwargs", {}) or {})
-        if kind == "lasso":
-            coef, icpt = P.lasso_fit(X[None], y[None, :, None], w[None], kw.get("alpha", 1.0),
-                                     max_iter=kw.get("max_iter", 1000), tol=kw.get("tol", 1e-4))
-            c, b = coef[0, 0], float(icpt[0, 0])
+        self.perturb_interpretable_space = perturb_interpretable_space
+        self.from_interp_rep_transform = from_interp_rep_transform
+        self.to_interp_rep_transform = to_interp_rep_transform
+        if self.perturb_interpretable_space:
+            assert self.from_interp_rep_transform is not None, \
+                "Must provide transform from interpretable space to original input space"
         else:
-            fit = P.fit_surrogate(X, y[:, None], w, alpha=float(kw.get("alpha", 1.0)) if kind == "ridge" else 0.0)
-            c, b = fit["coef"][0], float(fit["intercept"][0])
-        _store(m, c, b)
-        return torch.tensor(c, dtype=torch.float32).view(1, -1)
+            assert self.to_interp_rep_transform is not None, \
+                "Must provide transform from original input space to interpretable space"
 
-    def _surrogate(self, inputs: Tuple[Tensor, ...], baselines, fms, num_features: int, target, args,
-                   n_samples: int, per_eval: int, show_progress: bool) -> Tensor:
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        device = inputs[0].device
-        custom_perturb = self.perturb_func is not None
-        if custom_perturb:
-            masks = self._custom_masks(inputs, baselines, fms, num_features, n_samples)
-        else:
-            seed = int(torch.randint(0, 2 ** 62, (1,)).item())
-            masks = self._draw_masks(n_samples, num_features, seed)
-        n = masks.shape[0]
-        xs = [x.detach().cpu().contiguous() for x in inputs]
-        bs = [(torch.as_tensor(b, dtype=x.dtype).expand_as(x) if not isinstance(b, Tensor)
-               else b.detach().cpu().to(x.dtype).expand_as(x)).contiguous() for x, b in zip(xs, baselines)]
-        segs = [fm.detach().cpu().expand_as(x).reshape(-1).numpy().astype(np.int64) for x, fm in zip(xs, fms)]
-        if any(s.size and (s.min() < 0 or s.max() >= num_features) for s in segs):
-            raise ValueError("feature_mask ids must lie in 0..num_features-1")
-        w = self._weights(masks, xs, bs, fms, num_features, n)
+    @entry
+    @torch.no_grad()
+    def attribute(self, inputs, target=None, additional_forward_args=None, n_samples: int = 50,
+                  perturbations_per_eval: int = 1, show_progress: bool = False, **kwargs) -> Tensor:
+        """Train the interpretable model on ``n_samples`` perturbations of ``inputs`` and
+        return its ``representation()``.  ``kwargs`` go to the sampler, the transforms and
+        the similarity function."""
+        device = (inputs if isinstance(inputs, Tensor) else inputs[0]).device
+        step = self._perturb_generator(inputs, **kwargs)
+        interp: List[Tensor] = []
+        sims: List[Tensor] = []
         outs: List[Tensor] = []
-        sims: List[float] = []
-        bar = None
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=math.ceil(n / per_eval), desc=f"{type(self).__name__} attribution")
-        # the feature map is prepared once; each batch is then one kernel call per input
-        builders = [P.PerturbedBuilder(P.as_apb(x, "flat"), P.as_apb(b, "flat"), seg) for x, b, seg in zip(xs, bs, segs)]
-        exp_args = _expand_args(args, per_eval)
-        exp_target = _expand_target(target, per_eval)
-        for s0 in range(0, n, per_eval):
-            s1 = min(n, s0 + per_eval)
-            k = s1 - s0
-            batch = []
-            for x, build in zip(xs, builders):
-                out = torch.empty((k,) + tuple(x.shape), dtype=x.dtype)
-                build(masks[s0:s1], out.view(k, 1, -1, 1))
-                # one example per sample row: stack along the batch dimension like Captum
-                batch.append(out.reshape((k * x.shape[0],) + tuple(x.shape[1:])).to(device))
-            if w is None:
-                for j in range(k):
-                    pert = tuple(t[j * inputs[i].shape[0]:(j + 1) * inputs[i].shape[0]] for i, t in enumerate(batch))
-                    s = self.similarity_func(inputs if len(inputs) > 1 else inputs[0],
-                                             pert if len(pert) > 1 else pert[0],
-                                             torch.from_numpy(masks[s0 + j: s0 + j + 1]).long().to(device),
-                                             baselines=baselines if len(inputs) > 1 else baselines[0],
-                                             feature_mask=fms if len(inputs) > 1 else fms[0],
-                                             num_interp_features=num_features)
-                    sims.append(float(s.flatten()[0]) if isinstance(s, Tensor) else float(s))
-            a = exp_args if k == per_eval else _expand_args(args, k)
-            t = exp_target if k == per_eval else _expand_target(target, k)
-            with torch.no_grad():
-                o = self.forward_func(*batch, *a)
-            if not isinstance(o, Tensor):
-                o = torch.tensor([o])
-            outs.append(_select(o, t, k).detach().cpu().double())
+        pending: List[Any] = []
+        exp_args = exp_target = None
+        bar = _progress(math.ceil(n_samples / perturbations_per_eval), f"{self.get_name()} attribution") \
+            if show_progress else None
+        count = 0
+        for _ in range(n_samples):
+            try:
+                z, x = step()
+            except StopIteration:
+                warnings.warn("Generator completed prior to given n_samples iterations!", stacklevel=1)
+                break
+            count += 1
+            interp.append(z)
+            pending.append(x)
+            s = self.similarity_func(inputs, x, z, **kwargs)
+            sims.append(s.flatten() if isinstance(s, Tensor) else torch.tensor([s], device=device))
+            if len(pending) == perturbations_per_eval:
+                if exp_args is None:
+                    exp_args = _expand_args(additional_forward_args, len(pending))
+                if exp_target is None:
+                    exp_target = _expand_target(target, len(pending))
+                outs.append(self._evaluate_batch(pending, exp_target, exp_args, device))
+                if bar is not None:
+                    bar.update()
+                pending = []
+        if pending:
+            outs.append(self._evaluate_batch(pending, _expand_target(target, len(pending)),
+                                             _expand_args(additional_forward_args, len(pending)), device))
             if bar is not None:
                 bar.update()
         if bar is not None:
             bar.close()
-        y = torch.cat(outs).numpy()
-        if w is None:
-            w = np.asarray(sims, dtype=np.float64)
-        return self._fit(masks, y, w)
+        X = torch.cat(interp).float()
+        return self._train(X, _as_float_tensor(outs), _as_float_tensor(sims), count)
 
-    def _custom_masks(self, inputs, baselines, fms, num_features, n_samples) -> np.ndarray:
-        kwargs = dict(baselines=baselines if len(inputs) > 1 else baselines[0],
-                      feature_mask=fms if len(inputs) > 1 else fms[0], num_interp_features=num_features)
-        inp = inputs if len(inputs) > 1 else inputs[0]
-        rows = []
-        if inspect.isgeneratorfunction(self.perturb_func):
-            gen = self.perturb_func(inp, **kwargs)
-            for _ in range(n_samples):
-                try:
-                    rows.append(next(gen))
-                except StopIteration:
-                    warnings.warn("Generator completed prior to given n_samples iterations!", stacklevel=3)
-                    break
-        else:
-            rows = [self.perturb_func(inp, **kwargs) for _ in range(n_samples)]
-        m = torch.cat([torch.as_tensor(r).reshape(1, -1) for r in rows]).cpu().numpy()
-        if m.shape[1] != num_features or not np.isin(m, (0, 1)).all():
-            raise ValueError(f"perturb_func must return binary (1, {num_features}) samples")
-        return m.astype(np.uint8)
+    def _perturb_generator(self, inputs, **kwargs) -> Callable[[], Tuple[Any, Any]]:
+        gen = self.perturb_func(inputs, **kwargs) if inspect.isgeneratorfunction(self.perturb_func) else None
+
+        def step():
+            sample = next(gen) if gen is not None else self.perturb_func(inputs, **kwargs)
+            if self.perturb_interpretable_space:
+                return sample, self.from_interp_rep_transform(sample, inputs, **kwargs)
+            return self.to_interp_rep_transform(sample, inputs, **kwargs), sample
+
+        return step
+
+    def _evaluate_batch(self, model_inputs: List[Any], target, args, device) -> Tensor:
+        out = _run_forward(self.forward_func, _reduce_list(model_inputs), target, args)
+        if isinstance(out, Tensor):
+            assert out.numel() == len(model_inputs), \
+                "Number of outputs is not appropriate, must return one output per perturbed input"
+            return out.flatten()
+        return torch.tensor([out], device=device)
+
+    def _train(self, X: Tensor, y: Tensor, w: Tensor, count: int) -> Tensor:
+        """Fit the interpretable model on float32 (X, y, w): the recognised linear models on
+        the Numba kernels, anything else through its own ``fit`` (one batch of all rows)."""
+        m = self.interpretable_model
+        kind = _model_kind(m)
+        if kind is None:
+            from torch.utils.data import DataLoader, TensorDataset
+
+            m.fit(DataLoader(TensorDataset(X, y, w), batch_size=count))
+            return m.representation()
+        # Captum's fit iterates a DataLoader once, and creating its iterator draws a base seed
+        # from the global generator: draw it too, so that later draws stay Captum's
+        torch.empty((), dtype=torch.int64).random_()
+        return _fit_numpy(m, kind, X.detach().cpu().numpy().astype(np.float64),
+                          y.detach().cpu().reshape(-1).numpy().astype(np.float64),
+                          w.detach().cpu().reshape(-1).numpy().astype(np.float64))
+
+    def attribute_future(self) -> None:
+        raise NotImplementedError("LimeBase does not support attribution of future samples.")
 
     def has_convergence_delta(self) -> bool:
         return False
@@ -343,8 +374,15 @@ class LimeBase(PerturbationAttribution):
         return False
 
 
+# ------------------------------------------------------------------------------------- Lime
+_MULTI_MSG = ("You are providing multiple inputs for Lime / Kernel SHAP attributions. This trains a separate "
+              "interpretable model for each example, which can be time consuming. It is recommended to compute "
+              "attributions for one example at a time.")
+
+
 class Lime(LimeBase):
-    """Captum's ``Lime`` on Numba kernels (see the module docstring)."""
+    """Captum's ``Lime``: binary samples of the interpretable features (groups of
+    ``feature_mask``), hidden features set to the baselines; see the module docstring."""
 
     def __init__(self, forward_func: Callable, interpretable_model=None, similarity_func: Optional[Callable] = None,
                  perturb_func: Optional[Callable] = None) -> None:
@@ -352,104 +390,305 @@ class Lime(LimeBase):
             interpretable_model = SkLearnLasso(alpha=0.01)
         if similarity_func is None:
             similarity_func = get_exp_kernel_similarity_function()
-        super().__init__(forward_func, interpretable_model, similarity_func, perturb_func)
+        if perturb_func is None:
+            perturb_func = default_perturb_func
+        LimeBase.__init__(self, forward_func, interpretable_model, similarity_func, perturb_func, True,
+                          default_from_interp_rep_transform, None)
 
+    @entry
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, feature_mask=None,
                   n_samples: int = 25, perturbations_per_eval: int = 1, return_input_shape: bool = True,
                   show_progress: bool = False):
-        """Surrogate coefficients, per example, in the input's shape (or (N, F) with
+        """Surrogate coefficients per example, in the inputs' shapes (or (N, F) with
         ``return_input_shape=False``).  Arguments as Captum's ``Lime.attribute``."""
-        return self._attribute(inputs, baselines, target, additional_forward_args, feature_mask, n_samples,
-                               perturbations_per_eval, return_input_shape, show_progress)
+        return self._attribute_kwargs(inputs=inputs, baselines=baselines, target=target,
+                                      additional_forward_args=additional_forward_args, feature_mask=feature_mask,
+                                      n_samples=n_samples, perturbations_per_eval=perturbations_per_eval,
+                                      return_input_shape=return_input_shape, show_progress=show_progress)
 
-    def _attribute(self, inputs, baselines, target, args, feature_mask, n_samples, per_eval, return_input_shape,
-                   show_progress):
+    def attribute_future(self) -> None:
+        return super().attribute_future()
+
+    def _attribute_kwargs(self, inputs, baselines=None, target=None, additional_forward_args=None,
+                          feature_mask=None, n_samples: int = 25, perturbations_per_eval: int = 1,
+                          return_input_shape: bool = True, show_progress: bool = False, **kwargs):
         is_tuple = isinstance(inputs, tuple)
-        inp = _tup(inputs)
-        if not all(isinstance(t, Tensor) for t in inp):
-            raise TypeError("inputs must be a tensor or a tuple of tensors")
-        if per_eval < 1:
-            raise ValueError("perturbations_per_eval must be >= 1")
-        base = _format_baselines(inp, baselines)
-        fms, F = _feature_masks(inp, feature_mask)
+        formatted, baselines = _format_input_baseline(inputs, baselines)
+        bsz = formatted[0].shape[0]
+        fms, F = construct_feature_mask(feature_mask, formatted)
         if F > 10000:
-            warnings.warn("Attempting to construct interpretable model with > 10000 features.", stacklevel=2)
-        bsz = inp[0].shape[0]
+            warnings.warn("Attempting to construct interpretable model with > 10000 features.This can be very slow "
+                          "or lead to OOM issues. Please provide a featuremask which groups input features to reduce "
+                          "the number of interpretablefeatures. ", stacklevel=1)
         if bsz > 1:
-            with torch.no_grad():
-                test = self.forward_func(*inp, *_expand_args(args, 1))
-            if isinstance(test, Tensor) and test.dim() > 0:
-                test = _select(test, target, None)
-            if isinstance(test, Tensor) and test.numel() > 1:
-                if test.numel() != bsz:
-                    raise AssertionError("Invalid number of outputs, forward function should return a scalar per "
+            test = _run_forward(self.forward_func, inputs, target, additional_forward_args)
+            if isinstance(test, Tensor) and torch.numel(test) > 1:
+                if torch.numel(test) != bsz:
+                    raise AssertionError("Invalid number of outputs, forward function should return ascalar per "
                                          "example or a scalar per input batch.")
+                warnings.warn(_MULTI_MSG, stacklevel=1)
                 outs = []
                 for i in range(bsz):
-                    ci = tuple(t[i: i + 1] for t in inp)
-                    cb = tuple(b[i: i + 1] if isinstance(b, Tensor) and b.dim() > 0 and b.shape[0] == bsz else b
-                               for b in base)
-                    cf = tuple(m[i: i + 1] if m.dim() > 0 and m.shape[0] == bsz else m for m in fms)
-                    coefs = self._surrogate(ci, cb, cf, F, _slice_target(target, i, bsz), _slice_args(args, i),
-                                            n_samples, per_eval, show_progress)
-                    outs.append(self._shape(ci, cf, coefs, F, True) if return_input_shape else coefs.reshape(1, -1))
-                if return_input_shape:
-                    res = tuple(torch.cat([o[j] for o in outs]) for j in range(len(inp)))
-                    return res if is_tuple else res[0]
-                return torch.cat(outs)
-            if per_eval != 1:
-                raise AssertionError("Perturbations per eval must be 1 when forward function returns single value "
-                                     "per batch!")
-        coefs = self._surrogate(inp, base, fms, F, target, args, n_samples, per_eval, show_progress)
-        if not return_input_shape:
-            return coefs
-        res = self._shape(inp, fms, coefs, F, True, leading_dim_one=bsz > 1)
-        return res if is_tuple else res[0]
+                    ci, ct, ca, cb, cf = (_select_example(a, i, bsz) for a in
+                                          (formatted, target, additional_forward_args, baselines, fms))
+                    coefs = self._one(ci if is_tuple else ci[0], ct, ca, n_samples, perturbations_per_eval,
+                                      show_progress, baselines=cb if is_tuple else cb[0],
+                                      feature_mask=cf if is_tuple else cf[0], num_interp_features=F, **kwargs)
+                    outs.append(self._convert_output_shape(ci, cf, coefs, F, is_tuple) if return_input_shape
+                                else coefs.reshape(1, -1))
+                return _reduce_list(outs)
+            assert perturbations_per_eval == 1, \
+                "Perturbations per eval must be 1 when forward functionreturns single value per batch!"
+        coefs = self._one(inputs, target, additional_forward_args, n_samples, perturbations_per_eval, show_progress,
+                          baselines=baselines if is_tuple else baselines[0],
+                          feature_mask=fms if is_tuple else fms[0], num_interp_features=F, **kwargs)
+        if return_input_shape:
+            return self._convert_output_shape(formatted, fms, coefs, F, is_tuple, leading_dim_one=bsz > 1)
+        return coefs
+
+    def _convert_output_shape(self, formatted_inp, feature_mask, coefs, num_interp_features, is_inputs_tuple,
+                              leading_dim_one: bool = False):
+        # Captum sums coefs[f] · (mask == f) over f < num_interp_features: ids outside that
+        # range get 0; the result is float32 in each input's shape and device
+        c = coefs.detach().flatten().float().cpu().numpy()
+        n = min(int(num_interp_features), c.size)
+        out = []
+        for x, fm in zip(formatted_inp, feature_mask):
+            idx = fm.detach().cpu().long().numpy()
+            ok = (idx >= 0) & (idx < n)
+            a = np.where(ok, c[np.clip(idx, 0, max(n - 1, 0))], np.float32(0)) if n else np.zeros(idx.shape, np.float32)
+            a = np.array(np.broadcast_to(a, np.broadcast_shapes(a.shape, tuple(x.shape))), np.float32)  # writable
+            a = torch.from_numpy(a).to(x.device)
+            out.append(a[0:1] if leading_dim_one else a)
+        return tuple(out) if is_inputs_tuple else out[0]
+
+    # ------------------------------------------------------------------------- fast path
+    def _one(self, inputs, target, args, n_samples, per_eval, show_progress, **kwargs) -> Tensor:
+        """One surrogate: the kernel path for the default sampler and transform, Captum's
+        per-sample loop otherwise."""
+        if n_samples >= 1 and per_eval >= 1 and self._sampler() is not None \
+                and self._fast_ok(inputs, kwargs["baselines"]):
+            with torch.no_grad():
+                return self._fast(inputs, target, args, n_samples, per_eval, show_progress, **kwargs)
+        return LimeBase.attribute.__wrapped__(self, inputs, target=target, additional_forward_args=args,
+                                              n_samples=n_samples, perturbations_per_eval=per_eval,
+                                              show_progress=show_progress, **kwargs)
+
+    def _sampler(self) -> Optional[str]:
+        if not self.perturb_interpretable_space or self.from_interp_rep_transform is not \
+                default_from_interp_rep_transform:
+            return None
+        return "bernoulli" if self.perturb_func is default_perturb_func else None
 
     @staticmethod
-    def _shape(inp, fms, coefs, F, _is_tuple, leading_dim_one=False):
-        c = coefs.flatten().float()
-        out = []
-        for x, fm in zip(inp, fms):
-            idx = fm.to(x.device).long().expand_as(x)
-            a = c.to(x.device)[idx]
-            if leading_dim_one:
-                a = a[0:1]
-            out.append(a)
-        return tuple(out)
+    def _fast_ok(inputs, baselines) -> bool:
+        # the kernel selects between the input and the baseline in the input's dtype; the
+        # default transform computes keep·x + (1-keep)·b, whose dtype / shape may differ
+        for x, b in zip(_tup(inputs), _tup(baselines)):
+            if x.dtype.itemsize not in (1, 2, 4, 8) or x.is_complex():
+                return False
+            if isinstance(b, Tensor):
+                if b.dtype != x.dtype:
+                    return False
+                try:
+                    if torch.broadcast_shapes(b.shape, x.shape) != x.shape:
+                        return False
+                except RuntimeError:
+                    return False
+            elif isinstance(b, bool):
+                if x.dtype != torch.bool:
+                    return False
+            elif isinstance(b, int):
+                if x.dtype == torch.bool and b not in (0, 1):
+                    return False
+            elif isinstance(b, float):
+                if not x.dtype.is_floating_point:
+                    return False
+            else:
+                return False
+        return True
+
+    def _draw_masks(self, n: int, F: int, kwargs) -> np.ndarray:
+        # Captum draws torch.bernoulli(ones(1, F) * 0.5) per sample; one (n, F) call consumes
+        # the generator identically (elementwise, in order)
+        # (the probabilities come from NumPy: a torch fill of this size wakes the intra-op
+        # thread pool, which on a loaded machine cost more than the whole draw)
+        return torch.bernoulli(torch.from_numpy(np.full((n, F), 0.5, np.float32))).numpy().astype(np.uint8)
+
+    def _fast_weights(self, masks, xs, bs, segs, F) -> Optional[np.ndarray]:
+        mode = getattr(self.similarity_func, "_xk_exp", None)
+        if mode is None:
+            return None
+        metric, width = mode
+        stats = np.zeros((F, 4))
+        for x, b, seg in zip(xs, bs, segs):
+            stats += P.feature_stats(_f32(x).reshape(1, -1, 1), _f32(b).reshape(1, -1, 1), seg, F)
+        # Captum's exp(-d²/(2w²)) == lime's sqrt(exp(-d²/w²))
+        return P.exp_kernel(P.mask_distances(masks, stats, metric), width)
+
+    def _fast(self, inputs, target, args, n_samples, per_eval, show_progress, **kwargs) -> Tensor:
+        F = int(kwargs["num_interp_features"])
+        inp = _tup(inputs)
+        device = inp[0].device
+        masks = np.ascontiguousarray(self._draw_masks(n_samples, F, kwargs), dtype=np.uint8)
+        n = masks.shape[0]
+        xs = [x.detach().cpu().contiguous() for x in inp]
+        bs = [(torch.full_like(x, b) if not isinstance(b, Tensor) else b.detach().cpu().expand_as(x)).contiguous()
+              for x, b in zip(xs, _tup(kwargs["baselines"]))]
+        segs = []
+        for x, fm in zip(xs, _tup(kwargs["feature_mask"])):
+            seg = fm.detach().cpu().long().expand_as(x).reshape(-1).numpy().astype(np.int64)
+            if seg.size and (seg.min() < 0 or seg.max() >= F):
+                raise ValueError(f"feature_mask ids must lie in 0..{F - 1}")
+            segs.append(np.ascontiguousarray(seg))
+        w = self._fast_weights(masks, xs, bs, segs, F)
+        builders = [P.PerturbedBuilder(_flat(x), _flat(b), seg) for x, b, seg in zip(xs, bs, segs)]
+        outs: List[Tensor] = []
+        sims: List[float] = []
+        bar = _progress(math.ceil(n / per_eval), f"{self.get_name()} attribution") if show_progress else None
+        exp_args, exp_target = _expand_args(args, per_eval), _expand_target(target, per_eval)
+        for s0 in range(0, n, per_eval):
+            s1 = min(n, s0 + per_eval)
+            k = s1 - s0
+            batch = []
+            for x, build in zip(xs, builders):
+                out = torch.empty((k,) + tuple(x.shape), dtype=x.dtype)
+                build(masks[s0:s1], out.view(k, 1, x.numel(), 1))
+                batch.append(out.reshape((k * x.shape[0],) + tuple(x.shape[1:])).to(device))
+            if w is None:
+                rows = [x.shape[0] for x in xs]
+                for j in range(k):
+                    pert = tuple(t[j * r:(j + 1) * r] for t, r in zip(batch, rows))
+                    z = torch.from_numpy(masks[s0 + j: s0 + j + 1]).long().to(device)
+                    s = self.similarity_func(inputs, pert if isinstance(inputs, tuple) else pert[0], z, **kwargs)
+                    sims.append(float(s.flatten()[0]) if isinstance(s, Tensor) else float(s))
+            a = exp_args if k == per_eval else _expand_args(args, k)
+            t = exp_target if k == per_eval else _expand_target(target, k)
+            outs.append(self._evaluate_batch_tuple(tuple(batch), k, t, a, device))
+            if bar is not None:
+                bar.update()
+        if bar is not None:
+            bar.close()
+        y = _as_float_tensor(outs)
+        wt = torch.tensor(np.asarray(sims if w is None else w), dtype=torch.float32)
+        return self._train(torch.from_numpy(masks.astype(np.float32)), y, wt, n)
+
+    def _evaluate_batch_tuple(self, batch, k, target, args, device) -> Tensor:
+        out = _run_forward(self.forward_func, batch, target, args)
+        if isinstance(out, Tensor):
+            assert out.numel() == k, "Number of outputs is not appropriate, must return one output per perturbed input"
+            return out.flatten()
+        return torch.tensor([out], device=device)
 
 
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(1, x.numel(), 1)
+
+
+def _f32(x: Tensor) -> np.ndarray:
+    return x.float().numpy() if x.dtype == torch.bfloat16 else x.numpy().astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- KernelShap
 class KernelShap(Lime):
-    """Captum's ``KernelShap`` on Numba kernels: coalition sizes drawn with probability
-    ``∝ (M-1)/(k(M-k))``, the first two samples the full and the empty coalition (weight
-    1e6), an unregularised linear regression with intercept."""
+    """Captum's ``KernelShap``: the full and the empty coalition first (weight 1e6), then
+    coalition sizes drawn with probability ∝ (M-1)/(k(M-k)) and a random coalition of that
+    size, fitted by an unregularised linear regression.  Same draws as Captum."""
 
     def __init__(self, forward_func: Callable) -> None:
-        super().__init__(forward_func, interpretable_model=SkLearnLinearRegression(),
-                         similarity_func=self.kernel_shap_similarity_kernel)
+        Lime.__init__(self, forward_func, interpretable_model=SkLearnLinearRegression(),
+                      similarity_func=self.kernel_shap_similarity_kernel,
+                      perturb_func=self.kernel_shap_perturb_generator)
         self.inf_weight = 1000000.0
 
+    @entry
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, feature_mask=None,
                   n_samples: int = 25, perturbations_per_eval: int = 1, return_input_shape: bool = True,
                   show_progress: bool = False):
         """Shapley value estimates per example (input shape, or (N, F)).  Arguments as
         Captum's ``KernelShap.attribute``."""
-        return self._attribute(inputs, baselines, target, additional_forward_args, feature_mask, n_samples,
-                               perturbations_per_eval, return_input_shape, show_progress)
+        from torch.distributions.categorical import Categorical
+
+        formatted, baselines = _format_input_baseline(inputs, baselines)
+        feature_mask, F = construct_feature_mask(feature_mask, formatted)
+        sizes = torch.arange(F, dtype=torch.float)
+        probs = torch.tensor(F - 1) / (sizes * (F - sizes))
+        probs[0] = 0.0
+        return self._attribute_kwargs(inputs=inputs, baselines=baselines, target=target,
+                                      additional_forward_args=additional_forward_args, feature_mask=feature_mask,
+                                      n_samples=n_samples, perturbations_per_eval=perturbations_per_eval,
+                                      return_input_shape=return_input_shape,
+                                      num_select_distribution=Categorical(probs), show_progress=show_progress)
+
+    def attribute_future(self) -> None:
+        raise NotImplementedError("attribute_future is not implemented for KernelShap")
 
     def kernel_shap_similarity_kernel(self, _, __, interpretable_sample: Tensor, **kwargs) -> Tensor:
+        assert "num_interp_features" in kwargs, "Must provide num_interp_features to use default similarity kernel"
         k = int(interpretable_sample.sum(dim=1).item())
-        return torch.tensor([self.inf_weight if k in (0, kwargs["num_interp_features"]) else 1.0])
+        full = k == 0 or k == kwargs["num_interp_features"]
+        return torch.tensor([self.inf_weight if full else 1.0])
 
-    def _draw_masks(self, n_samples: int, n_features: int, seed: int) -> np.ndarray:
-        head = np.vstack([np.ones((1, n_features), np.uint8), np.zeros((1, n_features), np.uint8)])[:n_samples]
-        if n_samples <= 2 or n_features < 2:
-            if n_features < 2 and n_samples > 2:
-                head = np.vstack([head] + [head[i % 2: i % 2 + 1] for i in range(n_samples - 2)])
+    def kernel_shap_perturb_generator(self, original_inp, **kwargs):
+        assert "num_select_distribution" in kwargs and "num_interp_features" in kwargs, \
+            "num_select_distribution and num_interp_features are necessary to use kernel_shap_perturb_func"
+        device = (original_inp if isinstance(original_inp, Tensor) else original_inp[0]).device
+        F = int(kwargs["num_interp_features"])
+        yield torch.ones(1, F, device=device, dtype=torch.long)
+        yield torch.zeros(1, F, device=device, dtype=torch.long)
+        while True:
+            k = kwargs["num_select_distribution"].sample()
+            r = torch.randn(1, F)
+            thr = torch.kthvalue(r, F - k).values.item()
+            yield (r > thr).to(device=device).long()
+
+    def _sampler(self) -> Optional[str]:
+        if not self.perturb_interpretable_space or self.from_interp_rep_transform is not \
+                default_from_interp_rep_transform:
+            return None
+        pf = self.perturb_func
+        if getattr(pf, "__func__", None) is KernelShap.kernel_shap_perturb_generator and pf.__self__ is self:
+            return "shap"
+        return super()._sampler()
+
+    def _draw_masks(self, n: int, F: int, kwargs) -> np.ndarray:
+        if self._sampler() != "shap":
+            return super()._draw_masks(n, F, kwargs)
+        head = np.vstack([np.ones((1, F), np.uint8), np.zeros((1, F), np.uint8)])[:n]
+        m = n - 2
+        if m <= 0:
             return head
-        rest = P.sample_masks(n_samples - 2, n_features, seed, size_cdf=P.shapley_size_cdf(n_features))
-        return np.vstack([head, rest])
+        # Captum's generator, step by step: a size from the categorical, then randn(1, F);
+        # the draws stay interleaved (the generator's order), the thresholds are batched
+        dist = kwargs["num_select_distribution"]
+        rand_t = torch.empty((m, F), dtype=torch.float32)
+        # Categorical.sample() is torch.multinomial(probs (1, K), 1, True), which for one
+        # sample is argmax(p / q) with q = empty_like(p).exponential_() (torch's Gumbel-max
+        # fast path).  The same exponential_ call on a row of a preallocated buffer consumes
+        # the generator identically and costs ~2 µs instead of ~26 µs; the argmax is then
+        # done for all samples at once.  A user's own distribution is sampled as it is.
+        probs = getattr(dist, "probs", None) if type(dist).__name__ == "Categorical" else None
+        fast = probs is not None and probs.dim() == 1 and probs.device.type == "cpu"
+        if fast:
+            q = torch.empty((m, probs.shape[-1]), dtype=probs.dtype)
+            for i in range(m):
+                q[i:i + 1].exponential_()
+                torch.randn(1, F, out=rand_t[i:i + 1])
+            sel = np.argmax(probs.reshape(1, -1).numpy() / q.numpy(), axis=1).astype(np.int64)
+        else:
+            sel = np.empty(m, dtype=np.int64)
+            for i in range(m):
+                sel[i] = int(dist.sample())
+                torch.randn(1, F, out=rand_t[i:i + 1])
+        rand = rand_t.numpy()
+        # Captum: threshold = kthvalue(row, F - k), kept = row > threshold (NumPy: torch's
+        # sort of this size wakes the intra-op pool, slow on a loaded machine)
+        thr = np.take_along_axis(np.sort(rand, axis=1), (F - sel - 1)[:, None], axis=1)
+        return np.vstack([head, (rand > thr).astype(np.uint8)])
 
-    def _weights(self, masks, inputs, baselines, fms, num_features, n_samples) -> np.ndarray:
-        k = masks.sum(1)
-        return np.where((k == 0) | (k == num_features), self.inf_weight, 1.0)
+    def _fast_weights(self, masks, xs, bs, segs, F) -> Optional[np.ndarray]:
+        sf = self.similarity_func
+        if getattr(sf, "__func__", None) is KernelShap.kernel_shap_similarity_kernel and sf.__self__ is self:
+            k = masks.sum(1)
+            return np.where((k == 0) | (k == F), self.inf_weight, 1.0)
+        return super()._fast_weights(masks, xs, bs, segs, F)

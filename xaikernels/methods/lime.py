@@ -522,18 +522,17 @@ class TabularSampler:
                     bfb[d, j] = min(max(means[v], mins[v]), maxs[v])
                     bmin[d, j], bmax[d, j] = mins[v], maxs[v]
                     flat[d, j] = not maxs[v] > mins[v]
-        # exact truncated-normal tables per (feature, bin) for the fused kernel; unused
-        # entries (categorical / continuous features, padding) are a harmless N(0,1) on [-1, 1]
-        za = np.where(flat == 0, (bmin - bmean) / bstd, -1.0)
-        zb = np.where(flat == 0, (bmax - bmean) / bstd, 1.0)
-        tn = P.truncnorm_table(za, zb)
-        # the same pieces in data units: the kernel's accepted draw is x0 + u·xw directly
-        tn["x0"] = bmean[..., None] + bstd[..., None] * tn["z0"]
-        tn["xw"] = bstd[..., None] * tn["w"]
+        # inverse-CDF sampling of the bins' truncated normals: the uniform u that picked bin k
+        # (u in [cdf[k-1], cdf[k])) is mapped linearly onto [Φ(a), Φ(b)]:
+        # p = lo_p + (u - cdf[k-1])/freq_k·(hi_p - lo_p) = ia + ib·u
+        lower = np.zeros((D, V))
+        lower[:, 1:] = cdf[:, :-1]
+        freq = np.maximum(cdf - lower, 1e-300)
+        ib = np.where(flat == 0, (hi_p - lo_p) / freq, 0.0)
+        ia = np.where(flat == 0, lo_p - lower * ib, 0.5)
         return dict(kind=self.kind, cdf=cdf, values=values, scale=self.scale.copy(), lo_p=lo_p, hi_p=hi_p,
                     bin_mean=bmean, bin_std=bstd, bin_fallback=bfb, bin_min=bmin, bin_max=bmax, bin_flat=flat,
-                    smean=self.surrogate_mean.copy(), sscale=self.surrogate_scale.copy(),
-                    **{"tn_" + k: v for k, v in tn.items()})
+                    smean=self.surrogate_mean.copy(), sscale=self.surrogate_scale.copy(), ia=ia, ib=ib)
 
     def neighbourhood(self, row: np.ndarray, n_samples: int, seed: int, metric: str = "euclidean",
                       stream: int = 0, backend: str = "auto"):
@@ -604,16 +603,18 @@ def lime_tabular(model: Callable, x: Union[np.ndarray, torch.Tensor], training_d
     score = np.zeros(targets.shape)
     pred = np.zeros(targets.shape)
     for n in range(N):
-        scaled, inv, d = sampler.neighbourhood(xn[n], n_samples, seed, distance, stream=n, backend=backend)
+        # one kernel call: samples, standardised surrogate rows, distances, kernel weights and
+        # the weighted Gram of the surrogate rows (the fit then adds the label products)
+        scaled, inv, _, w, g = P.tabular_neighbourhood(n_samples, seed, sampler.plan(xn[n]), metric=distance,
+                                                       stream=n, kernel_width=width, gram=True, backend=backend)
         outs = []
         for s0 in range(0, n_samples, batch_size):
             with torch.no_grad():
                 o = model(torch.as_tensor(inv[s0: s0 + batch_size], dtype=dtype, device=dev))
             outs.append(postprocess(_validate.check_output(o), output).detach().cpu().double())
         Y = torch.cat(outs).numpy()
-        w = P.exp_kernel(d, width, backend=backend)
-        fit = P.fit_surrogate(scaled, np.ascontiguousarray(Y[:, targets[n]]), w, alpha=alpha,
-                              feature_selection=feature_selection, num_features=num_features or D, backend=backend)
+        fit = P.fit_lime_gram(scaled, Y, targets[n], w, g, alpha=alpha, feature_selection=feature_selection,
+                              num_features=num_features or D, backend=backend)
         coefs.append(fit["coef"])
         used_l.append(fit["used"])
         icpt[n], score[n], pred[n] = fit["intercept"], fit["score"], fit["local_pred"]

@@ -200,12 +200,24 @@ class PerturbedBuilder:
                              f"{fv.shape}/{fv.dtype}")
         if np.shape(seg) != (xv.shape[1],):
             raise ValueError(f"seg must have one entry per position ({xv.shape[1]}), got {np.shape(seg)}")
+        seg = np.ascontiguousarray(seg, dtype=np.int64)
+        if seg.size and seg.min() < 0:
+            raise ValueError(f"seg ids must be >= 0, got {seg.min()}")
         self.shape = xv.shape
         self.dtype = xv.dtype
-        self._impl = _impl(OP_BUILDER, backend)(np.ascontiguousarray(xv), np.ascontiguousarray(fv),
-                                                np.ascontiguousarray(seg, dtype=np.int64))
+        # features the map uses: masks need at least this many columns (more are fine: the
+        # extra features belong to other inputs / examples and hide nothing here)
+        self.n_features = int(seg.max()) + 1 if seg.size else 0
+        self._impl = _impl(OP_BUILDER, backend)(np.ascontiguousarray(xv), np.ascontiguousarray(fv), seg)
+
+    def _check_masks(self, masks: np.ndarray) -> None:
+        if np.ndim(masks) != 2:
+            raise ValueError(f"masks must be (S, F), got shape {np.shape(masks)}")
+        if masks.shape[0] and masks.shape[1] < self.n_features:
+            raise ValueError(f"masks have {masks.shape[1]} features, the feature map uses {self.n_features}")
 
     def __call__(self, masks: np.ndarray, out: ArrayLike) -> ArrayLike:
+        self._check_masks(masks)
         ov = _np_view(out)
         if ov.shape[1:] != self.shape or ov.dtype != self.dtype or ov.shape[0] != masks.shape[0]:
             raise ValueError(f"out must be {(masks.shape[0],) + self.shape} of dtype {self.dtype}, got "
@@ -219,8 +231,7 @@ class PerturbedBuilder:
         shape (e.g. (n, H, W, C)) — and returning it.  Checked once here, not per call: for a
         loop over model batches."""
         masks = np.ascontiguousarray(masks, dtype=np.uint8)
-        if masks.ndim != 2:
-            raise ValueError(f"masks must be (S, F), got shape {masks.shape}")
+        self._check_masks(masks)
         return self._impl.batches(masks)
 
 
@@ -503,16 +514,24 @@ truncnorm_table = _ref.truncnorm_table
 
 
 def tabular_neighbourhood(n_rows: int, seed: int, plan: dict, *, metric: str = "euclidean", stream: int = 0,
-                          row_offset: int = 0, kernel_width: Optional[float] = None, backend: str = "auto"):
+                          row_offset: int = 0, kernel_width: Optional[float] = None, gram: bool = False,
+                          binary_uint8: bool = False, backend: str = "auto"):
     """lime's tabular neighbourhood fused with its standardisation and distances: returns
     (surrogate features (n, D), model inputs (n, D), distances to the instance (n,)).
 
     Discretised features draw a bin by its training frequency, then a value from the bin's
-    truncated normal *exactly* (equal-mass pieces, inverse CDF in the two end pieces and
-    squeezed rejection in the others; :func:`truncnorm_table`) — lime's distribution, not
-    lime's draws.  ``plan``: :meth:`xaikernels.methods.lime.TabularSampler.plan`.  Row ``g``
-    depends only on ``(seed, stream, g)``.  With ``kernel_width``, lime's kernel weights
-    ``sqrt(exp(-d²/kernel_width²))`` come back as a fourth array."""
+    truncated normal by inverse CDF (one uniform per element, no rejection; Φ⁻¹ by AS241) —
+    lime's distribution, not lime's draws.  ``plan``:
+    :meth:`xaikernels.methods.lime.TabularSampler.plan` (arrays ``kind, cdf, values, inst,
+    center, scale, smean, sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, row0``).  Row
+    ``g`` depends only on ``(seed, stream, g)``.  With ``kernel_width``, lime's kernel weights
+    ``sqrt(exp(-d²/kernel_width²))`` come back as a fourth array, and with ``gram`` also a
+    fifth, the augmented weighted Gram (D+1, D+1) of the surrogate rows for
+    :func:`fit_lime_gram`.  ``binary_uint8``: when every surrogate feature is binary
+    (categorical / discretised), the surrogate rows come back as uint8 0/1.
+
+    The draws changed with issue 5 (the inverse-CDF sampler replaced the table / rejection
+    sampler): a given seed now gives other, equally distributed, samples."""
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"distance metric must be 'cosine' or 'euclidean', got {metric!r}")
     width = 0.0
@@ -523,7 +542,39 @@ def tabular_neighbourhood(n_rows: int, seed: int, plan: dict, *, metric: str = "
     p = plan
     out = _impl(OP_NEIGHBOURHOOD, backend)(
         int(n_rows), int(seed), int(stream), int(row_offset), p["kind"], p["cdf"], p["values"], p["inst"], p["center"],
-        p["scale"], p["smean"], p["sscale"], p["tn_z0"], p["tn_w"], p["tn_c"], p["tn_r"], p["tn_tail"], p["tn_x0"],
-        p["tn_xw"], p["bin_flat"],
-        p["bin_mean"], p["bin_std"], p["bin_min"], p["bin_max"], p["row0"], metric, width)
+        p["scale"], p["smean"], p["sscale"], p["ia"], p["ib"], p["bin_mean"], p["bin_std"], p["bin_min"],
+        p["bin_max"], p["row0"], metric, width, bool(gram), bool(binary_uint8))
     return out if kernel_width is not None else out[:3]
+
+
+OP_FIT_LIME_GRAM = _define("fit_lime_gram", _ref.fit_lime_gram)
+
+
+def fit_lime_gram(Z: np.ndarray, Y: np.ndarray, labels, w: np.ndarray, g: np.ndarray, *, alpha: float = 1.0,
+                  feature_selection: str = "none", num_features: Optional[int] = None, backend: str = "auto"):
+    """:func:`fit_lime` with sample weights ``w`` for a tabular neighbourhood whose sampler
+    returned its augmented weighted Gram ``g`` (:func:`tabular_neighbourhood` with
+    ``gram=True``): the fit centres ``g`` and passes over ``Z`` once for the label products.
+    ``Z`` (S, F) float64 surrogate rows (row 0: the instance), ``Y`` (S, K) all model outputs.
+    Returns the dict of :func:`fit_lime`."""
+    Z = np.ascontiguousarray(Z, dtype=np.uint8 if Z.dtype == np.uint8 else np.float64)
+    Y = np.ascontiguousarray(Y, dtype=np.float64)
+    S, F = Z.shape
+    if Y.ndim != 2 or Y.shape[0] != S or w.shape != (S,) or g.shape != (F + 1, F + 1):
+        raise ValueError(f"shapes disagree: Z {Z.shape}, Y {Y.shape}, w {w.shape}, g {g.shape}")
+    labels = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= Y.shape[1]):
+        raise IndexError(f"labels {labels.tolist()} out of range for {Y.shape[1]} model outputs")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    k = F if num_features is None else int(num_features)
+    if k < 1:
+        raise ValueError(f"num_features must be >= 1, got {k}")
+    coef, icpt, score, pred0, used, status = _impl(OP_FIT_LIME_GRAM, backend)(
+        Z, Y, labels, np.ascontiguousarray(w, dtype=np.float64), np.ascontiguousarray(g, dtype=np.float64),
+        float(alpha), resolve_selection(feature_selection, k), k)
+    if status == _ref.FIT_NONFINITE:
+        raise ValueError("non-finite values in the surrogate data or model outputs")
+    if status == _ref.FIT_BAD_WEIGHTS:
+        raise ValueError("kernel weights must be finite and non-negative")
+    return dict(coef=coef, intercept=icpt, score=score, local_pred=pred0, used=used)

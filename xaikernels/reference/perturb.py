@@ -663,10 +663,70 @@ def tabular_sample(n_rows: int, seed: int, stream: int, row_offset: int, kind: n
     return data, inv
 
 
-# ------------------------------------------------------- tabular: fused neighbourhood (round 2)
-TN_K = 128  # equal-mass pieces per truncated normal (7 bits of the element's draw): squeeze
-# failures and end-piece draws (the slow paths) then hit ~3% of the elements
-TN_STEP = MIX1  # proposal t of an element: mix(h + (t+1)·TN_STEP), h the element's first draw
+# ------------------------------------------------------- tabular: fused neighbourhood
+TN_K = 128  # equal-mass pieces per truncated normal in truncnorm_table (an exact table sampler,
+# kept as a utility; the neighbourhood samples by inverse CDF, :func:`ndtri_as241`)
+
+# Wichura's AS241 (PPND16) coefficients: central |q| <= 0.425 (a, b), tail r <= 5 (c, d), far
+# tail (e, f); numerators then denominators, highest degree first (Horner order)
+_AS_A = (2509.0809287301226727, 33430.575583588128105, 67265.770927008700853, 45921.953931549871457,
+         13731.693765509461125, 1971.5909503065514427, 133.14166789178437745, 3.387132872796366608)
+_AS_B = (5226.495278852545925, 28729.085735721942674, 39307.89580009271061, 21213.794301586595867,
+         5394.1960214247511077, 687.1870074920579083, 42.313330701600911252, 1.0)
+_AS_C = (7.7454501427834140764e-4, 0.0227238449892691845833, 0.24178072517745061177, 1.27045825245236838258,
+         3.64784832476320460504, 5.7694972214606914055, 4.6303378461565452959, 1.42343711074968357734)
+_AS_D = (1.05075007164441684324e-9, 5.475938084995344946e-4, 0.0151986665636164571966, 0.14810397642748007459,
+         0.68976733498510000455, 1.6763848301838038494, 2.05319162663775882187, 1.0)
+_AS_E = (2.01033439929228813265e-7, 2.71155556874348757815e-5, 0.0012426609473880784386, 0.026532189526576123093,
+         0.29656057182850489123, 1.7848265399172913358, 5.4637849111641143699, 6.6579046435011037772)
+_AS_F = (2.04426310338993978564e-15, 1.4215117583164458887e-7, 1.8463183175100546818e-5, 7.868691311456132591e-4,
+         0.0148753612908506148525, 0.13692988092273580531, 0.59983220655588793769, 1.0)
+P_MIN = 1e-300  # p is clamped to [P_MIN, P_MAX] before Φ⁻¹
+P_MAX = 1.0 - 2.0 ** -53
+
+
+def _horner(c, x):
+    acc = np.full_like(x, c[0])
+    for ci in c[1:]:
+        acc = acc * x + ci
+    return acc
+
+
+def _log_fdlibm(x: np.ndarray) -> np.ndarray:
+    """Natural log of positive normal floats by fdlibm's method on the float's bits (mantissa
+    in [sqrt(2)/2, sqrt(2)), polynomial in s = f/(2+f)): the kernel's log, bit for bit."""
+    bits = np.asarray(x, dtype=np.float64).view(np.uint64)
+    mant = bits & np.uint64(0x000FFFFFFFFFFFFF)
+    big = mant > np.uint64(0x0006A09E667F3BCD)
+    m = (mant | np.where(big, np.uint64(0x3FE0000000000000), np.uint64(0x3FF0000000000000))).view(np.float64)
+    e = np.uint64(0x4330000000000000) | ((bits >> np.uint64(52)) + np.uint64(2048 - 1023) + big.astype(np.uint64))
+    dk = e.view(np.float64) - 4503599627372544.0
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01))
+    t2 = z * (6.666666666666735130e-01 + w * (2.857142874366239149e-01 + w * (1.818357216161805012e-01
+                                                                             + w * 1.479819860511658591e-01)))
+    hfsq = 0.5 * f * f
+    return dk * 6.93147180369123816490e-01 - ((hfsq - (s * (hfsq + t2 + t1) + dk * 1.90821492927058770002e-10)) - f)
+
+
+def ndtri_as241(p: np.ndarray) -> np.ndarray:
+    """Inverse standard normal CDF by Wichura's AS241 (relative error ~1e-16), ``p`` clamped
+    to ``[P_MIN, P_MAX]``; the kernel's Φ⁻¹, operation for operation."""
+    p = np.clip(np.asarray(p, dtype=np.float64), P_MIN, P_MAX)
+    q = p - 0.5
+    r = 0.180625 - q * q
+    z = q * _horner(_AS_A, r) / _horner(_AS_B, r)
+    tail = np.abs(q) > 0.425
+    if tail.any():
+        pt = p[tail]
+        rt = np.sqrt(-_log_fdlibm(np.minimum(pt, 1.0 - pt)))
+        r1, r2 = rt - 1.6, rt - 5.0
+        zt = np.where(rt <= 5.0, _horner(_AS_C, r1) / _horner(_AS_D, r1), _horner(_AS_E, r2) / _horner(_AS_F, r2))
+        z[tail] = np.where(pt < 0.5, -zt, zt)
+    return z
 
 
 def truncnorm_table(a: np.ndarray, b: np.ndarray, K: int = TN_K) -> dict:
@@ -716,82 +776,73 @@ def truncnorm_table(a: np.ndarray, b: np.ndarray, K: int = TN_K) -> dict:
 
 def tabular_neighbourhood(n_rows: int, seed: int, stream: int, row_offset: int, kind: np.ndarray,
                           cdf: np.ndarray, values: np.ndarray, inst: np.ndarray, center: np.ndarray,
-                          scale: np.ndarray, smean: np.ndarray, sscale: np.ndarray, tn_z0: np.ndarray,
-                          tn_w: np.ndarray, tn_c: np.ndarray, tn_r: np.ndarray, tn_tail: np.ndarray,
-                          tn_x0: np.ndarray, tn_xw: np.ndarray, bin_flat: np.ndarray, bin_mean: np.ndarray, bin_std: np.ndarray,
-                          bin_min: np.ndarray, bin_max: np.ndarray, row0: np.ndarray, metric: str,
-                          width: float = 0.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                          scale: np.ndarray, smean: np.ndarray, sscale: np.ndarray, ia: np.ndarray,
+                          ib: np.ndarray, bin_mean: np.ndarray, bin_std: np.ndarray, bin_min: np.ndarray,
+                          bin_max: np.ndarray, row0: np.ndarray, metric: str,
+                          width: float = 0.0, gram: bool = False, binary_uint8: bool = False) -> tuple:
     """lime's tabular neighbourhood in one pass: surrogate features, model inputs, distances.
 
-    Element ``(r, d)`` draws ``h = mix(key_r + (d+1)·γ)``: ``u1`` = its high 32 bits picks a
-    value as :func:`tabular_sample` (``kind`` 0: ``center + scale·Φ⁻¹(u1)``; 1, 2: the first
-    ``k`` with ``u1 < cdf[d, k]``).  A discretised value (kind 2) is then drawn exactly from
-    the bin's normal ``N(bin_mean, bin_std)`` truncated to ``[bin_min, bin_max]`` by the
-    tables of :func:`truncnorm_table`: piece ``i`` = the top 7 bits of ``h``'s low half,
-    proposals from ``mix(h + (t+1)·TN_STEP)`` (high half: position / tail ``u``, low half:
-    acceptance ``v``); an interior piece's value is ``tn_x0 + u·tn_xw`` (the piece in data
-    units, ``mean + std·z0`` and ``std·w``), an end piece's ``mean + std·z``; a zero-width bin
-    (``bin_flat``) gives ``bin_min``.  Values are clipped to the bin (rounding).
+    Element ``(r, d)`` draws one uniform ``u`` in (0, 1): the top 52 bits of
+    ``mix(key_r + (d+1)·γ)`` (as the mantissa of a double in [1, 2), minus 1, plus 2⁻⁵³).
+    ``kind`` 0 (continuous): ``x = center + scale·Φ⁻¹(u)``.  Kinds 1, 2: the bin / value
+    ``k`` = the number of ``cdf[d, :V-1]`` steps at or below ``u`` (training frequencies).  A
+    discretised value (kind 2) is drawn from the bin's normal ``N(bin_mean, bin_std)``
+    truncated to ``[bin_min, bin_max]`` by inverse CDF: the position of ``u`` inside the bin's
+    share ``[cdf[k-1], cdf[k])`` is uniform and maps linearly onto ``[Φ(a), Φ(b)]`` (``a, b``
+    the edges in the bin's z-units), ``p = ia[d, k] + ib[d, k]·u`` (built by the sampler's
+    plan), ``x = bin_mean + bin_std·Φ⁻¹(p)`` clipped to the bin (rounding; a zero-width bin
+    gives its edge).  Φ⁻¹ is :func:`ndtri_as241`, ``p`` clamped to ``[P_MIN, P_MAX]``.
 
     Surrogate features: ``(x - smean)/sscale`` for kind 0, ``[v == inst[d]]`` otherwise.
     Global row 0 is the instance ``row0`` (surrogate 1 for kinds 1, 2).  Distances
     (``"euclidean"`` | ``"cosine"``, as :func:`row_distances`) are to the surrogate row of the
     instance; with ``width > 0`` also lime's kernel weights ``sqrt(exp(-d²/width²))``.
-    Returns (scaled (n, D), inverse (n, D), distances (n,), weights (n,) or (0,)).
+    Returns (scaled (n, D), inverse (n, D), distances (n,), weights (n,) or (0,)); with
+    ``gram`` (and ``width > 0``) also the augmented weighted Gram ``Σ_r w_r z'_r z'_rᵀ``
+    (D+1, D+1) of the surrogate rows ``z' = (scaled_r, 1)`` for :func:`fit_lime_gram`.
     """
     D = kind.shape[0]
-    K = tn_z0.shape[2]
     V = cdf.shape[1]
     rows = np.arange(row_offset, row_offset + n_rows, dtype=np.int64)
     keys = row_keys(seed, stream, rows)
     with np.errstate(over="ignore"):
         h = _mix(keys[:, None] + (np.arange(D, dtype=np.uint64)[None, :] + np.uint64(1)) * GOLDEN)
-    u1 = ((h >> np.uint64(32)).astype(np.float64) + 0.5) * TWO_M32
-    piece = ((h & np.uint64(0xFFFFFFFF)) >> np.uint64(32 - int(K).bit_length() + 1)).astype(np.int64)
+    u = ((h >> np.uint64(12)) | np.uint64(0x3FF0000000000000)).view(np.float64) - 1.0 + 2.0 ** -53
     scaled = np.empty((n_rows, D))
     inv = np.empty((n_rows, D))
-
-    def prop(hh, t):
-        with np.errstate(over="ignore"):
-            g = _mix(hh + np.uint64(t + 1) * TN_STEP)
-        return (((g >> np.uint64(32)).astype(np.float64) + 0.5) * TWO_M32,
-                ((g & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) * TWO_M32)
-
     for d in range(D):
+        ud = u[:, d]
         if kind[d] == 0:
-            x = center[d] + scale[d] * ndtri(u1[:, d])
+            x = center[d] + scale[d] * ndtri_as241(ud)
             inv[:, d] = x
             scaled[:, d] = (x - smean[d]) / sscale[d]
             continue
-        k = (u1[:, d][:, None] >= cdf[d, :V - 1][None, :]).sum(1)
+        k = (ud[:, None] >= cdf[d, :V - 1][None, :]).sum(1)
         v = values[d, k]
         scaled[:, d] = (v == inst[d]).astype(np.float64)
         if kind[d] == 1:
             inv[:, d] = v
             continue
-        i = piece[:, d]
-        x = np.empty(n_rows)
-        u, _ = prop(h[:, d], 0)
-        lo, hi = i == 0, i == K - 1
-        tl = tn_tail[d, k]
-        x[lo] = bin_mean[d, k[lo]] + bin_std[d, k[lo]] * ndtri(tl[lo, 0] + u[lo] * tl[lo, 2])
-        x[hi] = bin_mean[d, k[hi]] + bin_std[d, k[hi]] * -ndtri(tl[hi, 1] + u[hi] * tl[hi, 2])
-        pend = np.nonzero(~(lo | hi))[0]
-        t = 0
-        while pend.size:
-            kk, ii = k[pend], i[pend]
-            u, vv = prop(h[pend, d], t)
-            zz = tn_z0[d, kk, ii] + u * tn_w[d, kk, ii]
-            acc = (vv <= tn_r[d, kk, ii]) | (vv <= np.exp(-(zz * zz - tn_c[d, kk, ii]) / 2))
-            x[pend[acc]] = (tn_x0[d, kk, ii] + u * tn_xw[d, kk, ii])[acc]
-            pend = pend[~acc]
-            t += 1
-        x = np.minimum(np.maximum(x, bin_min[d, k]), bin_max[d, k])
-        inv[:, d] = np.where(bin_flat[d, k] != 0, bin_min[d, k], x)
+        z = ndtri_as241(ia[d, k] + ib[d, k] * ud)
+        inv[:, d] = np.minimum(np.maximum(bin_mean[d, k] + bin_std[d, k] * z, bin_min[d, k]), bin_max[d, k])
     first = rows == 0
     s0 = np.where(kind == 0, (row0 - smean) / sscale, 1.0)
     if first.any():
         scaled[first] = s0
         inv[first] = row0
     dist = row_distances(scaled, s0, metric)
-    return scaled, inv, dist, exp_kernel(dist, width) if width > 0 else np.empty(0)
+    w = exp_kernel(dist, width) if width > 0 else np.empty(0)
+    out_s = scaled.astype(np.uint8) if binary_uint8 and np.all(kind != 0) else scaled
+    if not (gram and width > 0):
+        return out_s, inv, dist, w
+    za = np.concatenate([scaled, np.ones((n_rows, 1))], 1)
+    return out_s, inv, dist, w, (za * w[:, None]).T @ za
+
+
+def fit_lime_gram(Z: np.ndarray, Y: np.ndarray, labels: np.ndarray, w: np.ndarray, g: np.ndarray, alpha: float,
+                  select: int, num_features: int):
+    """:func:`fit_lime` (given weights) for the tabular neighbourhood, whose sampler also
+    returned ``g``, the augmented weighted Gram of ``Z`` (:func:`tabular_neighbourhood` with
+    ``gram``).  The kernel centres ``g`` instead of passing over ``Z`` again; this twin fits
+    from ``Z`` and ``w`` directly (``g`` unused) — the same numbers up to rounding."""
+    return fit_lime(Z, Y, labels, w, 0.0, 0, alpha, select, num_features)

@@ -30,7 +30,7 @@ _TWO_M53 = 1.0 / 9007199254740992.0
 _PAR_MIN_WORK = 1 << 18  # elements of work below which a thread-pool launch is not worth it
 
 
-def _serial_twin(kernel):
+def _serial_twin(kernel, **flags):
     """The same kernel compiled without ``parallel=True`` (``prange`` runs as ``range``).
 
     A parallel launch hands the loop to Numba's thread pool even with one thread; on a loaded
@@ -45,7 +45,7 @@ def _serial_twin(kernel):
     twin.__qualname__ = py.__qualname__ + "_serial"
     twin.__module__ = py.__module__
     twin.__doc__ = py.__doc__
-    return njit(cache=True)(twin)
+    return njit(cache=True, **flags)(twin)
 
 
 def _pick(parallel_kernel, serial_kernel, work):
@@ -151,6 +151,9 @@ def _word_masks(seg, Bn, n_features):
     # (position, element) loops rather than one flat loop with ``i // Bn``: an integer
     # division per element cost more than the rest of the set-up
     Pn = seg.shape[0]
+    for p in range(Pn):
+        if seg[p] < 0 or seg[p] >= n_features:
+            raise ValueError("feature map ids must lie in [0, n_features)")
     cnt = np.zeros(n_features + 1, dtype=np.int64)
     last = np.full(n_features, -1, dtype=np.int64)
     for p in range(Pn):
@@ -182,8 +185,11 @@ def _build_row(x, fill, ptr, word, bits, m, o, hb):
     # superpixel touches few words); then a branch-free blend o = (fill & k) | (x & ~k) with
     # k all-ones where hidden.  A per-run copy branches on every (short, random) run and
     # mispredicts; this loop has fixed trip counts that LLVM vectorises.
+    # Only the features this builder's map uses (ptr has F+1 entries): the masks may carry
+    # more columns (features of other inputs / examples), which hide nothing here.  Looping
+    # over m.shape[0] read ptr past its end whenever the map stopped short of the highest id.
     hb[:] = _U64_0
-    for j in range(m.shape[0]):
+    for j in range(ptr.shape[0] - 1):
         if not m[j]:
             for q in range(ptr[j], ptr[j + 1]):
                 hb[word[q]] |= bits[q]
@@ -208,12 +214,42 @@ _GROUP = 16  # rows blended together, word by word
 
 
 @njit(cache=True)
+def _check_build(x, fill, ptr, word, bits, masks, out):
+    """The build kernels' contract, checked on entry so that no argument can make them index
+    out of bounds (O(F + entries) per call, small beside the blend): x, fill (A, L);
+    out (S, A, L); masks (S, >= F); ptr (F+1,) non-decreasing from 0 into word/bits, every
+    word id inside the plane's (L + 63) // 64 words."""
+    A, L = x.shape
+    if fill.shape[0] != A or fill.shape[1] != L:
+        raise ValueError("build: fill must have x's shape")
+    if out.shape[1] != A or out.shape[2] != L:
+        raise ValueError("build: out must be (S, A, L) with x's (A, L)")
+    if masks.shape[0] != out.shape[0]:
+        raise ValueError("build: masks and out must have the same number of rows")
+    F = ptr.shape[0] - 1
+    if F < 0 or ptr[0] != 0:
+        raise ValueError("build: ptr must be (F + 1,) starting at 0")
+    if out.shape[0] > 0 and masks.shape[1] < F:
+        raise ValueError("build: masks have fewer columns than the feature map has features")
+    for j in range(F):
+        if ptr[j + 1] < ptr[j]:
+            raise ValueError("build: ptr must be non-decreasing")
+    if ptr[F] > word.shape[0] or ptr[F] > bits.shape[0]:
+        raise ValueError("build: ptr points past word / bits")
+    W = (L + 63) >> 6
+    for q in range(ptr[F]):
+        if word[q] < 0 or word[q] >= W:
+            raise ValueError("build: word id outside the plane")
+
+
+@njit(cache=True)
 def _build_serial(x, fill, ptr, word, bits, masks, out):
     # Word-major over groups of rows: each 64-element word of x and fill is loaded once and
     # blended into every row of the group while it sits in L1, instead of streaming all of x
     # and fill from L2 again for every row (measured ~15% faster in lime's loop, where the
     # model's reads evict between batches).  hb[w, r] = hidden-element bitmap of word w in
     # row r, as in _build_row.
+    _check_build(x, fill, ptr, word, bits, masks, out)
     S = out.shape[0]
     A, L = x.shape
     W = (L + 63) >> 6
@@ -258,6 +294,7 @@ def _build_serial(x, fill, ptr, word, bits, masks, out):
 
 @njit(cache=True, parallel=True)
 def _build_parallel(x, fill, ptr, word, bits, masks, out):
+    _check_build(x, fill, ptr, word, bits, masks, out)
     W = (x.shape[1] + 63) >> 6
     for s in prange(out.shape[0]):
         _build_row(x, fill, ptr, word, bits, masks[s], out[s], np.empty(W, dtype=np.uint64))
@@ -276,6 +313,10 @@ class Builder:
         self.A, Pn, self.Bn = x.shape
         self.L = Pn * self.Bn
         seg = np.ascontiguousarray(seg, dtype=np.int64)
+        if seg.shape != (Pn,):
+            raise ValueError(f"seg must have one entry per position ({Pn}), got shape {seg.shape}")
+        if seg.size and seg.min() < 0:
+            raise ValueError(f"seg ids must be >= 0, got {seg.min()}")
         F = int(seg.max()) + 1 if seg.size else 0
         self.F = F
         self.ptr, self.word, self.bits = _word_masks(seg, np.int64(self.Bn), np.int64(F))
@@ -1295,46 +1336,176 @@ def tabular_sample(n_rows, seed, stream, row_offset, kind, cdf, values, inst, ce
     return data, inv
 
 
-# ------------------------------------------------------- tabular: fused neighbourhood (round 2)
-_TN_STEP = _MIX1
-
-
-@njit(cache=True)
-def _bit_length(k):
-    n = 0
-    while k:
-        k >>= 1
-        n += 1
-    return n
-
-
-# lime's tabular neighbourhood, structured for SIMD.  Per block of rows and feature, flat
-# passes over the block with no data-dependent control flow compute the element's hash, its bin
-# (a count of CDF steps below u1: a data-dependent early exit would mispredict on every other
-# element), its value and, for a discretised feature, the first truncated-normal proposal with
-# the squeeze test (a piece's rejection bound), which settles all but a few percent of the
-# elements.  The rest (end pieces by inverse CDF, proposals the squeeze leaves open, zero-width
-# bins, normal draws in the tails of Acklam's approximation) are flagged and drawn by the scalar
-# element code from their own hash, so every element is the one the plain per-element loop
-# (the reference) draws.  The block's columns are then written out, and its distances and
-# (width > 0) lime's kernel weights computed.
-_ACK_LOW = 0.02425
+# ------------------------------------------------ tabular: fused neighbourhood (inverse CDF)
+# Branch-free pieces (selects, no calls, no integer→float conversions: AVX2 has none for
+# 64-bit integers) so that LLVM vectorises the loops; the kernels use error_model="numpy"
+# (a division by zero is IEEE, not a Python exception check that blocks vectorisation).
+_S12 = np.uint64(12)
+_S52 = np.uint64(52)
+_EXP_ONE = np.uint64(0x3FF0000000000000)  # bits of 1.0
+_EXP_HALF = np.uint64(0x3FE0000000000000)  # bits of 0.5
+_MANT = np.uint64(0x000FFFFFFFFFFFFF)
+_MANT_SQRT2 = np.uint64(0x0006A09E667F3BCD)  # mantissa bits of sqrt(2)
+_MAGIC52 = np.uint64(0x4330000000000000)  # bits of 2^52
+_EXP_BIAS = np.uint64(2048 - 1023)
+_HALF_M52 = 0.5 / 4503599627370496.0
+_P_MIN = 1e-300
+_P_MAX = 1.0 - 1.1102230246251565e-16
+_SELECT_MAX_V = 6  # up to this many bins per feature, per-bin select passes instead of gathers
 
 
 @njit(cache=True, inline="always")
-def _u_hi(h):
-    return (np.float64(np.int64(h >> _S32)) + 0.5) * _TWO_M32
+def _as241_central(q):
+    # Wichura's AS241 (PPND16), |q| = |p - 1/2| <= 0.425; relative error ~1e-16
+    r = 0.180625 - q * q
+    return (q * (((((((2509.0809287301226727 * r + 33430.575583588128105) * r + 67265.770927008700853) * r
+                     + 45921.953931549871457) * r + 13731.693765509461125) * r + 1971.5909503065514427) * r
+                  + 133.14166789178437745) * r + 3.387132872796366608)
+            / (((((((5226.495278852545925 * r + 28729.085735721942674) * r + 39307.89580009271061) * r
+                   + 21213.794301586595867) * r + 5394.1960214247511077) * r + 687.1870074920579083) * r
+                + 42.313330701600911252) * r + 1.0))
 
 
 @njit(cache=True, inline="always")
-def _u_lo(h):
-    return (np.float64(np.int64(h & _LOW32)) + 0.5) * _TWO_M32
+def _as241_tail(r):
+    # AS241 outside the central range: |Φ⁻¹(p)| from r = sqrt(-log(min(p, 1-p))); both
+    # branches computed and selected
+    r1 = r - 1.6
+    z1 = ((((((((7.7454501427834140764e-4 * r1 + 0.0227238449892691845833) * r1 + 0.24178072517745061177) * r1
+               + 1.27045825245236838258) * r1 + 3.64784832476320460504) * r1 + 5.7694972214606914055) * r1
+            + 4.6303378461565452959) * r1 + 1.42343711074968357734)
+          / (((((((1.05075007164441684324e-9 * r1 + 5.475938084995344946e-4) * r1 + 0.0151986665636164571966) * r1
+                 + 0.14810397642748007459) * r1 + 0.68976733498510000455) * r1 + 1.6763848301838038494) * r1
+              + 2.05319162663775882187) * r1 + 1.0))
+    r2 = r - 5.0
+    z2 = ((((((((2.01033439929228813265e-7 * r2 + 2.71155556874348757815e-5) * r2 + 0.0012426609473880784386) * r2
+               + 0.026532189526576123093) * r2 + 0.29656057182850489123) * r2 + 1.7848265399172913358) * r2
+            + 5.4637849111641143699) * r2 + 6.6579046435011037772)
+          / (((((((2.04426310338993978564e-15 * r2 + 1.4215117583164458887e-7) * r2 + 1.8463183175100546818e-5) * r2
+                 + 7.868691311456132591e-4) * r2 + 0.0148753612908506148525) * r2 + 0.13692988092273580531) * r2
+              + 0.59983220655588793769) * r2 + 1.0))
+    return z1 if r <= 5.0 else z2
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, inline="always")
+def _log1p_parts(f, dk):
+    # fdlibm's log((1 + f)·2^dk) for f in [sqrt(2)/2 - 1, sqrt(2) - 1]
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01))
+    t2 = z * (6.666666666666735130e-01 + w * (2.857142874366239149e-01 + w * (1.818357216161805012e-01
+                                                                             + w * 1.479819860511658591e-01)))
+    hfsq = 0.5 * f * f
+    return dk * 6.93147180369123816490e-01 - ((hfsq - (s * (hfsq + t2 + t1) + dk * 1.90821492927058770002e-10)) - f)
+
+
+@njit(cache=True, inline="always")
+def _tails(tp, tb, mb, mf, eb, ef, n):
+    """``tp[:n]`` (p outside AS241's central range, in [_P_MIN, _P_MAX]) becomes |Φ⁻¹(p)|.
+    ``tb`` is ``tp`` viewed as uint64, ``mf``/``ef`` views of the scratch ``mb``/``eb``: the
+    logarithm works on the float's bits (mantissa in [sqrt(2)/2, sqrt(2)), exponent + 2048
+    turned into a float by the 2^52 magic number), so every loop vectorises."""
+    for i in range(n):
+        p = tp[i]
+        tp[i] = min(p, 1.0 - p)
+    for i in range(n):
+        bits = tb[i]
+        mant = bits & _MANT
+        big = mant > _MANT_SQRT2
+        mb[i] = mant | (_EXP_HALF if big else _EXP_ONE)
+        eb[i] = _MAGIC52 | ((bits >> _S52) + _EXP_BIAS + (_ONE if big else _U64_0))
+    for i in range(n):
+        dk = ef[i] - 4503599627372544.0  # 2^52 + 2048
+        tp[i] = _as241_tail(math.sqrt(-_log1p_parts(mf[i] - 1.0, dk)))
+
+
+@njit(cache=True, error_model="numpy")
+def ndtri(p):
+    """Φ⁻¹ of a 1-D float64 array by the kernel's AS241 (values outside (0, 1) clamped to
+    [1e-300, 1 - 2^-53])."""
+    n = p.shape[0]
+    out = np.empty(n)
+    tp = np.empty(n)
+    tb = tp.view(np.uint64)
+    mb = np.empty(n, dtype=np.uint64)
+    eb = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        tp[i] = min(max(p[i], _P_MIN), _P_MAX)
+    _tails(tp, tb, mb, mb.view(np.float64), eb, eb.view(np.float64), n)
+    for i in range(n):
+        q = min(max(p[i], _P_MIN), _P_MAX) - 0.5
+        out[i] = _as241_central(q) if abs(q) <= 0.425 else (-tp[i] if q < 0 else tp[i])
+    return out
+
+
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+def _wgram_block(zb, w, m, g):
+    """``g += Σ_r w_r z'_r z'_rᵀ`` (lower triangle) over one block, ``z' = (z, 1)``: the
+    weighted Gram, column sums (row D) and weight sum (g[D, D]) of the surrogate rows, for
+    the surrogate fit.  ``zb`` (D, ≥m) feature-major.  Reassociation lets the dot products
+    vectorise; the result depends on the block, not on the thread count."""
+    D = zb.shape[0]
+    wz = np.empty(m)
+    for i in range(D + 1):
+        if i < D:
+            zi = zb[i]
+            for r in range(m):
+                wz[r] = w[r] * zi[r]
+        else:
+            for r in range(m):
+                wz[r] = w[r]
+        nj = min(i + 1, D)
+        j = 0
+        # four columns per pass: one load of wz serves four products
+        while j + 4 <= nj:
+            z0 = zb[j]
+            z1 = zb[j + 1]
+            z2 = zb[j + 2]
+            z3 = zb[j + 3]
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            s3 = 0.0
+            for r in range(m):
+                a = wz[r]
+                s0 += a * z0[r]
+                s1 += a * z1[r]
+                s2 += a * z2[r]
+                s3 += a * z3[r]
+            g[i, j] += s0
+            g[i, j + 1] += s1
+            g[i, j + 2] += s2
+            g[i, j + 3] += s3
+            j += 4
+        while j < nj:
+            zj = zb[j]
+            s = 0.0
+            for r in range(m):
+                s += wz[r] * zj[r]
+            g[i, j] += s
+            j += 1
+        if i == D:
+            s = 0.0
+            for r in range(m):
+                s += wz[r]
+            g[D, D] += s
+
+
+# lime's tabular neighbourhood, structured for SIMD.  Element (r, d) draws one uniform u in
+# (0, 1) (52 bits of its hash).  A categorical / discretised feature picks bin k = the number
+# of CDF steps at or below u; the position of u inside the bin's share of the CDF is itself
+# uniform, and maps linearly onto [Φ(a), Φ(b)] of the bin's normal (a, b the bin's edges in
+# its z-units): p = ia[d, k] + ib[d, k]·u, x = mean + std·Φ⁻¹(p), clipped to the bin (rounding;
+# a zero-width bin gives its edge).  That is the truncated normal by inverse CDF, without
+# rejection.  A continuous feature takes p = u.  Per block of rows and feature, flat passes
+# with no data-dependent control flow; Φ⁻¹ is AS241's central rational for every element and
+# its tail branch (a log) for the compacted few outside the central range.  The block's
+# columns are then written out, and its distances and (width > 0) lime's kernel weights
+# computed.
+@njit(cache=True, parallel=True, error_model="numpy")
 def _neighbourhood_v(scaled, inv, dist, wts, width, base, row_offset, kind, cdf, values, inst, center, scale, smean,
-                     sscale, tn_z0, tn_w, tn_c, tn_r, tn_tail, tn_x0, tn_xw, bin_flat, bin_mean, bin_std, bin_min,
-                     bin_max, s0, row0, cosine):
+                     sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, s0, row0, cosine, gpart):
     n, D = scaled.shape
     n0 = 0.0
     for d in range(D):
@@ -1348,8 +1519,6 @@ def _neighbourhood_v(scaled, inv, dist, wts, width, base, row_offset, kind, cdf,
     tab = np.full((D + 1) * (D + 1), -1.0) if binary and width > 0 else np.empty(0)
     w2 = width * width
     V = cdf.shape[1]
-    K = tn_z0.shape[2]
-    shift = np.uint64(33 - _bit_length(K))
     blk = 256
     for b in prange((n + blk - 1) // blk):
         r0 = b * blk
@@ -1359,116 +1528,120 @@ def _neighbourhood_v(scaled, inv, dist, wts, width, base, row_offset, kind, cdf,
         for r in range(m):
             keys[r] = _row_key(base, row_offset + r0 + r)
         hb = np.empty(m, dtype=np.uint64)
-        u1 = np.empty(m)
-        kb = np.empty(m, dtype=np.int64)
-        xs = np.empty(m)
-        ss = np.empty(m)
-        bad = np.empty(m, dtype=np.bool_)
+        uf = hb.view(np.float64)
+        u = np.empty(m)
+        kb = np.empty(m, dtype=np.uint64)
+        pp = np.empty(m)
+        zz = np.empty(m)
+        fl = np.empty(m, dtype=np.uint8)
+        tl = np.empty(m, dtype=np.int64)
+        tp = np.empty(m)
+        tb = tp.view(np.uint64)
+        mb = np.empty(m, dtype=np.uint64)
+        mf = mb.view(np.float64)
+        eb = np.empty(m, dtype=np.uint64)
+        ef = eb.view(np.float64)
+        iad = np.empty(V)
+        ibd = np.empty(V)
+        # the block's columns (feature-major), written out row by row at the end: contiguous
+        # stores instead of a stride-D store per element
+        xblk = np.empty((D, m))
+        sblk = np.empty((D, m))
         acc1 = np.zeros(m)
         acc2 = np.zeros(m)
         for d in range(D):
             kd = kind[d]
+            xs = xblk[d]
+            ss = sblk[d]
             step = (np.uint64(d) + _ONE) * _GOLDEN
             for r in range(m):
-                h = _mix(keys[r] + step)
-                hb[r] = h
-                u1[r] = _u_hi(h)
-            if kd == 0:
-                c = center[d]
-                sc = scale[d]
-                sm = smean[d]
-                ssc = sscale[d]
+                # the top 52 bits as the mantissa of a double in [1, 2)
+                hb[r] = (_mix(keys[r] + step) >> _S12) | _EXP_ONE
+            for r in range(m):
+                u[r] = (uf[r] - 1.0) + _HALF_M52
+            if kd != 0:
                 for r in range(m):
-                    # Acklam's central branch for every element; the tails are redone below
-                    p = u1[r]
-                    q = p - 0.5
-                    t = q * q
-                    z = ((((((-3.969683028665376e+01 * t + 2.209460984245205e+02) * t - 2.759285104469687e+02) * t
-                            + 1.383577518672690e+02) * t - 3.066479806614716e+01) * t + 2.506628277459239e+00) * q
-                         / (((((-5.447609879822406e+01 * t + 1.615858368580409e+02) * t - 1.556989798598866e+02) * t
-                              + 6.680131188771972e+01) * t - 1.328068155288572e+01) * t + 1.0))
-                    x = c + sc * z
-                    xs[r] = x
-                    ss[r] = (x - sm) / ssc
-                    bad[r] = (p < _ACK_LOW) | (p > 1.0 - _ACK_LOW)
-            else:
-                for r in range(m):
-                    kb[r] = 0
+                    kb[r] = _U64_0
                 for j in range(V - 1):
                     cj = cdf[d, j]
                     for r in range(m):
-                        kb[r] += np.int64(u1[r] >= cj)
+                        kb[r] += np.uint64(u[r] >= cj)
                 vd = values[d]
                 ins = inst[d]
+                # the instance's value index (the first match: padding repeats the last value
+                # but is never drawn; V when the value is not a training value)
+                jstar = np.uint64(V)
+                for j in range(V - 1, -1, -1):
+                    if vd[j] == ins:
+                        jstar = np.uint64(j)
+                for r in range(m):
+                    ss[r] = 1.0 if kb[r] == jstar else 0.0
                 if kd == 1:
                     for r in range(m):
-                        v = vd[kb[r]]
-                        xs[r] = v
-                        ss[r] = 1.0 if v == ins else 0.0
-                        bad[r] = False
+                        xs[r] = vd[kb[r]]
                 else:
-                    # flat tables and unsigned indices (no negative-index wrap-around code); the
-                    # hashes of the first proposal in a pass of their own, which vectorises
-                    x0d = tn_x0[d].reshape(-1)
-                    xwd = tn_xw[d].reshape(-1)
-                    rd = tn_r[d].reshape(-1)
-                    fl = bin_flat[d]
+                    if V <= _SELECT_MAX_V:
+                        # few bins: one vectorised select pass per bin beats a gather
+                        for j in range(V):
+                            aj = ia[d, j]
+                            bj = ib[d, j]
+                            jj = np.uint64(j)
+                            for r in range(m):
+                                v = min(max(aj + bj * u[r], _P_MIN), _P_MAX)
+                                pp[r] = v if kb[r] == jj else pp[r]
+                    else:
+                        for j in range(V):
+                            iad[j] = ia[d, j]
+                            ibd[j] = ib[d, j]
+                        for r in range(m):
+                            k = kb[r]
+                            pp[r] = min(max(iad[k] + ibd[k] * u[r], _P_MIN), _P_MAX)
+            else:
+                for r in range(m):
+                    pp[r] = u[r]
+            if kd != 1:
+                for r in range(m):
+                    q = pp[r] - 0.5
+                    zz[r] = _as241_central(q)
+                    fl[r] = abs(q) > 0.425
+                nt = 0
+                for r in range(m):
+                    tl[nt] = r
+                    nt += np.int64(fl[r])
+                for i in range(nt):
+                    tp[i] = pp[tl[i]]
+                _tails(tp, tb, mb, mf, eb, ef, nt)
+                for i in range(nt):
+                    r = tl[i]
+                    zz[r] = -tp[i] if pp[r] < 0.5 else tp[i]
+                if kd == 0:
+                    c = center[d]
+                    sc = scale[d]
+                    sm = smean[d]
+                    ssc = sscale[d]
+                    for r in range(m):
+                        x = c + sc * zz[r]
+                        xs[r] = x
+                        ss[r] = (x - sm) / ssc
+                else:
+                    mu = bin_mean[d]
+                    sg = bin_std[d]
                     lo = bin_min[d]
                     hi = bin_max[d]
-                    KK = np.uint64(K)
-                    last = KK - _ONE
-                    for r in range(m):
-                        h = hb[r]
-                        g2 = _mix(h + _TN_STEP)
-                        u1[r] = _u_hi(g2)
-                        hb[r] = g2 & _LOW32 | ((h & _LOW32) >> shift) << _S32
-                    for r in range(m):
-                        k = np.uint64(kb[r])
-                        g = hb[r]
-                        i = g >> _S32
-                        idx = k * KK + i
-                        ss[r] = 1.0 if vd[k] == ins else 0.0
-                        x = x0d[idx] + u1[r] * xwd[idx]
-                        xs[r] = min(max(x, lo[k]), hi[k])
-                        vv = (np.float64(np.int64(g & _LOW32)) + 0.5) * _TWO_M32
-                        bad[r] = (vv > rd[idx]) | (i == np.uint64(0)) | (i == last) | (fl[k] != 0)
-            # the scalar element code for the flagged elements (inline: a call per element
-            # would pay reference counting on every array argument)
-            for r in range(m):
-                if not bad[r]:
-                    continue
-                h = _mix(keys[r] + step)
-                if kd == 0:
-                    x = center[d] + scale[d] * _ndtri(_u_hi(h))
-                    xs[r] = x
-                    ss[r] = (x - smean[d]) / sscale[d]
-                    continue
-                k = kb[r]
-                if bin_flat[d, k]:
-                    xs[r] = bin_min[d, k]
-                    continue
-                i = np.int64((h & _LOW32) >> shift)
-                t = 0
-                while True:
-                    g2 = _mix(h + np.uint64(t + 1) * _TN_STEP)
-                    u = _u_hi(g2)
-                    if i == 0:
-                        x = bin_mean[d, k] + bin_std[d, k] * _ndtri(tn_tail[d, k, 0] + u * tn_tail[d, k, 2])
-                        break
-                    if i == K - 1:
-                        x = bin_mean[d, k] + bin_std[d, k] * -_ndtri(tn_tail[d, k, 1] + u * tn_tail[d, k, 2])
-                        break
-                    vv = _u_lo(g2)
-                    # squeeze first: most proposals are accepted without z or an exp
-                    if vv <= tn_r[d, k, i]:
-                        x = tn_x0[d, k, i] + u * tn_xw[d, k, i]
-                        break
-                    z = tn_z0[d, k, i] + u * tn_w[d, k, i]
-                    if vv <= math.exp(-(z * z - tn_c[d, k, i]) / 2):
-                        x = tn_x0[d, k, i] + u * tn_xw[d, k, i]
-                        break
-                    t += 1
-                xs[r] = min(max(x, bin_min[d, k]), bin_max[d, k])
+                    if V <= _SELECT_MAX_V:
+                        for j in range(V):
+                            mj = mu[j]
+                            sj = sg[j]
+                            lj = lo[j]
+                            hj = hi[j]
+                            jj = np.uint64(j)
+                            for r in range(m):
+                                v = min(max(mj + sj * zz[r], lj), hj)
+                                xs[r] = v if kb[r] == jj else xs[r]
+                    else:
+                        for r in range(m):
+                            k = kb[r]
+                            xs[r] = min(max(mu[k] + sg[k] * zz[r], lo[k]), hi[k])
             sd = s0[d]
             if row_offset + r0 == 0:
                 xs[0] = row0[d]
@@ -1480,9 +1653,10 @@ def _neighbourhood_v(scaled, inv, dist, wts, width, base, row_offset, kind, cdf,
             else:
                 for r in range(m):
                     acc1[r] += (ss[r] - sd) * (ss[r] - sd)
-            for r in range(m):
-                scaled[r0 + r, d] = ss[r]
-                inv[r0 + r, d] = xs[r]
+        for r in range(m):
+            for d in range(D):
+                scaled[r0 + r, d] = sblk[d, r]
+                inv[r0 + r, d] = xblk[d, r]
         for r in range(m):
             if cosine:
                 den = math.sqrt(acc2[r]) * n0
@@ -1499,26 +1673,116 @@ def _neighbourhood_v(scaled, inv, dist, wts, width, base, row_offset, kind, cdf,
                     wts[r0 + r] = tab[j]
                 else:
                     wts[r0 + r] = math.sqrt(math.exp(-(dd * dd) / w2))
+        if gpart.shape[0]:
+            _wgram_block(sblk, wts[r0:r1], m, gpart[b])
 
 
-_neighbourhood_v_serial = _serial_twin(_neighbourhood_v)
+_neighbourhood_v_serial = _serial_twin(_neighbourhood_v, error_model="numpy")
 
 
 def tabular_neighbourhood(n_rows, seed, stream, row_offset, kind, cdf, values, inst, center, scale, smean, sscale,
-                          tn_z0, tn_w, tn_c, tn_r, tn_tail, tn_x0, tn_xw, bin_flat, bin_mean, bin_std, bin_min,
-                          bin_max, row0, metric, width=0.0):
+                          ia, ib, bin_mean, bin_std, bin_min, bin_max, row0, metric, width=0.0, gram=False,
+                          binary_uint8=False):
     """See :func:`xaikernels.reference.perturb.tabular_neighbourhood`."""
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"unknown metric {metric!r}")
     D = kind.shape[0]
-    scaled = np.empty((int(n_rows), D))
-    inv = np.empty((int(n_rows), D))
-    dist = np.empty(int(n_rows))
-    wts = np.empty(int(n_rows) if width > 0 else 0)
+    n = int(n_rows)
+    # all surrogate features binary: uint8 rows on request (an eighth of the memory traffic)
+    small = binary_uint8 and bool(np.all(kind != 0))
+    scaled = np.empty((n, D), dtype=np.uint8 if small else np.float64)
+    inv = np.empty((n, D))
+    dist = np.empty(n)
+    wts = np.empty(n if width > 0 else 0)
+    gram = bool(gram and width > 0)
+    gpart = np.zeros(((n + 255) // 256 if gram else 0, D + 1, D + 1))
     s0 = np.where(kind == 0, (row0 - smean) / sscale, 1.0)
     base = np.uint64(_stream_base(np.uint64(seed % 2**64), np.uint64(stream % 2**64)))
     _pick(_neighbourhood_v, _neighbourhood_v_serial, scaled.size)(
         scaled, inv, dist, wts, float(width), base, np.int64(row_offset), kind, cdf, values, inst, center, scale, smean,
-        sscale, tn_z0, tn_w, tn_c, tn_r, tn_tail, tn_x0, tn_xw, bin_flat, bin_mean, bin_std, bin_min, bin_max, s0, row0,
-        metric == "cosine")
-    return scaled, inv, dist, wts
+        sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, s0, row0, metric == "cosine", gpart)
+    if not gram:
+        return scaled, inv, dist, wts
+    return scaled, inv, dist, wts, _fold_gram(gpart)
+
+
+@njit(cache=True)
+def _fold_gram(gpart):
+    # the blocks' lower triangles summed in block order, then mirrored
+    B, E, _ = gpart.shape
+    g = np.zeros((E, E))
+    for b in range(B):
+        for i in range(E):
+            for j in range(i + 1):
+                g[i, j] += gpart[b, i, j]
+    for i in range(E):
+        for j in range(i):
+            g[j, i] = g[i, j]
+    return g
+
+
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+def _fit_lime_gram(Z, Y, labels, w, g, alpha, select, num_features, coef, icpt, score, pred0, used):
+    # lime's weighted ridge from the sampler's Gram sums (g: augmented Σ w z' z'ᵀ, z' = (z, 1)):
+    # centring by x̄ = Σwz/Σw, then one pass over the samples for the label products
+    S, F = Z.shape
+    T = labels.shape[0]
+    sw = g[F, F]
+    if not (sw > 0 and math.isfinite(sw)):
+        return 2
+    xbar = np.empty(F)
+    for f in range(F):
+        xbar[f] = g[F, f] / sw
+    G = np.empty((F, F))
+    for i in range(F):
+        for j in range(F):
+            G[i, j] = g[i, j] - sw * xbar[i] * xbar[j]
+    ybar = np.zeros(T)
+    for t in range(T):
+        lt = labels[t]
+        s = 0.0
+        for r in range(S):
+            s += w[r] * Y[r, lt]
+        ybar[t] = s / sw
+        if not math.isfinite(ybar[t]):
+            return 1
+    # XY = Σ w (z - x̄)(y - ȳ) = Σ z·w(y - ȳ), YY = Σ w (y - ȳ)²
+    XY = np.zeros((F, T))
+    YY = np.zeros(T)
+    wy = np.empty(S)
+    for t in range(T):
+        lt = labels[t]
+        yy = 0.0
+        for r in range(S):
+            v = Y[r, lt] - ybar[t]
+            wy[r] = w[r] * v
+            yy += wy[r] * v
+        YY[t] = yy
+        if not math.isfinite(yy):
+            return 1
+        xy = np.zeros(F)
+        for r in range(S):
+            a = wy[r]
+            for f in range(F):
+                xy[f] += Z[r, f] * a
+        for f in range(F):
+            XY[f, t] = xy[f]
+    x0 = np.empty(F)
+    for f in range(F):
+        x0[f] = Z[0, f]
+    _fit_gram_one(G, XY, YY, YY, xbar, ybar, x0, alpha, select, num_features, coef, icpt, score, pred0, used, S)
+    return 0
+
+
+def fit_lime_gram(Z, Y, labels, w, g, alpha, select, num_features):
+    """See :func:`xaikernels.reference.perturb.fit_lime_gram`."""
+    S, F = Z.shape
+    T = labels.shape[0]
+    coef = np.zeros((T, F))
+    icpt = np.zeros(T)
+    score = np.zeros(T)
+    pred0 = np.zeros(T)
+    used = np.zeros((T, F), dtype=np.int32)
+    status = _fit_lime_gram(Z, Y, labels, w, g, float(alpha), int(select), int(num_features), coef, icpt, score,
+                            pred0, used)
+    return coef, icpt, score, pred0, used, status

@@ -1,0 +1,314 @@
+"""``xaikernels.captum`` LimeBase / Lime / KernelShap against Captum 0.9.0 itself.
+
+The drop-ins draw their samples from torch's global generator with Captum's calls in
+Captum's order (and consume the same draws in the surrogate fit), so after the same
+``torch.manual_seed`` both give the same numbers: the comparisons below are exact up to the
+float32 rounding of the fits.  The multi-input and per-example-mask cases once crashed the
+process (an out-of-bounds read in the perturbed-batch builder); they run here in-process and,
+under ``NUMBA_BOUNDSCHECK=1``, in a subprocess.
+"""
+import inspect
+import io
+import os
+import subprocess
+import sys
+import warnings
+from contextlib import redirect_stderr
+
+import pytest
+import torch
+
+import xaikernels.captum as XCP
+from xaikernels.captum import _lime as XL
+
+captum_attr = pytest.importorskip("captum.attr")
+from captum._utils.models.linear_model import SkLearnLasso as CaptumLasso  # noqa: E402
+from captum._utils.models.linear_model import SkLearnRidge  # noqa: E402
+from captum.attr._core import lime as CL  # noqa: E402
+
+pytestmark = pytest.mark.peer
+
+
+def _pair(fn, seed=0):
+    torch.manual_seed(seed)
+    a = fn(captum_attr)
+    after_a = torch.rand(3)
+    torch.manual_seed(seed)
+    b = fn(XCP)
+    after_b = torch.rand(3)
+    return a, b, torch.equal(after_a, after_b)
+
+
+def _close(b, a, tol=2e-4):
+    if isinstance(a, tuple):
+        assert isinstance(b, tuple) and len(a) == len(b)
+        for x, y in zip(b, a):
+            _close(x, y, tol)
+        return
+    assert b.shape == a.shape and b.dtype == a.dtype
+    torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+
+
+class MultiInp(torch.nn.Module):
+    """Three inputs of different widths, two outputs per example."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(123)
+        self.a = torch.nn.Linear(3, 2)
+        self.b = torch.nn.Linear(4, 2)
+        self.c = torch.nn.Linear(2, 2)
+
+    def forward(self, x1, x2, x3, scale=1.0):
+        return (self.a(x1) + torch.tanh(self.b(x2)) * self.c(x3)) * scale
+
+
+X1 = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.2, -1.0]])
+X2 = torch.tensor([[0.5, 1.5, -0.5, 2.0], [1.0, -1.0, 0.0, 0.25]])
+X3 = torch.tensor([[2.0, -1.0], [0.1, 0.7]])
+# per-example masks, and inputs whose masks stop short of the highest feature id
+M1 = torch.tensor([[0, 0, 1], [0, 1, 2]])
+M2 = torch.tensor([[1, 1, 2, 2], [3, 3, 3, 4]])
+M3 = torch.tensor([[0, 0], [1, 1]])
+
+
+# ------------------------------------------------------------------------------- interface
+def test_exports_and_class_relations():
+    for name in ("LimeBase", "Lime", "KernelShap", "get_exp_kernel_similarity_function", "default_perturb_func",
+                 "default_from_interp_rep_transform", "construct_feature_mask"):
+        assert hasattr(XL, name) and hasattr(CL, name) or name == "KernelShap"
+    assert issubclass(XCP.Lime, XCP.LimeBase) and issubclass(XCP.KernelShap, XCP.Lime)
+    assert XCP.LimeBase is XL.LimeBase and XCP.Lime is XL.Lime and XCP.KernelShap is XL.KernelShap
+
+
+@pytest.mark.parametrize("cls,meth", [("LimeBase", "__init__"), ("LimeBase", "attribute"), ("Lime", "__init__"),
+                                      ("Lime", "attribute"), ("KernelShap", "__init__"),
+                                      ("KernelShap", "attribute")])
+def test_signatures_match_captum(cls, meth):
+    def sig(f):
+        return [(p.name, p.default, p.kind) for p in inspect.signature(f).parameters.values()]
+
+    assert sig(getattr(getattr(XCP, cls), meth)) == sig(getattr(getattr(captum_attr, cls), meth))
+
+
+def test_helpers_match_captum():
+    torch.manual_seed(3)
+    a = CL.default_perturb_func(X1[:1], num_interp_features=9)
+    torch.manual_seed(3)
+    b = XL.default_perturb_func(X1[:1], num_interp_features=9)
+    assert torch.equal(a, b) and b.dtype == torch.long and b.shape == (1, 9)
+    z = torch.tensor([[1, 0, 1, 0, 1]])
+    kw = dict(feature_mask=(M1[:1], M2[:1] - 1), baselines=(0.5, torch.ones(1, 4)))
+    _close(XL.default_from_interp_rep_transform(z, (X1[:1], X2[:1]), **kw),
+           CL.default_from_interp_rep_transform(z, (X1[:1], X2[:1]), **kw))
+    for mode in ("cosine", "euclidean"):
+        fa = CL.get_exp_kernel_similarity_function(mode, 2.0)
+        fb = XL.get_exp_kernel_similarity_function(mode, 2.0)
+        assert fb(X2, X2 * 0.5 + 1, None) == pytest.approx(fa(X2, X2 * 0.5 + 1, None), rel=1e-6)
+    bad = XL.get_exp_kernel_similarity_function("manhattan")  # like Captum: raises when called
+    with pytest.raises(ValueError, match="cosine or euclidean"):
+        bad(X1, X1, None)
+    for fm in (None, (M1 + 2, M2 + 2)):
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            ma, na = CL.construct_feature_mask(fm, (X1, X2))
+            mb, nb = XL.construct_feature_mask(fm, (X1, X2))
+        assert na == nb and all(torch.equal(p, q) for p, q in zip(ma, mb))
+
+
+# ------------------------------------------------------------------ Lime / KernelShap vs Captum
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+@pytest.mark.parametrize("masks", ["none", "shared", "per_example"])
+@pytest.mark.parametrize("ppe", [1, 3])
+def test_multi_input_batch_equals_captum(method, masks, ppe):
+    model = MultiInp().eval()
+    fm = None if masks == "none" else (M1[:1], M2[:1] - 1, M3[:1]) if masks == "shared" else (M1, M2, M3)
+
+    def run(mod):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return getattr(mod, method)(model).attribute((X1, X2, X3), target=[0, 1], feature_mask=fm,
+                                                         additional_forward_args=(2.0,), n_samples=40,
+                                                         perturbations_per_eval=ppe)
+
+    a, b, same_rng = _pair(run)
+    _close(b, a)
+    assert same_rng
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+def test_single_example_multi_input_and_coefs_equal_captum(method):
+    model = MultiInp().eval()
+    fm = (M1[1:], M2[1:], M3[1:])
+    for ris in (True, False):
+        a, b, same_rng = _pair(lambda mod: getattr(mod, method)(model).attribute(
+            (X1[1:], X2[1:], X3[1:]), baselines=(0.0, X2[:1], 1.0), target=1, feature_mask=fm, n_samples=30,
+            return_input_shape=ris))
+        _close(b, a)
+        assert same_rng
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+def test_per_example_masks_single_tensor_equals_captum(method):
+    def model(x):
+        return (x * torch.tensor([20.0, 50.0, 30.0])).sum(1)
+
+    x = torch.tensor([[20.0, 50.0, 30.0], [10.0, 14.0, 4.0]])
+    fm = torch.tensor([[0, 0, 1], [0, 1, 2]])
+    a, b, same_rng = _pair(lambda mod: getattr(mod, method)(model).attribute(x, feature_mask=fm, n_samples=60))
+    _close(b, a)
+    assert same_rng
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+def test_empty_input_equals_captum(method):
+    def model(a, e, b):
+        return a.sum(1) * 2 + b.sum(1)
+
+    inp = (torch.tensor([[1.0, 2.0, 3.0]]), torch.zeros(1, 0), torch.tensor([[4.0, 5.0]]))
+    for fm in (None, (torch.tensor([[0, 1, 1]]), torch.zeros(1, 0, dtype=torch.long), torch.tensor([[2, 2]]))):
+        a, b, _ = _pair(lambda mod: getattr(mod, method)(model).attribute(inp, feature_mask=fm, n_samples=20))
+        _close(b, a)
+        assert b[1].shape == (1, 0)
+
+
+def test_boolean_inputs_and_scalar_batch_forward_equal_captum():
+    def bool_model(x):
+        return (x.float() * torch.tensor([20.0, 50.0, 30.0])).sum(1, keepdim=True)
+
+    inp = torch.tensor([[True, False, True]])
+    a, b, same = _pair(lambda mod: mod.Lime(bool_model).attribute(inp, target=0, feature_mask=torch.tensor([[0, 0, 1]]),
+                                                                 n_samples=50, baselines=True))
+    _close(b, a)
+    assert same
+
+    def batch_scalar(x):
+        return float((x * 2).sum())
+
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    a, b, same = _pair(lambda mod: mod.KernelShap(batch_scalar).attribute(x, n_samples=30))
+    _close(b, a)
+    assert same
+    with pytest.raises(AssertionError, match="Perturbations per eval must be 1"):
+        XCP.Lime(batch_scalar).attribute(x, perturbations_per_eval=2)
+
+    def wrong(x):
+        return torch.zeros(3)
+
+    with pytest.raises(AssertionError, match="Invalid number of outputs"):
+        XCP.Lime(wrong).attribute(x)
+
+
+# --------------------------------------------------------------------------------- LimeBase
+def _interp_space(mod, model):
+    def perturb(inp, **kw):
+        return torch.bernoulli(torch.full((1, kw["num_interp_features"]), 0.6)).long()
+
+    def from_interp(z, inp, **kw):
+        return inp * z[0][kw["feature_mask"]] + (1 - z[0][kw["feature_mask"]]) * kw["baselines"]
+
+    lasso = XL.SkLearnLasso(alpha=0.01) if mod is XCP else CaptumLasso(alpha=0.01)
+    lb = mod.LimeBase(model, lasso, mod_sim(mod), perturb, True, from_interp, None)
+    return lb.attribute(X1[1:], target=1, n_samples=35, perturbations_per_eval=4,
+                        feature_mask=torch.tensor([[0, 1, 1]]), baselines=0.25, num_interp_features=2)
+
+
+def mod_sim(mod):
+    lib = XL if mod is XCP else CL
+    return lib.get_exp_kernel_similarity_function("euclidean", 3.0)
+
+
+def _input_space(mod, model):
+    def perturb(inp, **kw):
+        yield inp
+        while True:
+            yield inp + torch.randn_like(inp) * 0.3
+
+    def to_interp(x, inp, **kw):
+        return x
+
+    lb = mod.LimeBase(model, SkLearnRidge(alpha=0.5), mod_sim(mod), perturb, False, None, to_interp)
+    return lb.attribute(X1[1:], target=0, n_samples=25, perturbations_per_eval=7)
+
+
+@pytest.mark.parametrize("space", [_interp_space, _input_space])
+def test_limebase_both_spaces_equal_captum(space):
+    model = MultiInp().a
+    a, b, same = _pair(lambda mod: space(mod, model))
+    _close(b, a)
+    assert same
+
+
+def test_limebase_errors_and_generator_exhaustion():
+    model = MultiInp().a
+    with pytest.raises(AssertionError, match="from interpretable space"):
+        XCP.LimeBase(model, XL.SkLearnLasso(), XL.get_exp_kernel_similarity_function(), XL.default_perturb_func,
+                     True, None, None)
+    with pytest.raises(AssertionError, match="to interpretable space"):
+        XCP.LimeBase(model, XL.SkLearnLasso(), XL.get_exp_kernel_similarity_function(), XL.default_perturb_func,
+                     False, None, None)
+
+    def short(inp, **kw):
+        for _ in range(6):
+            yield torch.bernoulli(torch.full((1, 3), 0.5)).long()
+
+    lime = XCP.Lime(model, perturb_func=short)
+    with pytest.warns(UserWarning, match="Generator completed prior"):
+        lime.attribute(X1[:1], target=0, n_samples=10)
+    with pytest.raises(NotImplementedError):
+        XCP.Lime(model).attribute_future()
+    with pytest.raises(NotImplementedError):
+        XCP.KernelShap(model).attribute_future()
+
+
+# --------------------------------------------------------------------------------- progress
+@pytest.mark.parametrize("method,label", [("Lime", "Lime attribution"), ("KernelShap", "Kernel Shap attribution")])
+def test_progress_label(method, label):
+    err = io.StringIO()
+    with redirect_stderr(err):
+        getattr(XCP, method)(MultiInp().a).attribute(X1[:1], target=0, n_samples=10, perturbations_per_eval=3,
+                                                     show_progress=True)
+    out = err.getvalue()
+    assert f"{label}: 100%" in out and "4/4" in out
+
+
+# ------------------------------------------------------------------------ bounds-checked run
+def test_multi_input_under_numba_boundscheck(tmp_path):
+    """The crashing cases (several inputs, per-example masks, an empty input) with
+    NUMBA_BOUNDSCHECK=1 and a fresh cache: an out-of-bounds index raises instead of
+    corrupting memory, and the process must exit cleanly."""
+    code = (
+        "import torch, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "from xaikernels.captum import Lime, KernelShap\n"
+        "import xaikernels.kernels.numba.perturb as K\n"
+        "K._PARALLEL_MIN = 0  # the parallel construction kernel too, not only the serial one\n"
+        "f = lambda a, b: a.sum(1) * 3 + (b ** 2).sum(1)\n"
+        "a = torch.tensor([[1., 2., 3.], [4., 5., 6.]]); b = torch.tensor([[1., -1.], [2., 0.5]])\n"
+        "ma = torch.tensor([[0, 0, 1], [0, 1, 2]]); mb = torch.tensor([[2, 2], [3, 4]])\n"
+        "for cls in (Lime, KernelShap):\n"
+        "    cls(f).attribute((a, b), feature_mask=(ma, mb), n_samples=20, perturbations_per_eval=4)\n"
+        "    cls(f).attribute((a, b), n_samples=20)\n"
+        "    cls(lambda x: (x * 2).sum(1)).attribute(torch.tensor([[20., 50., 30.], [1., 2., 3.]]),\n"
+        "        feature_mask=ma, n_samples=20)\n"
+        "    cls(lambda p, e: p.sum(1)).attribute((a[:1], torch.zeros(1, 0)), n_samples=10)\n"
+        "print('OK')\n")
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path), NUMBA_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and "OK" in r.stdout, f"rc={r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("kw", [dict(alpha=0.01), dict(alpha=0.01, fit_intercept=False), dict(alpha=0.05, tol=1e-6)])
+def test_own_lasso_wrapper_equals_captums(kw):
+    """xaikernels' SkLearnLasso stand-in (Numba for the plain settings, scikit-learn for the
+    rest) against Captum's wrapper, same samples."""
+    model = MultiInp().a
+
+    def run(mod):
+        lasso = XL.SkLearnLasso(**kw) if mod is XCP else CaptumLasso(**kw)
+        return mod.Lime(model, interpretable_model=lasso).attribute(X1[:1], target=1, n_samples=40,
+                                                                    return_input_shape=False)
+
+    a, b, same = _pair(run)
+    _close(b, a)
+    assert same
