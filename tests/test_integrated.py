@@ -274,3 +274,22 @@ def test_ig_auto_meets_its_tolerance_and_counts_evaluations():
         integrated_gradients(model, x, 1, n_steps="auto", auto_orders=(2, 4))
     with pytest.raises(ValueError, match="n_steps"):
         integrated_gradients(model, x, 1, n_steps="fast")
+
+
+@pytest.mark.parametrize("fn,kw", [
+    ("integrated_gradients", {}), ("integrated_gradients", {"n_steps": "auto"}),
+    ("integrated_gradients", {"batch_size": 3}), ("smoothgrad", {}),
+    ("smoothgrad", {"base": "integrated_gradients"}), ("expected_gradients", {"background": "bg"}),
+])
+def test_target_above_the_class_count_is_a_clear_error(fn, kw):
+    # The upper range of an explicit target is checked on the first model output (no extra
+    # forward pass only to count classes); it must still be a clear IndexError, before any
+    # result is produced.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).eval()
+    x = torch.randn(2, 3, 2, 2)
+    kw = {k: (torch.randn(4, 3, 2, 2) if v == "bg" else v) for k, v in kw.items()}
+    with pytest.raises(IndexError, match="target out of range: model has 5 outputs"):
+        getattr(xk, fn)(model, x, 7, **kw)
+    with pytest.raises(IndexError, match="target out of range"):
+        getattr(xk, fn)(model, x, [0, 5], **kw)
+    assert getattr(xk, fn)(model, x, [0, 4], **kw).shape == x.shape

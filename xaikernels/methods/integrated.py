@@ -125,17 +125,25 @@ class _Explainer:
             return _validate.check_output(self.model(inp, *self.forward_args))
 
     def resolve_targets(self) -> torch.Tensor:
+        """Targets (N,).  An explicit target is checked here for everything but its upper range,
+        which the first model call checks (``check_range``): a separate forward pass only to
+        count the model's outputs would cost a whole row's forward per call."""
         if self.t is None:
             if self.target is None:
                 self.t = _validate.resolve_target(None, self.outputs(self.x))
+                self._k = None
             else:
-                k = self._num_outputs()
-                self.t = _validate.resolve_target(self.target, torch.empty(self.n, k))
+                # an expanded (stride-0) stand-in: any class count, no memory
+                wide = torch.empty((1, 1), device=self.x.device).expand(self.n, 2**62 // max(self.n, 1))
+                self.t = _validate.resolve_target(self.target, wide)
+                self._k = self.t
         return self.t
 
-    def _num_outputs(self) -> int:
-        out = self.outputs(self.x[:1])
-        return out.shape[1]
+    def check_range(self, out: torch.Tensor) -> None:
+        """The upper-range check of an explicit target, on the first output seen."""
+        t, self._k = getattr(self, "_k", None), None
+        if t is not None and t.numel() and int(t.max()) >= out.shape[1]:
+            raise IndexError(f"target out of range: model has {out.shape[1]} outputs, got targets {t.tolist()[:8]}")
 
     def grads(self, rows: torch.Tensor, p0: int, idx: Optional[torch.Tensor] = None,
               with_scores: bool = False):
@@ -149,6 +157,7 @@ class _Explainer:
         del idx  # (a row index of our own must not outlive the forward: peak memory is the backward's)
         with torch.enable_grad():
             out = _validate.check_output(self.model(inp, *fargs))
+            self.check_range(out)
             picked = out.gather(1, tix.to(out.device))
             del out, tix  # the full (rows, classes) logits need not live through the backward pass
             (g,) = torch.autograd.grad(picked.sum(), inp)
@@ -350,7 +359,9 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: _validate.Ta
         chunk = _chunk(model, x, batch_size, memory_budget, forward_args)
         x2, b2 = x.reshape(n, -1), b.reshape(n, -1)
         if return_delta:
-            fx = ex.outputs(x).gather(1, ex.t.unsqueeze(1)).squeeze(1)
+            ox = ex.outputs(x)
+            ex.check_range(ox)
+            fx = ox.gather(1, ex.t.unsqueeze(1)).squeeze(1)
             fb = ex.outputs(b).gather(1, ex.t.unsqueeze(1)).squeeze(1)
         if adaptive:
             acc, grads_used, fwd_used = _ig_adaptive(ex, x2, b2, tol, atol, max_steps, chunk,
@@ -473,6 +484,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
                 idx = torch.arange(p0, p1) % n
                 sub = _Explainer(model, rows.view(-1, *x.shape[1:]), None, (), None, (nn.ReLU,), guard)
                 sub.t = ex.t[idx]
+                sub._k = None if getattr(ex, "_k", None) is None else sub.t  # range check on its first call
                 sub.forward_args = _rows_forward_args(ex.forward_args, n, idx)
                 sub.rule = ex.rule
                 acc_ig = _ig_core(sub, rows, ig_base[idx], ig_steps, ig_method, chunk, backend, False)
