@@ -510,7 +510,6 @@ def tabular_sample(n_rows: int, seed: int, plan: dict, *, stream: int = 0, row_o
 
 
 OP_NEIGHBOURHOOD = _define("tabular_neighbourhood", _ref.tabular_neighbourhood)
-truncnorm_table = _ref.truncnorm_table
 
 
 def tabular_neighbourhood(n_rows: int, seed: int, plan: dict, *, metric: str = "euclidean", stream: int = 0,

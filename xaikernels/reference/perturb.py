@@ -664,8 +664,7 @@ def tabular_sample(n_rows: int, seed: int, stream: int, row_offset: int, kind: n
 
 
 # ------------------------------------------------------- tabular: fused neighbourhood
-TN_K = 128  # equal-mass pieces per truncated normal in truncnorm_table (an exact table sampler,
-# kept as a utility; the neighbourhood samples by inverse CDF, :func:`ndtri_as241`)
+# The neighbourhood samples truncated normals by inverse CDF (:func:`ndtri_as241`).
 
 # Wichura's AS241 (PPND16) coefficients: central |q| <= 0.425 (a, b), tail r <= 5 (c, d), far
 # tail (e, f); numerators then denominators, highest degree first (Horner order)
@@ -727,51 +726,6 @@ def ndtri_as241(p: np.ndarray) -> np.ndarray:
         zt = np.where(rt <= 5.0, _horner(_AS_C, r1) / _horner(_AS_D, r1), _horner(_AS_E, r2) / _horner(_AS_F, r2))
         z[tail] = np.where(pt < 0.5, -zt, zt)
     return z
-
-
-def truncnorm_table(a: np.ndarray, b: np.ndarray, K: int = TN_K) -> dict:
-    """Tables for exact sampling of the standard normal truncated to ``[a, b]`` (any shape).
-
-    The interval is cut at the quantiles ``z_i = Q(i/K)`` into ``K`` pieces of mass ``1/K``
-    each.  A draw picks a piece uniformly; the two end pieces (which may reach far into a
-    tail) are sampled by inverse CDF, ``Φ⁻¹(Φ(a) + u·P/K)`` and ``-Φ⁻¹(Φ(-b) + u·P/K)``
-    (``P = Φ(b) - Φ(a)``), the interior ones by rejection from the uniform on the piece:
-    accept ``z`` when ``v ≤ exp(-(z² - c)/2)``, ``c`` the squared point of highest density in
-    the piece, with the squeeze ``v ≤ r`` (``r`` the density ratio over the piece) deciding
-    most draws without an ``exp``.  The mixture is the truncated normal exactly: piece masses
-    are ``1/K`` up to the rounding of the quantiles.
-
-    Quantiles use the tail where they are precise (``Φ⁻¹(p)`` for ``p ≤ ½``, ``-Φ⁻¹(1-p)``
-    else, with ``1-p`` formed from ``Φ(-b)``), in float64 through ``torch.special``.
-
-    Returns dict ``z0, w, c, r`` (..., K) — piece start, width, ``c``, squeeze ratio — and
-    ``tail`` (..., 3) = ``[Φ(a), Φ(-b), P/K]``.
-    """
-    import torch
-
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    ta, tb = torch.from_numpy(a)[..., None], torch.from_numpy(b)[..., None]
-    pa, qb = torch.special.ndtr(ta), torch.special.ndtr(-tb)
-    # Φ(b) - Φ(a) through erf: no cancellation when a < 0 < b (the usual case: the bin holds
-    # its mean); through the tail values otherwise
-    r2 = math.sqrt(2.0)
-    Pm = torch.where((ta < 0) & (tb > 0), 0.5 * (torch.special.erf(tb / r2) - torch.special.erf(ta / r2)),
-                     torch.where(tb <= 0, torch.special.ndtr(tb) - pa, (1.0 - qb) - pa).abs())
-    q = torch.arange(K + 1, dtype=torch.float64) / K
-    lower = pa + q * Pm
-    z = torch.where(lower <= 0.5, torch.special.ndtri(lower.clamp(max=0.5)),
-                    -torch.special.ndtri((qb + (1.0 - q) * Pm).clamp(max=0.5)))
-    z = torch.maximum(torch.minimum(z, tb), ta)
-    z[..., 0], z[..., K] = ta[..., 0], tb[..., 0]
-    z = torch.cummax(z, dim=-1).values.numpy()
-    z0, z1 = z[..., :-1], z[..., 1:]
-    zs = np.clip(0.0, z0, z1)
-    c = zs * zs
-    far = np.maximum(z0 * z0, z1 * z1)
-    tail = np.stack([pa[..., 0].numpy(), qb[..., 0].numpy(), (Pm[..., 0] / K).numpy()], -1)
-    return dict(z0=np.ascontiguousarray(z0), w=np.ascontiguousarray(z1 - z0), c=c, r=np.exp(-(far - c) / 2),
-                tail=tail)
 
 
 def tabular_neighbourhood(n_rows: int, seed: int, stream: int, row_offset: int, kind: np.ndarray,

@@ -1004,16 +1004,15 @@ def _fit_lime(X, Y, labels, wd, width, metric, alpha, select, num_features, coef
 
 def fit_lime(X, Y, labels, wd, width, metric, alpha, select, num_features):
     """See :func:`xaikernels.reference.perturb.fit_lime`."""
-    S, F = X.shape
-    T = labels.shape[0]
-    coef = np.zeros((T, F))
-    icpt = np.zeros(T)
-    score = np.zeros(T)
-    pred0 = np.zeros(T)
-    used = np.zeros((T, F), dtype=np.int32)
+    out = _fit_outputs(labels.shape[0], X.shape[1])
     status = _fit_lime(X, Y, labels, wd, float(width), int(metric), float(alpha), int(select), int(num_features),
-                       coef, icpt, score, pred0, used)
-    return coef, icpt, score, pred0, used, status
+                       *out)
+    return (*out, status)
+
+
+def _fit_outputs(T, F):
+    """coef (T, F), intercept, score, prediction at the instance (T,), used (T, F) int32."""
+    return np.zeros((T, F)), np.zeros(T), np.zeros(T), np.zeros(T), np.zeros((T, F), dtype=np.int32)
 
 
 # ----------------------------------------------------------------------------------- lasso
@@ -1776,13 +1775,6 @@ def _fit_lime_gram(Z, Y, labels, w, g, alpha, select, num_features, coef, icpt, 
 
 def fit_lime_gram(Z, Y, labels, w, g, alpha, select, num_features):
     """See :func:`xaikernels.reference.perturb.fit_lime_gram`."""
-    S, F = Z.shape
-    T = labels.shape[0]
-    coef = np.zeros((T, F))
-    icpt = np.zeros(T)
-    score = np.zeros(T)
-    pred0 = np.zeros(T)
-    used = np.zeros((T, F), dtype=np.int32)
-    status = _fit_lime_gram(Z, Y, labels, w, g, float(alpha), int(select), int(num_features), coef, icpt, score,
-                            pred0, used)
-    return coef, icpt, score, pred0, used, status
+    out = _fit_outputs(labels.shape[0], Z.shape[1])
+    status = _fit_lime_gram(Z, Y, labels, w, g, float(alpha), int(select), int(num_features), *out)
+    return (*out, status)
