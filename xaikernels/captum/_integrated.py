@@ -108,12 +108,11 @@ def chunk_from_budget(probes: Sequence[Tuple[int, int]], row_bytes: int,
     native call pick the same chunk for the same model (8 rows for ResNet-18 at 224², 25 for
     the VGG-16-like at 64²).
     """
-    budget = _chunking.DEFAULT_BUDGET if budget is None else int(budget)
     (r1, b1), (r2, b2) = probes
     per_row = (b2 - b1) / (r2 - r1) if r2 != r1 else b2 / max(r2, 1)
     if per_row <= 0:
         per_row = b2 / max(r2, 1)
-    return int(max(1, min(1024, budget // max(_chunking._ACTIVATION_FACTOR * per_row + row_bytes, 1))))
+    return _chunking.rows_within(per_row, row_bytes, budget)
 
 
 def run_rows(total: int, work: Callable[[int, int], None], chunk: Optional[int],

@@ -37,8 +37,14 @@ def auto_chunk(model: nn.Module, x1: torch.Tensor, budget: Optional[int] = None,
     On CPU, per-sample cost is flat or worse at large batches (ANCHORS.md), so the budget only
     has to avoid paging and cache thrash; 16–64 rows are typical for image models.
     """
+    return rows_within(activation_bytes(model, x1, forward_args), 4 * x1.numel() * x1.element_size(), budget)
+
+
+def rows_within(activation_bytes_per_row: float, row_bytes: float, budget: Optional[int] = None) -> int:
+    """Rows per call whose activations (× ``_ACTIVATION_FACTOR``) plus own copies fit ``budget``
+    (default ``DEFAULT_BUDGET``); 1 to 1024."""
     budget = DEFAULT_BUDGET if budget is None else int(budget)
-    per_row = _ACTIVATION_FACTOR * activation_bytes(model, x1, forward_args) + 4 * x1.numel() * x1.element_size()
+    per_row = _ACTIVATION_FACTOR * activation_bytes_per_row + row_bytes
     return int(max(1, min(1024, budget // max(per_row, 1))))
 
 

@@ -7,8 +7,6 @@ count because every element's arithmetic is independent of the split.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange, uint64
 
@@ -47,24 +45,8 @@ def _uniform(x):
     return np.float32(v) * np.float32(4.6566127342e-10)
 
 
-@njit(cache=True, inline="always")
-def randn_at(seed, offset):
-    i1, i2 = _philox_first2(seed, offset)
-    u1 = max(np.float32(1.0e-7), _uniform(i1))
-    u2 = _uniform(i2)
-    th = np.float32(6.283185307179586) * u2
-    r = math.sqrt(-2.0 * math.log(u1))
-    return np.float32(r * math.cos(th))
-
-
-@njit(cache=True, parallel=True)
-def randn_philox(seed, offsets, out):
-    for i in prange(offsets.shape[0]):
-        out[i] = randn_at(seed, offsets[i])
-
-
 # ---- vectorisable normals --------------------------------------------------------------------
-# ``randn_at`` calls libm's float64 log and cos per element, which LLVM cannot vectorise: 90 % of
+# Per-element libm float64 log and cos (the obvious Box–Muller) do not vectorise and took 90 % of
 # the time of a noise batch.  ``_normals`` draws a block of consecutive offsets in passes that do
 # vectorise: Philox + uniforms, then the exponent/mantissa split of u₁ through an int32 view, then
 # float32 polynomials for log (frexp + minimax on [√½, √2)) and cos (octant reduction in three
