@@ -118,6 +118,7 @@ class _Explainer:
         self.rule = ActivationRule(guard, model, rule, activation_types)
         self.target = target
         self.t: Optional[torch.Tensor] = None
+        self._k: Optional[torch.Tensor] = None  # explicit targets whose upper range is not checked yet
         self.evals = 0
 
     def outputs(self, inp: torch.Tensor) -> torch.Tensor:
@@ -131,7 +132,6 @@ class _Explainer:
         if self.t is None:
             if self.target is None:
                 self.t = _validate.resolve_target(None, self.outputs(self.x))
-                self._k = None
             else:
                 # an expanded (stride-0) stand-in: any class count, no memory
                 wide = torch.empty((1, 1), device=self.x.device).expand(self.n, 2**62 // max(self.n, 1))
@@ -141,7 +141,7 @@ class _Explainer:
 
     def check_range(self, out: torch.Tensor) -> None:
         """The upper-range check of an explicit target, on the first output seen."""
-        t, self._k = getattr(self, "_k", None), None
+        t, self._k = self._k, None
         if t is not None and t.numel() and int(t.max()) >= out.shape[1]:
             raise IndexError(f"target out of range: model has {out.shape[1]} outputs, got targets {t.tolist()[:8]}")
 
@@ -484,7 +484,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
                 idx = torch.arange(p0, p1) % n
                 sub = _Explainer(model, rows.view(-1, *x.shape[1:]), None, (), None, (nn.ReLU,), guard)
                 sub.t = ex.t[idx]
-                sub._k = None if getattr(ex, "_k", None) is None else sub.t  # range check on its first call
+                sub._k = None if ex._k is None else sub.t  # range check on its first call
                 sub.forward_args = _rows_forward_args(ex.forward_args, n, idx)
                 sub.rule = ex.rule
                 acc_ig = _ig_core(sub, rows, ig_base[idx], ig_steps, ig_method, chunk, backend, False)
