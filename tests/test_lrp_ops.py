@@ -230,6 +230,51 @@ def test_save_budget_is_greedy_within_ratio():
     assert budget.take(z) and budget.kept == 320
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_workspace_shared_by_layers_gives_identical_relevance(backend):
+    """One Workspace serves a sequence of layers of growing and shrinking weights (its buffers
+    grow, then hand out smaller views), as in a pass: every relevance equals that of a pass
+    without one, bit for bit, and none aliases the workspace's buffers."""
+    if backend == "triton" and _backend._available("triton", "lrp_conv", torch.device("cpu")) is not None:
+        pytest.skip("triton unavailable")
+    ws = ref.Workspace()
+    order = ["conv2d_stride_pad_dil", "conv2d_wide_stride_dil", "linear_5x7", "conv2d_groups", "conv1d",
+             "conv2d_wide_groups_b1", "linear_b1_leading"]
+    for i, layer in enumerate(order):
+        for rule_name in ["zplus", "alpha2beta1", "gamma"]:
+            x, w, b, geom, g = _data(layer, signed=False, seed=100 + i)
+            rule = RULES[rule_name]
+            r = torch.randn(ref._fwd(x, w, b, geom).shape, generator=g, dtype=torch.float64)
+            outs = []
+            for space in (None, ws):
+                xg = x.detach().requires_grad_(True)
+                z = ops.lrp_layer(xg, lambda: (w, b), rule, geom, backend, workspace=space)
+                (rel,) = torch.autograd.grad(z, xg, r)
+                outs.append(rel)
+            assert torch.equal(outs[0], outs[1]), (layer, rule_name)
+            bufs = [t.untyped_storage().data_ptr() for t in ws._bufs.values()]
+            assert outs[1].untyped_storage().data_ptr() not in bufs
+    assert ws._bufs, "the sign-split rules drew their weights from the workspace"
+
+
+def test_workspace_buffer_grows_and_reuses():
+    ws = ref.Workspace()
+    a = ws.buffer("p", torch.empty(3, 4))
+    b = ws.buffer("p", torch.empty(2, 5))  # fits: a view of the same storage
+    assert b.shape == (2, 5) and b.untyped_storage().data_ptr() == a.untyped_storage().data_ptr()
+    c = ws.buffer("p", torch.empty(4, 4))  # larger: a new buffer
+    assert c.shape == (4, 4) and c.untyped_storage().nbytes() == 64
+    assert ws.buffer("n", torch.empty(3, 4)).untyped_storage().data_ptr() != c.untyped_storage().data_ptr()
+    assert ws.buffer("p", torch.empty(2, dtype=torch.float64)).dtype == torch.float64
+    # more than twice what is asked for: dropped for a buffer of the new size (a deep layer's
+    # weight is not held through the early layers' backward)
+    d = ws.buffer("p", torch.empty(7))
+    assert d.untyped_storage().nbytes() == 7 * 4
+    assert ws.buffer("p", torch.empty(4)).untyped_storage().data_ptr() == d.untyped_storage().data_ptr()
+    e = ws.buffer("p", torch.empty(3))
+    assert e.untyped_storage().nbytes() == 3 * 4
+
+
 @pytest.mark.parametrize("case", [
     (F.max_pool1d, (2, 3, 17), dict(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=True)),
     (F.max_pool2d, (1, 2, 9, 8), dict(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False)),

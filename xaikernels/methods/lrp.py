@@ -759,6 +759,7 @@ class _Run:
         self.model, self.composite, self.backend, self.unsupported = model, composite, backend, unsupported
         # one per pass: layers may keep their outputs for the backward within it (time for memory)
         self.budget = _ops.SaveBudget()
+        self.workspace = _ops.Workspace()
         self.merged: Dict[int, nn.Module] = {}       # id(linear) -> bn
         self.merged_bn: Dict[int, Tuple[nn.Module, bool]] = {}  # id(bn) -> (linear, zennit_compat)
         self.blocks: Dict[int, Tuple[nn.Module, str, ResidualSum]] = {}
@@ -928,7 +929,7 @@ class _Run:
         return fwd
 
     def _linear_call(self, x, weights, params, geom, m):
-        return self._record(m, _ops.lrp_layer(x, weights, params, geom, self.backend, self.budget))
+        return self._record(m, _ops.lrp_layer(x, weights, params, geom, self.backend, self.budget, self.workspace))
 
     def _captum_activation(self, x, fn):
         prev = self._act_chain
@@ -951,7 +952,7 @@ class _Run:
         if params.wmod or params.zero_bias:
             return self._captum_bn(x, m, params)
         weights, geom = _bn_as_layer(m, x)
-        return _ops.lrp_layer(x, weights, params, geom, self.backend, self.budget)
+        return _ops.lrp_layer(x, weights, params, geom, self.backend, self.budget, self.workspace)
 
     @staticmethod
     def _captum_bn(x, m, params):

@@ -26,7 +26,7 @@ import torch
 
 from xaikernels import _backend
 from xaikernels.reference import lrp as _ref
-from xaikernels.reference.lrp import ConvGeom, RuleParams, stabilize
+from xaikernels.reference.lrp import ConvGeom, RuleParams, Workspace, stabilize
 
 WeightProvider = Callable[[], Tuple[torch.Tensor, Optional[torch.Tensor]]]
 
@@ -95,7 +95,7 @@ class _LayerRule(torch.autograd.Function):
     """forward: the layer output; backward: the rule's input relevance."""
 
     @staticmethod
-    def forward(ctx, x, weights, geom, rule, impl, budget):
+    def forward(ctx, x, weights, geom, rule, impl, budget, ws):
         fwd, bwd = impl
         w, b = weights()
         z, saved = fwd(x, w, b, geom, rule)
@@ -107,18 +107,20 @@ class _LayerRule(torch.autograd.Function):
                     and z.dtype in (torch.float32, torch.float64) and budget.take(z)):
                 saved = (z.detach().clone(),)
         ctx.save_for_backward(x, *saved)
-        ctx.weights, ctx.geom, ctx.rule, ctx.bwd = weights, geom, rule, bwd
+        ctx.weights, ctx.geom, ctx.rule, ctx.bwd, ctx.ws = weights, geom, rule, bwd, ws
         return z
 
     @staticmethod
     def backward(ctx, r):
         x, *saved = ctx.saved_tensors
         w, b = ctx.weights()
-        return ctx.bwd(r.contiguous(), x, w, b, tuple(saved), ctx.geom, ctx.rule), None, None, None, None, None
+        rel = ctx.bwd(r.contiguous(), x, w, b, tuple(saved), ctx.geom, ctx.rule, ws=ctx.ws)
+        return rel, None, None, None, None, None, None
 
 
 def lrp_layer(x: torch.Tensor, weights: WeightProvider, rule: RuleParams, geom: Optional[ConvGeom] = None,
-              backend: str = "auto", budget: Optional[SaveBudget] = None) -> torch.Tensor:
+              backend: str = "auto", budget: Optional[SaveBudget] = None,
+              workspace: Optional[Workspace] = None) -> torch.Tensor:
     """Apply a linear-like layer whose backward is an LRP rule.
 
     ``z = W x + b`` forward;  backward ``R_in = rule(x, W, b, R)`` (see :mod:`xaikernels.reference.lrp`
@@ -132,6 +134,8 @@ def lrp_layer(x: torch.Tensor, weights: WeightProvider, rule: RuleParams, geom: 
     geom : :class:`~xaikernels.reference.lrp.ConvGeom` for a convolution, None for a linear layer.
     backend : {"auto", "triton", "reference"}.
     budget : :class:`SaveBudget` shared by the layers of one pass, or None (keep nothing extra).
+    workspace : :class:`~xaikernels.reference.lrp.Workspace` shared by the layers of one pass
+        (scratch for sign-split weights in the backward), or None (fresh tensors per layer).
 
     Returns
     -------
@@ -139,7 +143,7 @@ def lrp_layer(x: torch.Tensor, weights: WeightProvider, rule: RuleParams, geom: 
     """
     op = LINEAR_OP if geom is None else CONV_OP
     _, impl = op.launcher(x.device, backend)
-    return _LayerRule.apply(x, weights, geom, rule, tuple(impl), budget)
+    return _LayerRule.apply(x, weights, geom, rule, tuple(impl), budget, workspace)
 
 
 class _Pass(torch.autograd.Function):

@@ -247,9 +247,9 @@ def linear_forward(x, w, b, geom, rule):
     return z.reshape(*lead, -1), ((s1, s2) if code == AB_R else (s1,))
 
 
-def linear_backward(r, x, w, b, saved, geom, rule):
+def linear_backward(r, x, w, b, saved, geom, rule, ws=None):
     if _uses_torch(rule):
-        return _ref.layer_backward(r, x, w, b, saved, geom, rule)
+        return _ref.layer_backward(r, x, w, b, saved, geom, rule, ws)
     i = x.shape[-1]
     x2 = x.reshape(-1, i)
     r2 = r.reshape(-1, w.shape[0])
@@ -338,9 +338,9 @@ def conv_forward(x, w, b, geom, rule):
     return z, saved
 
 
-def conv_backward(r, x, w, b, saved, geom, rule):
+def conv_backward(r, x, w, b, saved, geom, rule, ws=None):
     if _uses_torch(rule) or x.dim() != 4:
-        return _ref.layer_backward(r, x, w, b, saved, geom, rule)
+        return _ref.layer_backward(r, x, w, b, saved, geom, rule, ws)
     g = geom.groups
     n, o = x.shape[0], w.shape[0]
     wg = w.reshape(g, o // g, -1)
