@@ -18,6 +18,13 @@ lime's draws.  Differences from lime, on purpose:
   silently); rows that do not sum to 1 in classification warn, as lime's tabular explainer.
 * all-zero kernel weights raise ``ValueError`` instead of fitting NaNs.
 * tabular: a discretised bin of zero width yields its edge value (lime returns a z-score).
+
+Tabular data may be scipy-sparse (sampled as lime does: no discretisation, normals at the
+row's non-zero columns, ``scaled = data ⊙ scale``), ``discretizer`` may be a lime discretizer
+object (any ``BaseDiscretizer``; its bins and per-bin statistics are used, and its own
+``random_state`` enters the draws as in lime), and ``training_data_stats`` replaces the
+training data's statistics as lime's ``StatsDiscretizer`` does.  lime's own
+``test_lime_tabular.py`` passes 10/10 with the import swapped.
 """
 from __future__ import annotations
 
@@ -393,28 +400,177 @@ class Explanation:
 # ----------------------------------------------------------------------------------- tabular
 class TableDomainMapper(_DomainMapper):
     def __init__(self, feature_names, feature_values, scaled_row, categorical_features,
-                 discretized_feature_names=None):
+                 discretized_feature_names=None, feature_indexes=None):
         self.exp_feature_names = feature_names
         self.discretized_feature_names = discretized_feature_names
         self.feature_names = feature_names
         self.feature_values = feature_values
+        self.feature_indexes = feature_indexes
         self.scaled_row = scaled_row
         self.categorical_features = categorical_features
-        self.all_categorical = len(categorical_features) == len(scaled_row)
+        self.all_categorical = False if _is_sparse(scaled_row) else len(categorical_features) == len(scaled_row)
 
     def map_exp_ids(self, exp, **kwargs):
         names = self.discretized_feature_names if self.discretized_feature_names is not None else self.exp_feature_names
         return [(names[i], w) for i, w in exp]
 
 
-class LimeTabularExplainer:
-    """lime's ``LimeTabularExplainer`` on Numba kernels (dense data).
+def _is_sparse(a) -> bool:
+    try:
+        import scipy.sparse as sps
+    except ImportError:  # pragma: no cover
+        return False
+    return sps.issparse(a)
 
-    Constructor arguments as lime: ``training_data, mode, training_labels, feature_names,
+
+_STAT_KEYS = ("means", "mins", "maxs", "stds", "feature_values", "feature_frequencies")
+
+
+def _bin_names(name, qts):
+    """lime's bin labels for one feature with edges ``qts``."""
+    lst = ["%s <= %.2f" % (name, qts[0])]
+    for i in range(len(qts) - 1):
+        lst.append("%.2f < %s <= %.2f" % (qts[i], name, qts[i + 1]))
+    lst.append("%s > %.2f" % (name, qts[-1]))
+    return lst
+
+
+class _Discretizer:
+    """lime's discretizer attributes (``to_discretize``, ``names``, ``lambdas``, ``means``,
+    ``stds``, ``mins``, ``maxs``, ``discretize``) over bin edges and per-bin statistics."""
+
+    def __init__(self, edges, stats, feature_names, n_features):
+        self.to_discretize = sorted(edges)
+        self.names = {d: _bin_names(feature_names[d], q) for d, q in edges.items()}
+        self.lambdas = {d: (lambda x, qts=np.asarray(q): np.searchsorted(qts, x)) for d, q in edges.items()}
+        self.means = {d: list(st[0]) for d, st in stats.items()}
+        self.stds = {d: list(st[1]) for d, st in stats.items()}
+        self.mins = {d: list(st[2]) for d, st in stats.items()}
+        self.maxs = {d: list(st[3]) for d, st in stats.items()}
+
+    def discretize(self, data):
+        ret = np.array(data, copy=True)
+        for d, f in self.lambdas.items():
+            if ret.ndim == 1:
+                ret[d] = int(f(ret[d]))
+            else:
+                ret[:, d] = f(ret[:, d]).astype(int)
+        return ret
+
+
+def _stats_discretizer(stats, to_discretize, feature_names, n_features):
+    """lime's ``StatsDiscretizer``: bin edges and per-bin statistics from
+    ``training_data_stats`` (edges paired with the features to discretise in order, as lime's
+    ``zip``)."""
+    by_feature = stats.get("bins") or {}
+    bins = [np.unique(np.asarray(by_feature[d], dtype=np.float64)) for d in to_discretize
+            if by_feature.get(d) is not None]
+    edges, st = {}, {}
+    for d, qts in zip(to_discretize, bins):
+        if qts.size == 0:
+            raise ValueError(f"training_data_stats: feature {d} has no bin edges")
+        edges[d] = qts
+        st[d] = tuple(np.asarray(stats[k][d], dtype=np.float64) for k in ("means", "stds", "mins", "maxs"))
+    return _Discretizer(edges, st, feature_names, n_features)
+
+
+def _binning_of(disc) -> "M.Binning":
+    """A lime discretizer (any ``BaseDiscretizer``, duck-typed: ``lambdas``, ``means``,
+    ``stds``, ``mins``, ``maxs``, ``discretize``) as the sampler's bins."""
+    feats = [int(d) for d in disc.lambdas]
+    stats = {d: (disc.means[d], disc.stds[d], disc.mins[d], disc.maxs[d]) for d in feats}
+    return M.Binning(discretize=disc.discretize, stats=stats)
+
+
+class _SparseSampler:
+    """lime's neighbourhood for scipy-sparse data (no discretisation, as lime): continuous
+    features drawn from ``N(mean, std)`` (``N(x, std)`` around the instance) at the row's
+    non-zero columns only (all columns for a dense row), categorical features from their
+    training frequencies; ``scaled = data ⊙ scale`` as lime computes it."""
+
+    def __init__(self, mean, scale, categorical, feature_values, feature_frequencies, sample_around_instance):
+        self.mean, self.scale = mean, scale
+        self.categorical = list(categorical)
+        self.values, self.freqs = feature_values, feature_frequencies
+        self.sample_around_instance = sample_around_instance
+
+    def sample(self, row, n, seed, stream):
+        import scipy.sparse as sps
+
+        rng = np.random.default_rng([seed, stream])
+        sparse = sps.issparse(row)
+        D = row.shape[1] if sparse else row.shape[0]
+        if sparse:
+            row = row.tocsr()
+            nz = np.sort(row.nonzero()[1])
+            inst = row[:, nz].toarray().reshape(-1)
+        else:
+            nz = np.arange(D)
+            inst = row
+        z = rng.standard_normal((n, nz.size))
+        vals = z * self.scale[nz] + (inst if self.sample_around_instance else self.mean[nz])
+        if sparse:
+            data = sps.csr_matrix((vals.reshape(-1), np.tile(nz, n), np.arange(n + 1) * nz.size), shape=(n, D))
+            data = data.tolil()
+            data[0] = row
+            data = data.tocsr() if not self.categorical else data
+        else:
+            data = vals
+            data[0] = row
+        inverse = data.copy()
+        first = row.toarray().reshape(-1) if sparse else row
+        for c in self.categorical:
+            col = rng.choice(self.values[c], size=n, replace=True, p=self.freqs[c])
+            binary = (col == first[c]).astype(int)
+            binary[0] = 1
+            col[0] = first[c]
+            data[:, c] = binary[:, None] if sparse else binary
+            inverse[:, c] = col[:, None] if sparse else col
+        if sparse:
+            data, inverse = data.tocsr(), inverse.tocsr()
+            scaled = data.multiply(self.scale).tocsr()
+        else:
+            scaled = data * self.scale
+        return data, inverse, scaled
+
+
+def _row_distances(scaled, metric):
+    """lime's ``pairwise_distances(scaled, scaled[0])`` (euclidean by the dot-product form,
+    cosine with zero rows at distance 1), for dense or sparse ``scaled``."""
+    if _is_sparse(scaled):
+        scaled = scaled.tocsr()
+        n = scaled.shape[0]
+        # row sums of squares accumulated in storage order, as sklearn's row_norms
+        rows = np.repeat(np.arange(n), np.diff(scaled.indptr))
+        sq = np.bincount(rows, weights=scaled.data * scaled.data, minlength=n)
+        dot = np.asarray((scaled @ scaled[0].T).toarray()).reshape(-1)
+    else:
+        sq = np.einsum("ij,ij->i", scaled, scaled)
+        dot = scaled @ scaled[0]
+    if metric == "euclidean":
+        d = -2.0 * dot  # sklearn's order of operations (rounding included)
+        d += sq
+        d += sq[0]
+        return np.sqrt(np.maximum(d, 0.0))
+    if metric == "cosine":
+        nrm = np.sqrt(sq)
+        den = nrm * nrm[0]
+        sim = np.divide(dot, den, out=np.zeros_like(dot), where=den > 0)
+        return np.clip(1.0 - sim, 0.0, 2.0)
+    raise ValueError(f"distance_metric must be 'euclidean' or 'cosine' for sparse data, got {metric!r}")
+
+
+class LimeTabularExplainer:
+    """lime's ``LimeTabularExplainer`` on Numba kernels.
+
+    Constructor arguments as lime: ``training_data`` (dense, or scipy-sparse: then sampled
+    as lime does, without discretisation), ``mode, training_labels, feature_names,
     categorical_features, categorical_names, kernel_width, kernel, verbose, class_names,
-    feature_selection, discretize_continuous, discretizer ('quartile' | 'decile' |
-    'entropy'), sample_around_instance, random_state``; plus ``backend``.
-    ``training_data_stats`` and custom discretizer objects are not supported (ValueError).
+    feature_selection, discretize_continuous, discretizer`` ('quartile' | 'decile' |
+    'entropy' | a lime discretizer object), ``sample_around_instance, random_state,
+    training_data_stats``; plus ``backend``.  Attributes as lime: ``feature_names``,
+    ``categorical_features``, ``feature_values``, ``feature_frequencies``, ``discretizer``,
+    ``class_names``, ``random_state``.
     """
 
     def __init__(self, training_data, mode="classification", training_labels=None, feature_names=None,
@@ -422,71 +578,144 @@ class LimeTabularExplainer:
                  verbose=False, class_names=None, feature_selection="auto", discretize_continuous=True,
                  discretizer="quartile", sample_around_instance=False, random_state=None,
                  training_data_stats=None, backend: str = "auto"):
-        if training_data_stats is not None:
-            raise ValueError("training_data_stats is not supported by xaikernels.lime; pass training_data")
-        if not isinstance(discretizer, str):
-            raise ValueError("xaikernels.lime supports discretizer='quartile', 'decile' or 'entropy'")
         if mode not in ("classification", "regression"):
             raise ValueError(f"mode must be 'classification' or 'regression', got {mode!r}")
-        try:
-            import scipy.sparse as sps
-
-            if sps.issparse(training_data):
-                raise ValueError("sparse training data is not supported by xaikernels.lime")
-        except ImportError:  # pragma: no cover
-            pass
-        training_data = np.asarray(training_data, dtype=np.float64)
         self.random_state = _check_random_state(random_state)
         self.mode = mode
         self.backend = backend
         self.categorical_names = categorical_names or {}
         self.sample_around_instance = sample_around_instance
+        self.training_data_stats = training_data_stats
+        if training_data_stats:
+            missing = sorted(set(_STAT_KEYS) - set(training_data_stats))
+            if missing:
+                raise ValueError(f"Missing keys in training_data_stats. Details: {missing}")
+        sparse = _is_sparse(training_data)
+        if not sparse:
+            training_data = np.asarray(training_data, dtype=np.float64)
+            if training_data.ndim != 2:
+                raise ValueError(f"training_data must be (n_rows, n_features), got shape {training_data.shape}")
         D = training_data.shape[1]
+        self.categorical_features = [] if categorical_features is None else [int(c) for c in categorical_features]
+        user_cat = list(self.categorical_features)
         self.feature_names = list(feature_names) if feature_names is not None else [str(i) for i in range(D)]
         self.class_names = class_names
-        self.sampler = M.TabularSampler(training_data, categorical_features or [], discretize_continuous,
-                                        discretizer, training_labels, sample_around_instance,
-                                        random_state=self.random_state.randint(0, 2**31 - 1)
-                                        if discretizer == "entropy" else 0)
-        self.discretizer = self.sampler if discretize_continuous else None
-        self.categorical_features = list(range(D)) if discretize_continuous else list(categorical_features or [])
+        self.discretizer = None
+        self._sparse = None
+        disc_obj = None
+        binning = value_table = None
+        if discretize_continuous and not sparse:
+            to_disc = [d for d in range(D) if d not in self.categorical_features]
+            if training_data_stats:
+                disc_obj = _stats_discretizer(training_data_stats, to_disc, self.feature_names, D)
+            elif not isinstance(discretizer, str):
+                if not all(hasattr(discretizer, a) for a in ("lambdas", "names", "means", "stds", "mins", "maxs",
+                                                            "discretize")):
+                    raise ValueError("Discretizer must be 'quartile', 'decile', 'entropy' or a BaseDiscretizer "
+                                     "instance")
+                disc_obj = discretizer
+            elif discretizer not in ("quartile", "decile", "entropy"):
+                raise ValueError("Discretizer must be 'quartile', 'decile', 'entropy' or a BaseDiscretizer instance")
+            if disc_obj is not None:
+                binning = _binning_of(disc_obj)
+            self.categorical_features = list(range(D))
+        if training_data_stats and self.categorical_features:
+            fv, ff = training_data_stats["feature_values"], training_data_stats["feature_frequencies"]
+            value_table = {d: (fv[d], ff[d]) for d in self.categorical_features}
+        if sparse:
+            self._init_sparse(training_data)
+        else:
+            self.sampler = M.TabularSampler(
+                training_data, user_cat, discretize_continuous,
+                discretizer if isinstance(discretizer, str) else "quartile", training_labels, sample_around_instance,
+                random_state=self.random_state.randint(0, 2**31 - 1)
+                if discretize_continuous and disc_obj is None and discretizer == "entropy" else 0,
+                binning=binning, value_table=value_table)
+            self.feature_values, self.feature_frequencies = {}, {}
+            for d in self.categorical_features:
+                vals, freq = self.sampler.value_table[d]
+                self.feature_values[d] = [v.item() for v in (vals.astype(np.int64) if d in self.sampler.binned
+                                                            else vals)]
+                self.feature_frequencies[d] = np.asarray(freq, dtype=np.float64)
+            if discretize_continuous:
+                self.discretizer = disc_obj if disc_obj is not None else _Discretizer(
+                    self.sampler.bins, self.sampler.bin_stats, self.feature_names, D)
+        self._disc_seeded = disc_obj is not None and disc_obj is discretizer and isinstance(
+            getattr(disc_obj, "random_state", None), np.random.RandomState)
         if kernel_width is None:
             kernel_width = np.sqrt(D) * 0.75
         self.feature_selection = feature_selection
         self.base = _fitter(kernel, kernel_width, feature_selection, verbose, backend)
-        self._names = self._bin_names()
+        self._names = dict(self.discretizer.names) if self.discretizer is not None else {}
 
-    def _bin_names(self):
-        names = {}
-        for d, qts in self.sampler.bins.items():
-            nm = self.feature_names[d]
-            lst = ["%s <= %.2f" % (nm, qts[0])]
-            for i in range(len(qts) - 1):
-                lst.append("%.2f < %s <= %.2f" % (qts[i], nm, qts[i + 1]))
-            lst.append("%s > %.2f" % (nm, qts[-1]))
-            names[d] = lst
-        return names
+    def _init_sparse(self, X):
+        """lime's statistics of sparse training data: ``StandardScaler(with_mean=False)``'s
+        column means and standard deviations (0 → 1), categorical tables from the columns."""
+        X = X.tocsc()
+        n = X.shape[0]
+        mean = np.asarray(X.mean(0)).reshape(-1)
+        var = np.asarray(X.multiply(X).mean(0)).reshape(-1) - mean ** 2
+        scale = np.sqrt(np.maximum(var, 0.0))
+        scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
+        self.feature_values, self.feature_frequencies = {}, {}
+        for d in self.categorical_features:
+            vals, counts = np.unique(X[:, d].toarray().reshape(-1), return_counts=True)
+            self.feature_values[d] = vals.tolist()
+            self.feature_frequencies[d] = counts / float(n)
+            mean[d], scale[d] = 0.0, 1.0
+        self._sparse = _SparseSampler(mean, scale, self.categorical_features, self.feature_values,
+                                      self.feature_frequencies, self.sample_around_instance)
 
     def explain_instance(self, data_row, predict_fn, labels=(1,), top_labels=None, num_features=10,
                          num_samples=5000, distance_metric="euclidean", model_regressor=None):
-        """Explain ``predict_fn``'s output on ``data_row`` (1-D).  Arguments as lime."""
-        data_row = np.asarray(data_row, dtype=np.float64).reshape(-1)
+        """Explain ``predict_fn``'s output on ``data_row`` (1-D, or a sparse row).  Arguments as lime."""
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
         seed = int(self.random_state.randint(0, 2**31 - 1))
-        # sampling, standardisation, distances and (lime's default kernel) the weights in one
-        # kernel pass
-        plan = self.sampler.plan(data_row)
+        # a discretizer object of the user's draws with its own generator in lime: its state
+        # selects the stream, so both seeds matter
+        stream = int(self.discretizer.random_state.randint(0, 2**31 - 1)) + 1 if self._disc_seeded else 0
+        row_sparse = _is_sparse(data_row)
+        feature_indexes = None
         default_kernel = self.base.kernel_fn is None
-        # lime's default kernel and regressor: the sampler also sums the weighted Gram of the
-        # surrogate rows, and the fit only adds the label products
-        fused = default_kernel and model_regressor is None
-        nb = P.tabular_neighbourhood(num_samples, seed, plan, metric=distance_metric,
-                                     kernel_width=self.base.kernel_width if default_kernel else None,
-                                     gram=fused, binary_uint8=fused, backend=self.backend)
-        scaled, inverse, distances = nb[:3]
-        weights = nb[3] if default_kernel else None
-        gram = nb[4] if fused else None
+        weights = gram = None
+        if self._sparse is not None or row_sparse:
+            if self._sparse is None:
+                raise ValueError("a sparse data_row needs an explainer built on sparse training data (lime samples "
+                                 "sparse rows without discretisation)")
+            if not row_sparse:
+                data_row = np.asarray(data_row, dtype=np.float64).reshape(-1)
+            if distance_metric not in ("euclidean", "cosine"):
+                raise ValueError(f"distance_metric must be 'euclidean' or 'cosine', got {distance_metric!r}")
+            _, inverse, scaled_sp = self._sparse.sample(data_row, num_samples, seed, stream)
+            distances = _row_distances(scaled_sp, distance_metric)
+            scaled = scaled_sp.toarray() if row_sparse else scaled_sp
+            scaled_row = scaled_sp[0]
+            if row_sparse:
+                row = data_row.tocsr()
+                values = ["%.2f" % v for v in row.data]
+                feature_indexes = row.indices
+                dense_row = row.toarray().reshape(-1)
+            else:
+                values = ["%.2f" % v for v in data_row]
+                dense_row = data_row
+        else:
+            data_row = np.asarray(data_row, dtype=np.float64).reshape(-1)
+            # sampling, standardisation, distances and (lime's default kernel) the weights in
+            # one kernel pass
+            plan = self.sampler.plan(data_row)
+            # lime's default kernel and regressor: the sampler also sums the weighted Gram of
+            # the surrogate rows, and the fit only adds the label products
+            fused = default_kernel and model_regressor is None
+            nb = P.tabular_neighbourhood(num_samples, seed, plan, metric=distance_metric, stream=stream,
+                                         kernel_width=self.base.kernel_width if default_kernel else None,
+                                         gram=fused, binary_uint8=fused, backend=self.backend)
+            scaled, inverse, distances = nb[:3]
+            weights = nb[3] if default_kernel else None
+            gram = nb[4] if fused else None
+            scaled_row = scaled[0].astype(np.float64)
+            values = ["%.2f" % v for v in data_row]
+            dense_row = data_row
         yss = np.asarray(predict_fn(inverse))
         if self.mode == "classification":
             if yss.ndim == 1:
@@ -507,22 +736,23 @@ class LimeTabularExplainer:
             predicted_value, min_y, max_y = yss[0], yss.min(), yss.max()
             yss = yss[:, None]
         feature_names = list(self.feature_names)
-        values = ["%.2f" % v for v in data_row]
         for i in self.categorical_features:
-            if i in self.sampler.bins:
+            if i in self._names:
                 continue
-            name = int(data_row[i])
+            name = int(dense_row[i])
             if i in self.categorical_names:
                 name = self.categorical_names[i][name]
             feature_names[i] = "%s=%s" % (feature_names[i], name)
             values[i] = "True"
         disc_names = None
+        cat = self.categorical_features
         if self.discretizer is not None:
             disc = plan["inst"]  # the row's bins (sampler.discretize)
             disc_names = list(feature_names)
             for f, lst in self._names.items():
                 disc_names[f] = lst[int(disc[f])]
-        mapper = TableDomainMapper(feature_names, values, scaled[0].astype(np.float64), self.categorical_features, disc_names)
+            cat = range(len(feature_names))
+        mapper = TableDomainMapper(feature_names, values, scaled_row, cat, disc_names, feature_indexes)
         exp = Explanation(mapper, mode=self.mode, class_names=self.class_names)
         if self.mode == "classification":
             exp.predict_proba = yss[0]

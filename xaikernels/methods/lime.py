@@ -380,6 +380,20 @@ def _fit_instances(mask_list, Y, targets, distance, kernel_width, alpha, feature
 
 
 # ------------------------------------------------------------------------------------ tabular
+@dataclass
+class Binning:
+    """Bins defined outside :class:`TabularSampler` (a lime discretizer object, or lime's
+    ``training_data_stats``).
+
+    ``discretize(rows)``: the rows (1-D or 2-D float arrays) with every discretised feature
+    replaced by its bin index (other features unchanged); ``stats``: per discretised feature,
+    its per-bin ``(means, stds, mins, maxs)`` (the truncated normal each bin's values are
+    drawn from)."""
+
+    discretize: Callable[[np.ndarray], np.ndarray]
+    stats: Dict[int, tuple]
+
+
 class TabularSampler:
     """lime's tabular sampling around training statistics, as a plan for the sampling kernel.
 
@@ -395,7 +409,8 @@ class TabularSampler:
     def __init__(self, training_data: np.ndarray, categorical_features: Sequence[int] = (),
                  discretize_continuous: bool = True, discretizer: str = "quartile",
                  training_labels: Optional[np.ndarray] = None, sample_around_instance: bool = False,
-                 random_state: int = 0):
+                 random_state: int = 0, *, binning: Optional[Binning] = None,
+                 value_table: Optional[Dict[int, tuple]] = None):
         X = np.asarray(training_data, dtype=np.float64)
         if X.ndim != 2 or X.shape[0] < 1:
             raise ValueError(f"training_data must be (n_rows, n_features), got shape {X.shape}")
@@ -409,29 +424,55 @@ class TabularSampler:
         std = X.std(0)
         self.scale = np.where(std == 0, 1.0, std)  # StandardScaler's convention
         self.bins: Dict[int, np.ndarray] = {}
-        self.discretized = bool(discretize_continuous)
-        to_disc = [d for d in range(D) if d not in self.categorical] if discretize_continuous else []
-        for d in to_disc:
-            self.bins[d] = np.unique(self._edges(X[:, d], discretizer, training_labels, random_state))
         self.bin_stats = {}
-        for d, qts in self.bins.items():
-            col = X[:, d]
-            idx = np.searchsorted(qts, col)
-            nb = len(qts) + 1
-            means = np.array([col[idx == k].mean() if np.any(idx == k) else 0.0 for k in range(nb)])
-            stds = np.array([col[idx == k].std() if np.any(idx == k) else 0.0 for k in range(nb)]) + 1e-11
-            mins = np.r_[col.min(), qts]
-            maxs = np.r_[qts, col.max()]
-            self.bin_stats[d] = (means, stds, mins, maxs)
+        self.binning = binning if discretize_continuous else None
+        self.discretized = bool(discretize_continuous)
+        if self.binning is not None:
+            # bins defined elsewhere (a lime discretizer, training statistics): their own
+            # bin assignment and per-bin statistics
+            for d, st in binning.stats.items():
+                if not 0 <= int(d) < D:
+                    raise ValueError(f"discretizer feature {d} outside 0..{D - 1}")
+                means, stds, mins, maxs = (np.asarray(v, dtype=np.float64).reshape(-1) for v in st)
+                if not len(means) == len(stds) == len(mins) == len(maxs):
+                    raise ValueError(f"feature {d}: per-bin means, stds, mins and maxs differ in length")
+                self.bin_stats[int(d)] = (means, stds, mins, maxs)
+        elif discretize_continuous:
+            for d in (d for d in range(D) if d not in self.categorical):
+                self.bins[d] = np.unique(self._edges(X[:, d], discretizer, training_labels, random_state))
+            for d, qts in self.bins.items():
+                col = X[:, d]
+                idx = np.searchsorted(qts, col)
+                nb = len(qts) + 1
+                means = np.array([col[idx == k].mean() if np.any(idx == k) else 0.0 for k in range(nb)])
+                stds = np.array([col[idx == k].std() if np.any(idx == k) else 0.0 for k in range(nb)]) + 1e-11
+                mins = np.r_[col.min(), qts]
+                maxs = np.r_[qts, col.max()]
+                self.bin_stats[d] = (means, stds, mins, maxs)
+        #: the discretised features (their bins are the surrogate's categories)
+        self.binned = sorted(self.bin_stats)
         self.value_table: Dict[int, tuple] = {}
         cat_like = list(range(D)) if discretize_continuous else self.categorical
+        Xd = None
         for d in cat_like:
-            col = np.searchsorted(self.bins[d], X[:, d]).astype(np.float64) if d in self.bins else X[:, d]
-            vals, counts = np.unique(col, return_counts=True)
+            if value_table is not None and d in value_table:
+                vals, counts = value_table[d]
+                vals, counts = np.asarray(vals, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+                if vals.shape != counts.shape or vals.ndim != 1 or not vals.size or not counts.sum() > 0:
+                    raise ValueError(f"feature {d}: feature_values and feature_frequencies must be non-empty "
+                                     "lists of one length with a positive sum")
+            else:
+                if d in self.bin_stats and Xd is None:
+                    Xd = self.discretize(X)
+                col = Xd[:, d] if d in self.bin_stats else X[:, d]
+                vals, counts = np.unique(col, return_counts=True)
             self.value_table[d] = (vals, counts / counts.sum())
+            if d in self.bin_stats and (vals.min() < 0 or vals.max() >= len(self.bin_stats[d][0])
+                                        or np.any(vals != np.round(vals))):
+                raise ValueError(f"feature {d}: bin values must be bin indices 0..{len(self.bin_stats[d][0]) - 1}")
         self.kind = np.zeros(D, dtype=np.int8)
         for d in cat_like:
-            self.kind[d] = 2 if d in self.bins else 1
+            self.kind[d] = 2 if d in self.bin_stats else 1
         # the surrogate sees binary columns for categorical/discretised features (mean 0, scale 1)
         self.surrogate_mean = np.where(self.kind == 0, self.means, 0.0)
         self.surrogate_scale = np.where(self.kind == 0, self.scale, 1.0)
@@ -456,6 +497,8 @@ class TabularSampler:
     def discretize(self, row: np.ndarray) -> np.ndarray:
         """Bin index of every discretised feature (``searchsorted(edges, x)``: the number of
         edges below ``x``), other features unchanged."""
+        if self.binning is not None:
+            return np.asarray(self.binning.discretize(np.array(row, dtype=np.float64, copy=True)), dtype=np.float64)
         out = np.array(row, dtype=np.float64, copy=True)
         edges = self.__dict__.get("_edge_table")
         if edges is None:
