@@ -208,7 +208,7 @@ def test_native_engine_takes_a_tuple_of_inputs():
         native.lrp(model.eval(), (x,), 0)
     import xaikernels.zennit as xz
 
-    with pytest.raises(TypeError, match="x must be a torch.Tensor, got tuple"):
+    with pytest.raises(TypeError, match="input must be a torch.Tensor, got tuple"):
         xz.Gradient(model)((x,))
 
 

@@ -120,13 +120,29 @@ def test_bottleneck_resnet_matches_zennit():
     torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-12 * exp.abs().max().item())
 
 
-def test_unsupported_zennit_rule_is_clear():
+def test_unsupported_zennit_rule_falls_back_to_zennit_or_raises():
+    """A Zennit rule without a kernel: Zennit's own hooks compute it with backend "auto"
+    (Zennit's numbers, reported in last_backend); an explicit backend raises, naming the rule.
+    The model comes back without hooks either way."""
     from zennit.rules import ReLUGuidedBackprop
 
     model, x, _, onehot = _case("vgg", torch.float64)
-    comp = zc.LayerMapComposite([(nn.ReLU, ReLUGuidedBackprop())])
+    comp = zc.LayerMapComposite([(nn.ReLU, ReLUGuidedBackprop()), (nn.Conv2d, zc.ZPlus())])
+    exp = _zennit(model, comp, x, onehot)
     with pytest.raises(NotImplementedError, match="ReLUGuidedBackprop"):
-        xz.Gradient(model, comp)(x, onehot)
+        xz.Gradient(model, comp, backend="reference")(x, onehot)
+    attributor = xz.Gradient(model, comp)
+    out, got = attributor(x, onehot)
+    assert attributor.last_backend == "zennit"
+    torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out, model(x))
+    assert not comp.handles
+    assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+               for m in model.modules())
+    # a supported composite runs on the engine
+    attributor = xz.Gradient(model, zc.EpsilonPlus())
+    attributor(x, onehot)
+    assert attributor.last_backend == "xaikernels"
 
 
 # ---------------------------------------------------------------------------------------------

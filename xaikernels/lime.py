@@ -25,10 +25,18 @@ object (any ``BaseDiscretizer``; its bins and per-bin statistics are used, and i
 ``random_state`` enters the draws as in lime), and ``training_data_stats`` replaces the
 training data's statistics as lime's ``StatsDiscretizer`` does.  lime's own
 ``test_lime_tabular.py`` passes 10/10 with the import swapped.
+
+Text: ``IndexedString`` / ``IndexedCharacters`` with lime's attributes and methods (the
+explanation's ``domain_mapper.indexed_string`` is one).  lime's own ``test_lime_text.py``
+with the import swapped gives the same results as lime itself (its 20-newsgroups tests need
+a download; two ``positions`` checks fail for lime too, on NumPy 2's ``array_equal``).
 """
 from __future__ import annotations
 
 import copy
+import itertools
+import json
+import re
 import warnings
 from functools import partial
 from typing import Dict
@@ -39,7 +47,7 @@ from xaikernels.methods import lime as M
 from xaikernels.ops import perturb as P
 
 __all__ = ["LimeImageExplainer", "LimeTabularExplainer", "LimeTextExplainer", "ImageExplanation",
-           "Explanation"]
+           "Explanation", "IndexedString", "IndexedCharacters", "TextDomainMapper"]
 
 
 def _check_random_state(seed):
@@ -773,28 +781,342 @@ class LimeTabularExplainer:
 
 
 # -------------------------------------------------------------------------------------- text
+class _IndexedText:
+    """What :class:`IndexedString` and :class:`IndexedCharacters` share: lime's word numbering,
+    ``inverse_removing`` and the explainer's batch rendering.
+
+    A subclass sets ``raw``, ``mask_string``, ``as_list`` (the raw pieces, words and
+    separators, that concatenate to ``raw``), ``as_np``, ``string_start`` and ``bow``, then
+    calls :meth:`_index_words`.
+    """
+
+    #: rows × pieces rendered per block by :meth:`_render` (bounds its temporaries)
+    _RENDER_BLOCK = 1 << 22
+
+    def _index_words(self, values, is_separator):
+        """Number the word pieces as lime does.
+
+        Parameters
+        ----------
+        values : list of str
+            ``as_np.tolist()``: lime reads the pieces back from ``as_np``, where NumPy's
+            unicode dtype drops trailing NULs (``'a\\x00'`` indexes as ``'a'``), so words,
+            separator tests and ``string_start`` see those values; ``as_list`` keeps the raw
+            pieces for the rendered text.
+        is_separator : callable
+            ``str -> bool``, True for a piece that is not a word.
+
+        Notes
+        -----
+        ``bow=True``: one id per distinct word in order of first occurrence, ``positions[id]``
+        the list of its piece indices.  ``bow=False``: one id per word piece, ``positions`` the
+        array of their piece indices.  ``inverse_vocab`` holds ``np.str_`` as lime's does.
+        """
+        separator: Dict[str, bool] = {}
+        vocab: Dict[str, int] = {}
+        words, positions = [], []
+        piece_feature = np.full(len(values), -1, dtype=np.int64)
+        for i, w in enumerate(values):
+            sep = separator.get(w)
+            if sep is None:
+                sep = separator[w] = bool(is_separator(w))
+            if sep:
+                continue
+            if self.bow:
+                f = vocab.get(w)
+                if f is None:
+                    f = vocab[w] = len(words)
+                    words.append(w)
+                    positions.append([])
+                positions[f].append(i)
+            else:
+                f = len(words)
+                words.append(w)
+                positions.append(i)
+            piece_feature[i] = f
+        self.inverse_vocab = [np.str_(w) for w in words]
+        self.positions = positions if self.bow else np.array(positions)
+        self._piece_feature = piece_feature
+
+    def raw_string(self):
+        """The original text."""
+        return self.raw
+
+    def num_words(self):
+        """Number of interpretable features (distinct words with ``bow=True``, word positions otherwise)."""
+        return len(self.inverse_vocab)
+
+    def word(self, id_):
+        """The word of feature ``id_``."""
+        return self.inverse_vocab[id_]
+
+    def string_position(self, id_):
+        """Character offsets in the text of the occurrences of feature ``id_`` (np.ndarray)."""
+        if self.bow:
+            return self.string_start[self.positions[id_]]
+        return self.string_start[[self.positions[id_]]]
+
+    def inverse_removing(self, words_to_remove):
+        """The text with features ``words_to_remove`` removed (``bow=True``, every occurrence)
+        or replaced by ``mask_string`` (``bow=False``).
+
+        Parameters
+        ----------
+        words_to_remove : sequence of int
+            Feature ids.
+
+        Returns
+        -------
+        str
+        """
+        keep = np.ones(len(self.as_list), dtype=bool)
+        keep[self._pieces_of(words_to_remove)] = False
+        if self.bow:
+            return "".join(itertools.compress(self.as_list, keep.tolist()))
+        return "".join(p if k else self.mask_string for p, k in zip(self.as_list, keep.tolist()))
+
+    def _pieces_of(self, ids):
+        if self.bow:
+            return [i for f in ids for i in self.positions[f]]
+        ids = np.asarray(ids)
+        # lime indexes its float64 empty ``positions`` of a word-less text and fails; we do not
+        return self.positions[ids] if ids.size else []
+
+    def _render(self, masks):
+        """``inverse_removing`` of the zero columns of every row of ``masks``.
+
+        Parameters
+        ----------
+        masks : np.ndarray
+            (S, num_words()) coalitions; row ``s`` keeps feature ``f`` where ``masks[s, f] != 0``.
+
+        Returns
+        -------
+        list of str
+            S texts.  The keep flags of all pieces come from one gather per block of rows; the
+            strings are joined in C (``itertools.compress`` with ``bow``, an object-array
+            ``np.where`` against ``mask_string`` without).
+        """
+        pf = self._piece_feature
+        is_word = pf >= 0
+        cols = pf[is_word]
+        n_pieces = pf.size
+        if not self.bow:
+            # object arrays: a NumPy unicode array would drop a trailing NUL (chr(0), the
+            # default mask of characters)
+            pieces = np.empty(n_pieces, dtype=object)
+            pieces[:] = self.as_list
+            fill = np.empty((), dtype=object)
+            fill[()] = self.mask_string
+        step = max(1, self._RENDER_BLOCK // max(n_pieces, 1))
+        out: list = []
+        for a in range(0, masks.shape[0], step):
+            blk = masks[a:a + step]
+            keep = np.ones((blk.shape[0], n_pieces), dtype=bool)
+            keep[:, is_word] = blk[:, cols] != 0
+            if self.bow:
+                out.extend("".join(itertools.compress(self.as_list, row)) for row in keep.tolist())
+            else:
+                out.extend("".join(row) for row in np.where(keep, pieces, fill).tolist())
+        return out
+
+
+class IndexedString(_IndexedText):
+    """lime's ``IndexedString``: a text split into words and separators, with indexes.
+
+    Parameters
+    ----------
+    raw_string : str
+        The text.
+    split_expression : str or callable, default ``r'\\W+'``
+        A regex whose matches separate the words (the separators stay in the text), or a
+        tokenizer ``str -> list of str`` returning the words in order; text between them is
+        kept as separator pieces, and a piece equal to any returned token counts as a word.
+    bow : bool, default True
+        True: a feature is a distinct word (removing it removes every occurrence); False: a
+        feature is a word position, replaced by ``mask_string`` when removed.
+    mask_string : str, optional
+        Replacement of removed words when ``bow=False``; ``'UNKWORDZ'`` when None.
+
+    Attributes
+    ----------
+    raw : str
+    as_list : list of str
+        The pieces, words and separators, in order; ``''.join(as_list) == raw``.
+    as_np : np.ndarray
+        ``np.array(as_list)`` (a float64 empty array for an empty text, as lime).
+    string_start : np.ndarray
+        Character offset of each piece, computed from ``as_np`` as lime does.
+    inverse_vocab : list of np.str_
+        Feature id -> word.
+    positions : list of list of int, or np.ndarray
+        ``bow=True``: piece indices of each word's occurrences; ``bow=False``: the piece index
+        of each word position.
+    bow : bool
+    mask_string : str
+
+    Notes
+    -----
+    Same values and types as lime 0.2.0.1, with three deliberate differences: a tokenizer
+    that returns an iterator is read once into a list (lime consumes it while segmenting and
+    then finds no words), a token missing from the text raises ``ValueError`` (lime raises
+    ``ValueError`` or ``IndexError``), and ``inverse_removing([])`` on a text without words
+    returns the text with ``bow=False`` too (lime raises ``IndexError``).
+    """
+
+    def __init__(self, raw_string, split_expression=r"\W+", bow=True, mask_string=None):
+        if not isinstance(raw_string, str):
+            raise TypeError(f"raw_string must be a str, got {type(raw_string).__name__}")
+        self.raw = raw_string
+        self.mask_string = "UNKWORDZ" if mask_string is None else mask_string
+        if callable(split_expression):
+            tokens = list(split_expression(raw_string))
+            self.as_list = M.TextIndex._around_tokens(raw_string, tokens)[0]
+            token_set = set(tokens)
+
+            def is_separator(piece):
+                return piece not in token_set
+        else:
+            # the separators are captured so that they stay in the pieces; "|$" leaves an
+            # empty match at the end, dropped with the other empty strings
+            splitter = re.compile(r"(%s)|$" % split_expression)
+            self.as_list = [s for s in splitter.split(raw_string) if s]
+
+            def is_separator(piece):
+                return splitter.match(piece) is not None
+        self.as_np = np.array(self.as_list)
+        values = self.as_np.tolist()
+        self.string_start = np.hstack(([0], np.cumsum([len(v) for v in values[:-1]])))
+        self.bow = bow
+        self._index_words(values, is_separator)
+
+
+class IndexedCharacters(_IndexedText):
+    """lime's ``IndexedCharacters``: a text whose features are its characters.
+
+    Parameters
+    ----------
+    raw_string : str
+        The text.
+    bow : bool, default True
+        True: a feature is a distinct character (removing it removes every occurrence);
+        False: a feature is a character position, replaced by ``mask_string`` when removed.
+    mask_string : str, optional
+        Replacement of removed characters when ``bow=False``; ``chr(0)`` when None.
+
+    Attributes
+    ----------
+    As :class:`IndexedString`, with one piece per character and ``string_start =
+    np.arange(len(raw_string))``.
+    """
+
+    def __init__(self, raw_string, bow=True, mask_string=None):
+        if not isinstance(raw_string, str):
+            raise TypeError(f"raw_string must be a str, got {type(raw_string).__name__}")
+        self.raw = raw_string
+        self.as_list = list(raw_string)
+        self.as_np = np.array(self.as_list)
+        self.mask_string = chr(0) if mask_string is None else mask_string
+        self.string_start = np.arange(len(raw_string))
+        self.bow = bow
+        self._index_words(self.as_np.tolist(), lambda piece: False)
+
+
 class TextDomainMapper(_DomainMapper):
+    """lime's ``TextDomainMapper``: feature ids -> words of ``indexed_string``.
+
+    Parameters
+    ----------
+    indexed_string : IndexedString or IndexedCharacters
+    """
+
     def __init__(self, indexed_string):
         self.indexed_string = indexed_string
 
-    def map_exp_ids(self, exp, positions=False, **kwargs):
+    def map_exp_ids(self, exp, positions=False):
+        """Words of the features in ``exp``.
+
+        Parameters
+        ----------
+        exp : list of (int, float)
+            (feature id, weight) pairs.
+        positions : bool, default False
+            If True, name each feature ``'word_p1-p2-...'`` with the character offsets of its
+            occurrences.
+
+        Returns
+        -------
+        list of (str, float)
+        """
         idx = self.indexed_string
         if positions:
             return [("%s_%s" % (idx.word(i), "-".join(map(str, idx.string_position(i)))), w) for i, w in exp]
         return [(idx.word(i), w) for i, w in exp]
 
+    def visualize_instance_html(self, exp, label, div_name, exp_object_name, text=True, opacity=True):
+        """lime's JavaScript call that shows the text with the features of ``exp`` highlighted.
+
+        Parameters
+        ----------
+        exp : list of (int, float)
+            (feature id, weight) pairs.
+        label : int
+        div_name : str
+            JavaScript name of the div to draw in.
+        exp_object_name : str
+            JavaScript name of lime's explanation object.
+        text : bool, default True
+            If False, return ``''``.
+        opacity : bool, default True
+            Fade the highlights with the weights.
+
+        Returns
+        -------
+        str
+            ``'<exp_object_name>.show_raw_text(occurrences, label, text, div_name, opacity);'``
+            with lime's whitespace; ``<``, ``>`` and ``&`` in the text become ``|``.
+        """
+        if not text:
+            return ""
+        idx = self.indexed_string
+        raw = idx.raw_string().encode("utf-8", "xmlcharrefreplace").decode("utf-8")
+        raw = re.sub(r"[<>&]", "|", raw)
+        occurrences = [(idx.word(f), int(p), w) for f, w in exp for p in idx.string_position(f)]
+        return "\n            %s.show_raw_text(%s, %d, %s, %s, %s);\n            " % (
+            exp_object_name, json.dumps(occurrences), label, json.dumps(raw), div_name, json.dumps(opacity))
+
 
 class LimeTextExplainer:
-    """lime's ``LimeTextExplainer`` on Numba kernels.  Constructor arguments as lime
-    (``kernel_width=25, kernel, verbose, class_names, feature_selection, split_expression,
-    bow, mask_string, random_state, char_level``); plus ``backend``."""
+    """lime's ``LimeTextExplainer`` on Numba kernels.
+
+    Parameters
+    ----------
+    kernel_width : float, default 25
+    kernel : callable, optional
+        ``f(distances, kernel_width) -> weights``; lime's exponential kernel when None.
+    verbose : bool, default False
+    class_names : list of str, optional
+    feature_selection : str, default 'auto'
+        'auto', 'none', 'forward_selection', 'highest_weights' or 'lasso_path'.
+    split_expression : str or callable, default ``r'\\W+'``
+        See :class:`IndexedString`.
+    bow : bool, default True
+    mask_string : str, optional
+        ``'UNKWORDZ'`` (words) or ``chr(0)`` (``char_level``) when None.
+    random_state : int, np.random.RandomState or None
+    char_level : bool, default False
+        Features are characters (:class:`IndexedCharacters`).
+    backend : str, default 'auto'
+        Keyword only, not in lime: the kernels' backend.
+    """
 
     def __init__(self, kernel_width=25, kernel=None, verbose=False, class_names=None, feature_selection="auto",
-                 split_expression=r"\W+", bow=True, mask_string=None, random_state=None, char_level=False,
+                 split_expression=r"\W+", bow=True, mask_string=None, random_state=None, char_level=False, *,
                  backend: str = "auto"):
         self.random_state = _check_random_state(random_state)
         self.base = _fitter(kernel, kernel_width, feature_selection, verbose, backend)
         self.class_names = class_names
+        self.vocabulary = None
         self.feature_selection = feature_selection
         self.bow = bow
         self.mask_string = mask_string
@@ -803,11 +1125,39 @@ class LimeTextExplainer:
         self.backend = backend
 
     def explain_instance(self, text_instance, classifier_fn, labels=(1,), top_labels=None, num_features=10,
-                         num_samples=5000, distance_metric="cosine", model_regressor=None, masks=None):
-        """Explain ``classifier_fn`` (list of strings → (n, K) probabilities) on one text.
-        ``masks`` (num_samples, F) uint8 replaces the random removals (row 0: all ones)."""
-        idx = M.TextIndex(text_instance, self.split_expression, self.bow, self.mask_string, self.char_level)
-        F = idx.n_features
+                         num_samples=5000, distance_metric="cosine", model_regressor=None, *, masks=None):
+        """Explain ``classifier_fn`` on one text, as lime.
+
+        Parameters
+        ----------
+        text_instance : str
+        classifier_fn : callable
+            list of S strings -> (S, K) class probabilities.
+        labels : iterable of int, default (1,)
+        top_labels : int, optional
+            Explain the ``top_labels`` most probable classes instead of ``labels``.
+        num_features : int, default 10
+        num_samples : int, default 5000
+            Perturbed texts, the original first.
+        distance_metric : str, default 'cosine'
+        model_regressor : sklearn regressor, optional
+            Fitted on the selected features with ``sample_weight``; ridge (α=1) when None.
+        masks : np.ndarray, optional
+            Keyword only, not in lime: (num_samples, F) 0/1 coalitions replacing the random
+            removals (row 0 all ones).
+
+        Returns
+        -------
+        Explanation
+            ``domain_mapper`` is a :class:`TextDomainMapper` over an :class:`IndexedString` (or
+            :class:`IndexedCharacters` with ``char_level``).
+        """
+        if self.char_level:
+            idx = IndexedCharacters(text_instance, bow=self.bow, mask_string=self.mask_string)
+        else:
+            idx = IndexedString(text_instance, split_expression=self.split_expression, bow=self.bow,
+                                mask_string=self.mask_string)
+        F = idx.num_words()
         if F == 0:
             raise ValueError("the text has no tokens to explain (check split_expression)")
         if masks is None:
@@ -818,7 +1168,7 @@ class LimeTextExplainer:
             data = np.ascontiguousarray(masks, dtype=np.uint8)
             if data.shape != (num_samples, F):
                 raise ValueError(f"masks must be ({num_samples}, {F}), got {data.shape}")
-        docs = [text_instance] + [idx.render(r) for r in data[1:]]
+        docs = [idx.raw_string()] + idx._render(data[1:])
         yss = _check_outputs(classifier_fn(docs), num_samples, backend=self.backend)
         distances = P.row_distances(data, np.ones(F), distance_metric, backend=self.backend) * 100
         if self.class_names is None:

