@@ -63,7 +63,7 @@ def _zennit():
 
 
 def _time_rounds(fns, repeats, warmup):
-    """Median seconds of each fn, timed round-robin so that load drift hits all alike."""
+    """Seconds of each fn per round, timed round-robin so that load drift hits all alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -73,7 +73,15 @@ def _time_rounds(fns, repeats, warmup):
             t0 = time.perf_counter()
             fn()
             ts[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in ts.items()}
+    return ts
+
+
+def _paired(num, den):
+    """Median and quartiles of the per-round ratios num[i] / den[i]: each round's two timings
+    are adjacent, so slow drift of the shared machine cancels in the ratio."""
+    r = sorted(a / b for a, b in zip(num, den))
+    q = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else [r[0]] * 3
+    return statistics.median(r), q[0], q[2]
 
 
 def main(argv=None):
@@ -84,6 +92,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--models", nargs="*", default=["vgg16", "resnet18"], choices=["vgg16", "resnet18"])
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *argv])
@@ -93,6 +102,7 @@ def main(argv=None):
                  ("resnet18", resnet18_like(width=8), (2, 3, 64, 64))]
     else:
         cases = [("vgg16", vgg16_like(), (8, 3, 64, 64)), ("resnet18", resnet18_like(), (4, 3, 224, 224))]
+    cases = [c for c in cases if c[0] in args.models]
     rows = []
     for mname, model, shape in cases:
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
@@ -122,13 +132,17 @@ def main(argv=None):
                         attributor(x.clone(), onehot)
 
                 fns["zennit"] = zfn
-            t = _time_rounds(fns, args.repeats, args.warmup)
+            ts = _time_rounds(fns, args.repeats, args.warmup)
+            t = {k: statistics.median(v) for k, v in ts.items()}
             m_ours = peak_memory(fns["ours"])
+            x_unit, lo, hi = _paired(ts["ours"], ts["unit"])
             row = dict(model=mname, batch=shape[0], composite=comp, unit_ms=t["unit"] * 1e3, ours_ms=t["ours"] * 1e3,
-                       ours_x_unit=t["ours"] / t["unit"], ours_peak_x_unit=m_ours / m_unit, target_x_unit=target_ratio)
+                       ours_x_unit=x_unit, ours_x_unit_iqr=[lo, hi], ours_peak_x_unit=m_ours / m_unit,
+                       target_x_unit=target_ratio)
             if "zennit" in t:
-                row.update(zennit_ms=t["zennit"] * 1e3, zennit_x_unit=t["zennit"] / t["unit"],
-                           speedup_vs_zennit=t["zennit"] / t["ours"], zennit_peak_x_unit=peak_memory(fns["zennit"]) / m_unit)
+                row.update(zennit_ms=t["zennit"] * 1e3, zennit_x_unit=_paired(ts["zennit"], ts["unit"])[0],
+                           speedup_vs_zennit=_paired(ts["zennit"], ts["ours"])[0],
+                           zennit_peak_x_unit=peak_memory(fns["zennit"]) / m_unit)
             row["pass"] = (row["ours_x_unit"] <= target_ratio and row.get("speedup_vs_zennit", 2.0) >= 2.0
                            and row["ours_peak_x_unit"] <= 1.5)
             rows.append(row)
@@ -138,15 +152,32 @@ def main(argv=None):
     with open(args.out_dir / "lrp.jsonl", "a") as f:
         for r in rows:
             f.write(json.dumps({**meta, **r}) + "\n")
-    lines = ["# LRP benchmark", "", f"Command: `{command}` ({args.threads} thread; {meta['date']}; "
-             "medians, ratios measured in one process; the machine is shared, so absolute times drift)", "",
-             "| model | composite | unit ms | ours ms | ours × unit | target | Zennit × unit | speedup vs Zennit "
+    if args.quick:
+        shown = rows
+    else:
+        # the latest full-size row of every (model, composite) in the log: a run of one model
+        # updates its rows and keeps the other model's
+        latest = {}
+        for line in (args.out_dir / "lrp.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r.get("batch") in (8, 4) and "--quick" not in r.get("command", ""):
+                latest[(r["model"], r["composite"])] = r
+        shown = [latest[k] for k in sorted(latest, key=lambda k: (k[0] != "vgg16", k[1]))]
+    lines = ["# LRP benchmark", "", f"Latest run of each row; commands and dates per row below ({args.threads} thread; "
+             "medians; ratios are medians of per-round ratios (each round times every provider once, "
+             "back to back), with their quartiles where recorded; the machine is shared, so absolute times "
+             "drift)", "",
+             "| model | composite | unit ms | ours ms | ours × unit (IQR) | target | Zennit × unit | speedup vs Zennit "
              "| peak × unit (ours / Zennit) | pass |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in shown:
+        iqr = r.get("ours_x_unit_iqr")
+        iqr = f" ({iqr[0]:.2f}–{iqr[1]:.2f})" if iqr else ""
         lines.append(f"| {r['model']} b{r['batch']} | {r['composite']} | {r['unit_ms']:.0f} | {r['ours_ms']:.0f} | "
-                     f"{r['ours_x_unit']:.2f} | ≤ {r['target_x_unit']} | {r.get('zennit_x_unit', float('nan')):.2f} | "
+                     f"{r['ours_x_unit']:.2f}{iqr} | ≤ {r['target_x_unit']} | "
+                     f"{r.get('zennit_x_unit', float('nan')):.2f} | "
                      f"{r.get('speedup_vs_zennit', float('nan')):.2f} | {r['ours_peak_x_unit']:.2f} / "
                      f"{r.get('zennit_peak_x_unit', float('nan')):.2f} | {'PASS' if r['pass'] else 'FAIL'} |")
+    lines += ["", "Commands:", ""] + sorted({f"- `{r['command']}` ({r['date']})" for r in shown})
     (args.out_dir / "lrp.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -292,3 +292,22 @@ def test_sparse_row_needs_sparse_explainer():
     ex = XL.LimeTabularExplainer(X, random_state=0)
     with pytest.raises(ValueError, match="sparse"):
         ex.explain_instance(sps.csr_matrix(X[:1]), _clf(X.shape[1]))
+
+
+# --------------------------------------------------------------------------- signatures
+@pytest.mark.peer
+@pytest.mark.parametrize("mod,cls", [("lime.lime_image", "LimeImageExplainer"),
+                                     ("lime.lime_tabular", "LimeTabularExplainer"),
+                                     ("lime.lime_text", "LimeTextExplainer")])
+@pytest.mark.parametrize("method", ["__init__", "explain_instance"])
+def test_signatures_equal_lime(mod, cls, method):
+    """lime's parameters, in lime's order with lime's defaults; our extras keyword-only, so a
+    positional call means what it means with lime."""
+    import inspect
+
+    theirs = inspect.signature(getattr(getattr(pytest.importorskip(mod), cls), method)).parameters
+    ours = inspect.signature(getattr(getattr(XL, cls), method)).parameters
+    positional = [p for p in ours.values() if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    assert [p.name for p in positional] == list(theirs)
+    for p in positional:
+        assert p.default == theirs[p.name].default, p.name

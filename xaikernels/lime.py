@@ -258,7 +258,7 @@ class LimeImageExplainer:
     """
 
     def __init__(self, kernel_width=0.25, kernel=None, verbose=False, feature_selection="auto",
-                 random_state=None, backend: str = "auto"):
+                 random_state=None, *, backend: str = "auto"):
         self.random_state = _check_random_state(random_state)
         self.feature_selection = feature_selection
         self.backend = backend
@@ -266,7 +266,7 @@ class LimeImageExplainer:
 
     def explain_instance(self, image, classifier_fn, labels=(1,), hide_color=None, top_labels=5,
                          num_features=100000, num_samples=1000, batch_size=10, segmentation_fn=None,
-                         distance_metric="cosine", model_regressor=None, random_seed=None, masks=None,
+                         distance_metric="cosine", model_regressor=None, random_seed=None, *, masks=None,
                          progress_bar=False):
         """Explain ``classifier_fn``'s prediction on ``image`` (H, W, 3) (or (H, W) gray).
 
@@ -585,7 +585,7 @@ class LimeTabularExplainer:
                  categorical_features=None, categorical_names=None, kernel_width=None, kernel=None,
                  verbose=False, class_names=None, feature_selection="auto", discretize_continuous=True,
                  discretizer="quartile", sample_around_instance=False, random_state=None,
-                 training_data_stats=None, backend: str = "auto"):
+                 training_data_stats=None, *, backend: str = "auto"):
         if mode not in ("classification", "regression"):
             raise ValueError(f"mode must be 'classification' or 'regression', got {mode!r}")
         self.random_state = _check_random_state(random_state)
