@@ -173,3 +173,78 @@ def test_attributors_equal_zennit(cls, kw, comp):
     torch.testing.assert_close(xr, zr, rtol=1e-9, atol=1e-12 * zr.abs().max().item())
     assert ours.last_backend == {None: "autograd", "GuidedBackprop": "zennit"}.get(comp, "xaikernels")
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+# ------------------------------------------------------------------ composite.context(model)
+def _state(model):
+    return ([p.detach().clone() for p in model.parameters()], [b.clone() for b in model.buffers()],
+            [("forward" in m.__dict__, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+             for m in model.modules()], [m.training for m in model.modules()])
+
+
+def _same_state(a, b):
+    assert all(torch.equal(x, y) for x, y in zip(a[0], b[0])) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+    assert a[2] == b[2] and a[3] == b[3]
+
+
+@pytest.mark.parametrize("kind", ["vgg", "resnet"])
+def test_composite_context_gradient_is_the_relevance(kind):
+    """Zennit's usage: inside ``composite.context(model)`` the input gradient is the LRP
+    relevance (same as the attributor); the model comes back as it was, also after an error."""
+    from xaikernels.models.zoo import resnet18_like, vgg16_like
+
+    if kind == "vgg":
+        model = vgg16_like(width=4, num_classes=5).double().eval()
+        x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+        comp = lambda: xz.EpsilonPlusFlat()  # noqa: E731
+    else:
+        model = resnet18_like(num_classes=5, width=4).double().eval()
+        x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+        comp = lambda: xz.EpsilonAlpha2Beta1Flat(canonizers=xz.ResNetCanonizer())  # noqa: E731
+    onehot = torch.eye(5, dtype=torch.float64)[[1, 4]]
+    before = _state(model)
+    exp_out, exp = xz.Gradient(model, comp())(x, onehot)
+    c = comp()
+    with c.context(model) as modified:
+        assert modified is model and c.handles
+        xg = x.clone().requires_grad_(True)
+        out = modified(xg)
+        (rel,) = torch.autograd.grad(out, xg, onehot)
+    assert not c.handles
+    torch.testing.assert_close(out.detach(), exp_out)
+    torch.testing.assert_close(rel, exp, rtol=1e-10, atol=1e-12)
+    _same_state(before, _state(model))
+    # the plain gradient again after the context
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(xg), xg, onehot)
+    torch.testing.assert_close(g, xz.Gradient(model)(x, onehot)[1])
+    with pytest.raises(RuntimeError, match="boom"):
+        with c.context(model):
+            raise RuntimeError("boom")
+    _same_state(before, _state(model))
+    c.register(model)
+    c.remove()
+    _same_state(before, _state(model))
+
+
+@pytest.mark.peer
+@needs_zennit
+@pytest.mark.parametrize("name", ["EpsilonPlusFlat", "EpsilonAlpha2Beta1", "EpsilonGammaBox"])
+def test_composite_context_equals_zennit(name):
+    za, zc = _zennit()
+    g = torch.Generator().manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 5, 3),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(5 * 2 * 2, 3)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+    x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    onehot = torch.eye(3, dtype=torch.float64)[[0, 2]]
+    kw = dict(low=-3.0, high=3.0) if name == "EpsilonGammaBox" else {}
+    rels = []
+    for comp in (getattr(zc, name)(**kw), getattr(xz, name)(**kw)):
+        with comp.context(model) as modified:
+            xg = x.clone().requires_grad_(True)
+            (r,) = torch.autograd.grad(modified(xg), xg, onehot)
+        rels.append(r)
+    torch.testing.assert_close(rels[1], rels[0], rtol=1e-9, atol=1e-12 * rels[0].abs().max().item())

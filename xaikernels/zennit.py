@@ -20,7 +20,9 @@ precedence); with a composite every iteration runs the one-pass LRP engine.  A Z
 composite with rules the engine lacks (guided backprop, DeconvNet, β-smooth ReLU rules;
 transposed convolutions) runs on its own hooks under ``backend="auto"``
 (``attributor.last_backend`` says which ran).  Zennit's own ``tests/test_attribution.py``
-passes 9314/9314 with the import swapped.
+passes 9314/9314 with the import swapped.  The presets support Zennit's registration API:
+``with EpsilonPlusFlat().context(model) as modified:`` makes the input gradient the relevance
+(``register`` / ``remove`` too), without hooks, and hands the model back unchanged.
 
 Zennit: Anders et al. 2021, "Software for Dataset-wide XAI: From Local Explanations to Global
 Insights with Zennit, CoRelAy, and ViRelAy".

@@ -495,6 +495,60 @@ class Composite:
     def __repr__(self):
         return f"Composite({self.name!r})"
 
+    # -- Zennit's registration API --------------------------------------------------------------
+
+    def register(self, model: nn.Module, *, canonizers: Any = "auto", backend: str = "auto",
+                 unsupported: str = "gradient") -> None:
+        """Install the rules on ``model`` (Zennit's ``Composite.register``): until :meth:`remove`,
+        the gradient of the model's output w.r.t. its input is the LRP relevance.  The model's
+        layers run the rule Functions (no hooks); :meth:`remove` hands the model back exactly as
+        it was (parameters, BatchNorm, hooks, flags).  Modules without a rule pass the gradient
+        (``unsupported="gradient"``, Zennit's behaviour) or raise (``"error"``)."""
+        reg = _Registration(model, self, canonizers, backend, unsupported)
+        self.__dict__.setdefault("handles", []).append(reg)
+
+    def remove(self) -> None:
+        """Undo every :meth:`register` (latest first)."""
+        handles = self.__dict__.get("handles", [])
+        try:
+            while handles:
+                handles.pop().remove()
+        finally:
+            handles.clear()
+
+    @contextlib.contextmanager
+    def context(self, model: nn.Module, **kwargs):
+        """``with composite.context(model) as modified:`` — :meth:`register` on entry,
+        :meth:`remove` on exit (also on an exception); yields the model."""
+        self.register(model, **kwargs)
+        try:
+            yield model
+        finally:
+            self.remove()
+
+
+class _Registration:
+    """A composite installed on a model until :meth:`remove` (the engine of one pass, kept
+    open: every forward inside runs the rule Functions)."""
+
+    def __init__(self, model: nn.Module, composite: "Composite", canonizers, backend: str, unsupported: str):
+        self.run = _Run(model, composite, _canonizers(canonizers, composite), backend, unsupported)
+        if self.run.additions is not None:
+            raise ValueError("the functional-additions canonizer needs the model's inputs: use lrp() or "
+                             "xaikernels.zennit.Gradient for models that add tensors with + outside modules")
+        self.guard = ModelGuard(model).__enter__()
+        try:
+            self.run.install(self.guard)
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        try:
+            self.guard.__exit__(None, None, None)
+        finally:
+            self.run.restore()
+
 
 def _base_map(stabilizer: float) -> list:
     return [(ACTIVATION_TYPES, Pass()), (ResidualSum, Norm(stabilizer)), (AVGPOOL_TYPES, Norm(stabilizer)),
@@ -746,7 +800,7 @@ def _bn_as_layer(bn: nn.Module, x: torch.Tensor):
     return weights, ConvGeom((1,) * d, (0,) * d, (1,) * d, c)
 
 
-class _Unsupported(Exception):
+class _Unsupported(TypeError):
     pass
 
 
