@@ -176,7 +176,8 @@ def main(argv=None) -> int:
           "Sources of the test files: lime's ship inside the installed package (0.2.0.1); Captum's `tests/attr` "
           "files are from Captum's repository (the 0.9.0 tree; in a few files the imports of attribution "
           "classes read `from captum.attr import ...` instead of their `captum.attr._core` module, the same "
-          "classes); Zennit's `test_attribution.py` and "
+          "classes; `test_integrated_gradients_classification.py` is from a later tree that takes its helpers "
+          "from `captum.testing`, which 0.9.0 ships); Zennit's `test_attribution.py` and "
           "`helpers.py` from its repository, with its `conftest.py` trimmed to the fixtures that file uses "
           "(the six seeds marked `extended` left out). lime's text file fails the same 5 tests with both: "
           "three need the 20-newsgroups download, two compare ragged lists with `np.array_equal`.", "",
