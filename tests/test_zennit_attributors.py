@@ -248,3 +248,58 @@ def test_composite_context_equals_zennit(name):
             (r,) = torch.autograd.grad(modified(xg), xg, onehot)
         rels.append(r)
     torch.testing.assert_close(rels[1], rels[0], rtol=1e-9, atol=1e-12 * rels[0].abs().max().item())
+
+
+@pytest.mark.peer
+@needs_zennit
+@pytest.mark.parametrize("name", ["EpsilonPlus", "EpsilonPlusFlat", "EpsilonAlpha2Beta1", "EpsilonAlpha2Beta1Flat",
+                                  "EpsilonGammaBox"])
+def test_preset_signatures_equal_zennit(name):
+    """Zennit's parameter names, order and defaults (``None`` maps), so positional calls bind alike."""
+    import inspect
+
+    za, zc = _zennit()
+    theirs = list(inspect.signature(getattr(zc, name).__init__).parameters.values())[1:]
+    ours = list(inspect.signature(getattr(xz, name)).parameters.values())
+    assert [p.name for p in ours] == [p.name for p in theirs]
+    assert [p.default for p in ours] == [p.default for p in theirs]
+
+
+@pytest.mark.peer
+@needs_zennit
+def test_preset_takes_zennit_rules_in_layer_map_and_refuses_zero_params():
+    za, zc = _zennit()
+    from zennit import rules as zr
+
+    g = torch.Generator().manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 3)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    x = torch.randn(2, 2, 6, 6, generator=g, dtype=torch.float64)
+    onehot = torch.eye(3, dtype=torch.float64)[[0, 1]]
+    lm = [(nn.Linear, zr.Epsilon(epsilon=0.3))]
+    with za.Gradient(model, zc.EpsilonPlus(layer_map=lm)) as a:
+        _, exp = a(x.clone(), onehot)
+    attributor = xz.Gradient(model, xz.EpsilonPlus(1e-6, 1e-6, lm))  # positional, as Zennit's
+    _, got = attributor(x.clone(), onehot)
+    assert attributor.last_backend == "xaikernels"
+    torch.testing.assert_close(got, exp, rtol=1e-10, atol=1e-12)
+    with pytest.raises(NotImplementedError, match="zero_params"):
+        xz.EpsilonPlusFlat(zero_params=["bias"])
+
+
+def test_resnet_canonizer_inside_a_list_as_in_zennit():
+    """Zennit writes ``canonizers=[ResNetCanonizer()]``; ours is a group of canonizers, spliced."""
+    from xaikernels.models.zoo import resnet18_like
+
+    m = resnet18_like(num_classes=5, width=4).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    onehot = torch.eye(5, dtype=torch.float64)[[1, 3]]
+    _, r1 = xz.Gradient(m, xz.EpsilonPlusFlat(canonizers=[xz.ResNetCanonizer()]))(x, onehot)
+    _, r2 = xz.Gradient(m, xz.EpsilonPlusFlat(canonizers=xz.ResNetCanonizer()))(x, onehot)
+    _, r0 = xz.Gradient(m, xz.EpsilonPlusFlat())(x, onehot)
+    torch.testing.assert_close(r1, r2, rtol=0, atol=0)
+    assert not torch.allclose(r1, r0)  # the canonizers did something
+    with pytest.raises(TypeError, match="unsupported canonizer"):
+        xz.Gradient(m, xz.EpsilonPlusFlat(canonizers=[[object()]]))(x, onehot)

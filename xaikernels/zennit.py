@@ -49,32 +49,55 @@ __all__ = ["Attributor", "Gradient", "SmoothGrad", "IntegratedGradients", "Occlu
 # Zennit-named presets and canonizers (our objects)
 # ---------------------------------------------------------------------------------------------
 
-def EpsilonPlus(epsilon=1e-6, stabilizer=1e-6, layer_map=(), canonizers=None) -> Composite:
-    """Zennit's ``EpsilonPlus``: z⁺ on convolutions, ε on linear layers."""
-    return _lrp.epsilon_plus(epsilon, stabilizer, layer_map, canonizers=list(canonizers or []))
+def _maps(layer_map, first_map, zero_params, name):
+    """Zennit's preset arguments as ours: ``None`` maps allowed, Zennit rule objects converted
+    (:func:`convert_rule`); ``zero_params`` (parameters a rule zeroes) is not implemented for
+    the presets."""
+    if zero_params not in (None, [], ()):
+        raise NotImplementedError(f"{name}(zero_params={zero_params!r}) is not supported by xaikernels' presets; "
+                                  "pass zennit's own composite to xaikernels.zennit.Gradient instead")
+
+    def conv(m):
+        return [(t, convert_rule(r) if _is_zennit_object(r) else r) for t, r in (m or ())]
+    return conv(layer_map), conv(first_map)
 
 
-def EpsilonPlusFlat(epsilon=1e-6, stabilizer=1e-6, layer_map=(), first_map=(), canonizers=None) -> Composite:
-    """Zennit's ``EpsilonPlusFlat``: flat on the first linear-like layer, then as ``EpsilonPlus``."""
-    return _lrp.epsilon_plus_flat(epsilon, stabilizer, layer_map, first_map, canonizers=list(canonizers or []))
+def _is_zennit_object(obj) -> bool:
+    return type(obj).__module__.split(".")[0] == "zennit"
 
 
-def EpsilonAlpha2Beta1(epsilon=1e-6, stabilizer=1e-6, layer_map=(), canonizers=None) -> Composite:
-    """Zennit's ``EpsilonAlpha2Beta1``: α2β1 on convolutions, ε on linear layers."""
-    return _lrp.epsilon_alpha2_beta1(epsilon, stabilizer, layer_map, canonizers=list(canonizers or []))
+def EpsilonPlus(epsilon=1e-6, stabilizer=1e-6, layer_map=None, zero_params=None, canonizers=None) -> Composite:
+    """Zennit's ``EpsilonPlus``: z⁺ on convolutions, ε on linear layers (Zennit's signature)."""
+    lm, _ = _maps(layer_map, None, zero_params, "EpsilonPlus")
+    return _lrp.epsilon_plus(epsilon, stabilizer, lm, canonizers=list(canonizers or []))
 
 
-def EpsilonAlpha2Beta1Flat(epsilon=1e-6, stabilizer=1e-6, layer_map=(), first_map=(), canonizers=None) -> Composite:
-    """Zennit's ``EpsilonAlpha2Beta1Flat``."""
-    return _lrp.epsilon_alpha2_beta1_flat(epsilon, stabilizer, layer_map, first_map,
-                                          canonizers=list(canonizers or []))
-
-
-def EpsilonGammaBox(low, high, epsilon=1e-6, gamma=0.25, stabilizer=1e-6, layer_map=(), first_map=(),
+def EpsilonPlusFlat(epsilon=1e-6, stabilizer=1e-6, layer_map=None, first_map=None, zero_params=None,
                     canonizers=None) -> Composite:
+    """Zennit's ``EpsilonPlusFlat``: flat on the first linear-like layer, then as ``EpsilonPlus``."""
+    lm, fm = _maps(layer_map, first_map, zero_params, "EpsilonPlusFlat")
+    return _lrp.epsilon_plus_flat(epsilon, stabilizer, lm, fm, canonizers=list(canonizers or []))
+
+
+def EpsilonAlpha2Beta1(epsilon=1e-6, stabilizer=1e-6, layer_map=None, zero_params=None,
+                       canonizers=None) -> Composite:
+    """Zennit's ``EpsilonAlpha2Beta1``: α2β1 on convolutions, ε on linear layers."""
+    lm, _ = _maps(layer_map, None, zero_params, "EpsilonAlpha2Beta1")
+    return _lrp.epsilon_alpha2_beta1(epsilon, stabilizer, lm, canonizers=list(canonizers or []))
+
+
+def EpsilonAlpha2Beta1Flat(epsilon=1e-6, stabilizer=1e-6, layer_map=None, first_map=None, zero_params=None,
+                           canonizers=None) -> Composite:
+    """Zennit's ``EpsilonAlpha2Beta1Flat``."""
+    lm, fm = _maps(layer_map, first_map, zero_params, "EpsilonAlpha2Beta1Flat")
+    return _lrp.epsilon_alpha2_beta1_flat(epsilon, stabilizer, lm, fm, canonizers=list(canonizers or []))
+
+
+def EpsilonGammaBox(low, high, epsilon=1e-6, gamma=0.25, stabilizer=1e-6, layer_map=None, first_map=None,
+                    zero_params=None, canonizers=None) -> Composite:
     """Zennit's ``EpsilonGammaBox``: z^B on the first convolution, γ on the others, ε on linear layers."""
-    return _lrp.epsilon_gamma_box(low, high, epsilon, gamma, stabilizer, layer_map, first_map,
-                                  canonizers=list(canonizers or []))
+    lm, fm = _maps(layer_map, first_map, zero_params, "EpsilonGammaBox")
+    return _lrp.epsilon_gamma_box(low, high, epsilon, gamma, stabilizer, lm, fm, canonizers=list(canonizers or []))
 
 
 def SequentialMergeBatchNorm() -> MergeBatchNorm:

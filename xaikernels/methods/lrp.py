@@ -443,6 +443,8 @@ def _canonizers(spec, composite) -> List[Any]:
             from xaikernels.zennit import convert_canonizer
 
             out.extend(convert_canonizer(c))
+        elif isinstance(c, (list, tuple)):  # a group, e.g. ResNetCanonizer() inside a list (Zennit's idiom)
+            out.extend(_canonizers(list(c), None))
         else:
             raise TypeError(f"unsupported canonizer {c!r}")
     return out
