@@ -267,7 +267,7 @@ class LRP(GradientAttribution):
     verbose: bool = False
     layers: List[nn.Module] = []
 
-    def __init__(self, model: nn.Module, canonizers: Any = ("residual",), backend: str = "auto") -> None:
+    def __init__(self, model: nn.Module, *, canonizers: Any = ("residual",), backend: str = "auto") -> None:
         GradientAttribution.__init__(self, model)
         self.model = model
         self.canonizers = list(canonizers) if isinstance(canonizers, tuple) else canonizers
