@@ -35,6 +35,17 @@ def _mlp(seed=0):
     return m
 
 
+def _convnet(c_in, c_mid, seed):
+    """conv 3×3 → ReLU → linear to 3 classes on 6×6 inputs, random float64 weights; (model, x)."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(c_in, c_mid, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(c_mid * 4 * 4, 3)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return model, torch.randn(2, c_in, 6, 6, generator=g, dtype=torch.float64)
+
+
 def test_output_attribution_forms_and_precedence():
     x = torch.randn(3, 4, dtype=torch.float64)
     for init, call, exp in [(None, None, x), (torch.ones_like, None, torch.ones_like(x)),
@@ -271,12 +282,7 @@ def test_preset_takes_zennit_rules_in_layer_map_and_refuses_zero_params():
     za, zc = _zennit()
     from zennit import rules as zr
 
-    g = torch.Generator().manual_seed(6)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 3)).double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    x = torch.randn(2, 2, 6, 6, generator=g, dtype=torch.float64)
+    model, x = _convnet(2, 3, seed=6)
     onehot = torch.eye(3, dtype=torch.float64)[[0, 1]]
     lm = [(nn.Linear, zr.Epsilon(epsilon=0.3))]
     with za.Gradient(model, zc.EpsilonPlus(layer_map=lm)) as a:
@@ -303,3 +309,55 @@ def test_resnet_canonizer_inside_a_list_as_in_zennit():
     assert not torch.allclose(r1, r0)  # the canonizers did something
     with pytest.raises(TypeError, match="unsupported canonizer"):
         xz.Gradient(m, xz.EpsilonPlusFlat(canonizers=[[object()]]))(x, onehot)
+
+
+def test_with_block_installs_the_rules_as_zennit_does():
+    """Inside ``with Gradient(model, composite)`` the model itself computes the relevance (a
+    user's own forward/backward too), ``inactive`` gives the plain gradient for its block, and
+    leaving the block hands the model back unchanged."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    onehot = torch.eye(3, dtype=torch.float64)[[0, 2]]
+    before = _state(model)
+    _, exp = xz.Gradient(model, xz.EpsilonPlusFlat())(x, onehot)  # per call, outside any block
+    _, plain = xz.Gradient(model)(x, onehot)
+    with xz.Gradient(model, xz.EpsilonPlusFlat()) as attributor:
+        xg = x.clone().requires_grad_(True)
+        (own,) = torch.autograd.grad(model(xg), xg, onehot)  # the user's own pass
+        _, rel = attributor(x, onehot)
+        assert attributor.last_backend == "xaikernels"
+        with attributor.inactive:
+            _, g = attributor(x, onehot)
+        _, rel2 = attributor(x, onehot)
+    for r in (own, rel, rel2):
+        torch.testing.assert_close(r, exp, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g, plain)
+    _same_state(before, _state(model))
+    # a preset given by name brings the functional-additions canonizer: installed per call instead
+    with xz.Gradient(model, "epsilon_plus_flat") as attributor:
+        assert attributor._held is None
+        _, rel3 = attributor(x, onehot)
+    torch.testing.assert_close(rel3, exp, rtol=1e-12, atol=1e-14)
+    _same_state(before, _state(model))
+
+
+@pytest.mark.peer
+@needs_zennit
+@pytest.mark.parametrize("name,backend", [("EpsilonAlpha2Beta1", "xaikernels"), ("GuidedBackprop", "zennit")])
+def test_with_block_zennit_composite(name, backend):
+    za, zc = _zennit()
+    model, x = _convnet(3, 4, seed=8)
+    onehot = torch.eye(3, dtype=torch.float64)[[1, 2]]
+    with za.Gradient(model, getattr(zc, name)()) as attributor:
+        _, exp = attributor(x.clone(), onehot)
+    before = _state(model)
+    comp = getattr(zc, name)()
+    with xz.Gradient(model, comp) as attributor:
+        xg = x.clone().requires_grad_(True)
+        (own,) = torch.autograd.grad(model(xg), xg, onehot)
+        _, rel = attributor(x.clone(), onehot)
+        assert attributor.last_backend == backend
+    torch.testing.assert_close(own, exp, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(rel, exp, rtol=1e-10, atol=1e-12)
+    assert not comp.handles
+    _same_state(before, _state(model))

@@ -10,8 +10,10 @@ The composite may also be a real Zennit ``Composite`` (``zennit.composites.Epsil
 when zennit is importable: its rules are read off its hook objects and mapped to
 :mod:`xaikernels.methods.lrp` rules (ε, z⁺, αβ, γ, z^B, flat, w², norm, pass with float
 stabilisers), its canonizers to ours (BatchNorm merging reproduces Zennit's exactly), and the
-relevance is the same as Zennit's.  Nothing is registered on the model: each call installs the
-rules for one forward/backward pass and removes them.
+relevance is the same as Zennit's.  No hooks are used: a call outside ``with`` installs the rules
+(as the backward of the layers' own autograd Functions) for one forward/backward pass and removes
+them; inside ``with attributor:`` they stay installed for the block, so the model's own forward
+and backward give the relevance there, as with Zennit's registered composites.
 
 Zennit's attributor API is here too (``Gradient``, ``SmoothGrad``, ``IntegratedGradients``,
 ``Occlusion``, ``occlude_independent``, ``identity``, ``constant``) with Zennit's semantics
@@ -289,22 +291,34 @@ class Attributor:
     (``attr_output``: a tensor, a function of the output, or None for the output itself) and a
     context-manager protocol; ``attributor(input, attr_output=None) -> (output, attribution)``.
 
-    A composite is applied per call by xaikernels' one-pass LRP engine, so nothing stays
-    registered on the model between calls (entering ``with`` registers nothing); a Zennit
-    composite that the user registered on the model is honoured as Zennit does (its hooks
-    compute the gradient)."""
+    A composite is applied by xaikernels' one-pass LRP engine: per call, or, inside ``with``,
+    installed on the model for the block (Zennit registers its composite there), so that the
+    model's own forward and backward give the relevance; leaving the block hands the model back
+    unchanged.  A Zennit composite that the user registered on the model is honoured as Zennit
+    does (its hooks compute the gradient)."""
 
     def __init__(self, model, composite=None, attr_output=None):
         self.model = model
         self.composite = composite
         self.attr_output_fn = _as_output_fn(attr_output)
         self._inactive = False
+        self._held = None  # the undo of a registration made on entering ``with``
 
     def __enter__(self):
+        if self._held is None and self.composite is not None and not _zennit_registered(self.composite):
+            self._held = self._register()
         return self
 
     def __exit__(self, exc_type, exc_value, traceback):
+        held, self._held = self._held, None
+        if held is not None:
+            held()
         return False
+
+    def _register(self):
+        """Install the composite on the model for a ``with`` block; return its undo, or None
+        (then every call installs and removes the rules itself)."""
+        return None
 
     def __call__(self, input, attr_output=None):
         fn = self.attr_output_fn if attr_output is None else _as_output_fn(attr_output)
@@ -318,10 +332,15 @@ class Attributor:
         @contextlib.contextmanager
         def ctx():
             prev, self._inactive = self._inactive, True
+            held, self._held = self._held, None
+            if held is not None:
+                held()  # the model's own layers for the block; the rules come back after it
             try:
                 yield self
             finally:
                 self._inactive = prev
+                if held is not None:
+                    self._held = self._register()
         return ctx()
 
     def forward(self, input, attr_output_fn):  # pragma: no cover - abstract
@@ -366,21 +385,44 @@ class Gradient(Attributor):
         #: what computed the last attribution: "xaikernels" (the one-pass LRP engine),
         #: "autograd" (no composite, or inactive), "zennit" (a Zennit composite's own hooks)
         self.last_backend = None
+        self._held_backend = None
 
     def _plain(self) -> bool:
         return self.composite is None or self._inactive or _zennit_registered(self.composite)
+
+    def _register(self):
+        """Inside ``with``: the rules installed on the model (Zennit's semantics: the model's own
+        forward and backward, called by the user too, give the relevance), by the engine, or by
+        a Zennit composite's hooks where the engine lacks a rule (backend "auto")."""
+        comp = _lrp.resolve_composite(self.composite)
+        if any(isinstance(c, _lrp.FunctionalAdditions) for c in _lrp._canonizers(self.canonizers, comp)):
+            return None  # needs the inputs of each call: the per-call engine
+        try:
+            reg = _lrp._Registration(self.model, comp, self.canonizers, self.backend, self.unsupported)
+        except (NoKernelError, _lrp.RuleLayerError):
+            if self.backend != "auto" or not _is_zennit_composite(self.composite):
+                raise
+            self.composite.register(self.model)
+            self._held_backend = "zennit"
+            return self.composite.remove
+        self._held_backend = "xaikernels"
+        return reg.remove
 
     def grad(self, input, attr_output_fn):
         """(output, attribution) of ``model`` at ``input`` for the output attribution function."""
         if not isinstance(input, torch.Tensor):  # the engine would take a tuple as several inputs
             raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-        if self._plain():
+        held = self._held is not None
+        if held or self._plain():
+            if held and self._held_backend == "xaikernels" and self.create_graph:
+                raise ValueError("create_graph=True needs a differentiable attribution; xaikernels' LRP relevance "
+                                 "has no graph (use composite=None for higher-order gradients)")
             if not input.requires_grad:
                 input.requires_grad = True
             output = self.model(input)
             gradient, = torch.autograd.grad((output,), (input,), grad_outputs=(attr_output_fn(output),),
                                             create_graph=self.create_graph, retain_graph=self.retain_graph)
-            self.last_backend = "autograd"
+            self.last_backend = self._held_backend if held else "autograd"
             return output, gradient
         if self.create_graph:
             raise ValueError("create_graph=True needs a differentiable attribution; xaikernels' LRP relevance has no "
