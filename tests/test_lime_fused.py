@@ -5,14 +5,12 @@ discretisation: Numba against the reference twins, and the drop-in's fused path 
 step-by-step path."""
 import numpy as np
 import pytest
-import torch
 
-from xaikernels import _backend
 from xaikernels.ops import perturb as P
 from xaikernels.reference import perturb as R
 
-BACKENDS = [b for b in ("reference", "numba") if _backend._available(b, "perturb_sample_masks", torch.device("cpu")) is None]
-needs_numba = pytest.mark.skipif("numba" not in BACKENDS, reason="numba not installed")
+from test_lime_methods import assert_same_explanations
+from test_lime_ops import BACKENDS, _mixed_sampler, needs_numba
 
 SELECTIONS = ["none", "auto", "highest_weights", "forward_selection", "lasso_path"]
 
@@ -110,19 +108,6 @@ def test_output_check_numba_equals_reference(shape):
 
 
 # ---------------------------------------------------------------- neighbourhood + weights
-def _mixed_sampler(disc=True, n=300, seed=0):
-    """Continuous, categorical and discretised features, with ties on bin edges and flat bins
-    (as test_lime_ops)."""
-    from xaikernels.methods.lime import TabularSampler
-
-    rng = np.random.RandomState(seed)
-    Xtr = rng.randn(n, 6) * [1.0, 1.0, 3.0, 0.2, 1.0, 1.0] + [0.0, 0.0, 5.0, -1.0, 0.0, 0.0]
-    Xtr[:, 1] = rng.randint(0, 4, n)
-    Xtr[:, 4] = np.round(Xtr[:, 4])
-    Xtr[:, 5] = np.where(Xtr[:, 5] > 0.5, 2.0, Xtr[:, 5])
-    return TabularSampler(Xtr, [1], discretize_continuous=disc), Xtr
-
-
 @needs_numba
 @pytest.mark.parametrize("disc", [True, False])
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
@@ -232,12 +217,7 @@ def test_dropin_fused_fit_equals_custom_kernel_path(backend):
         b = XL.LimeTabularExplainer(Xtr, random_state=3, feature_selection=fs, kernel=_lime_kernel, backend=backend)
         ea = a.explain_instance(Xtr[1], pf, num_samples=700, top_labels=2)
         eb = b.explain_instance(Xtr[1], pf, num_samples=700, top_labels=2)
-        assert ea.top_labels == eb.top_labels
-        for lab in ea.top_labels:
-            assert [f for f, _ in ea.local_exp[lab]] == [f for f, _ in eb.local_exp[lab]]
-            np.testing.assert_allclose([w for _, w in ea.local_exp[lab]], [w for _, w in eb.local_exp[lab]],
-                                       rtol=1e-9, atol=1e-12)
-            np.testing.assert_allclose(ea.intercept[lab], eb.intercept[lab], rtol=1e-9, atol=1e-12)
+        assert_same_explanations(ea, eb, rtol=1e-9, atol=1e-12)
 
     img = rng.rand(12, 10, 3)
     seg = (np.arange(12)[:, None] // 3) * 4 + np.arange(10)[None, :] // 3

@@ -22,6 +22,17 @@ def _img_clf(H, W, K=4, seed=0):
     return clf
 
 
+def assert_same_explanations(got, exp, rtol, atol):
+    """Same top labels; per label the same features in the same order, and weights and
+    intercept within the tolerance."""
+    assert got.top_labels == exp.top_labels
+    for lab in exp.top_labels:
+        assert [f for f, _ in got.local_exp[lab]] == [f for f, _ in exp.local_exp[lab]]
+        np.testing.assert_allclose([w for _, w in got.local_exp[lab]], [w for _, w in exp.local_exp[lab]],
+                                   rtol=rtol, atol=atol)
+        np.testing.assert_allclose(got.intercept[lab], exp.intercept[lab], rtol=rtol, atol=atol)
+
+
 def _grid(H, W, r, c):
     return (np.arange(H)[:, None] * r // H) * c + (np.arange(W)[None, :] * c // W)
 
@@ -149,12 +160,7 @@ def test_image_equals_lime_given_same_masks(selection, num_features):
     e2 = XL.LimeImageExplainer(random_state=3, feature_selection=selection).explain_instance(
         img, clf, top_labels=3, num_samples=200, segmentation_fn=lambda im: seg, masks=masks,
         num_features=num_features)
-    assert e1.top_labels == e2.top_labels
-    for lab in e1.top_labels:
-        assert [f for f, _ in e1.local_exp[lab]] == [f for f, _ in e2.local_exp[lab]]
-        np.testing.assert_allclose([w for _, w in e2.local_exp[lab]], [w for _, w in e1.local_exp[lab]],
-                                   rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(e2.intercept[lab], e1.intercept[lab], rtol=1e-6, atol=1e-9)
+    assert_same_explanations(e2, e1, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(e2.score, e1.score, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(e2.local_pred, e1.local_pred, rtol=1e-6, atol=1e-9)
 

@@ -447,7 +447,7 @@ class _Discretizer:
     """lime's discretizer attributes (``to_discretize``, ``names``, ``lambdas``, ``means``,
     ``stds``, ``mins``, ``maxs``, ``discretize``) over bin edges and per-bin statistics."""
 
-    def __init__(self, edges, stats, feature_names, n_features):
+    def __init__(self, edges, stats, feature_names):
         self.to_discretize = sorted(edges)
         self.names = {d: _bin_names(feature_names[d], q) for d, q in edges.items()}
         self.lambdas = {d: (lambda x, qts=np.asarray(q): np.searchsorted(qts, x)) for d, q in edges.items()}
@@ -466,7 +466,7 @@ class _Discretizer:
         return ret
 
 
-def _stats_discretizer(stats, to_discretize, feature_names, n_features):
+def _stats_discretizer(stats, to_discretize, feature_names):
     """lime's ``StatsDiscretizer``: bin edges and per-bin statistics from
     ``training_data_stats`` (edges paired with the features to discretise in order, as lime's
     ``zip``)."""
@@ -479,7 +479,7 @@ def _stats_discretizer(stats, to_discretize, feature_names, n_features):
             raise ValueError(f"training_data_stats: feature {d} has no bin edges")
         edges[d] = qts
         st[d] = tuple(np.asarray(stats[k][d], dtype=np.float64) for k in ("means", "stds", "mins", "maxs"))
-    return _Discretizer(edges, st, feature_names, n_features)
+    return _Discretizer(edges, st, feature_names)
 
 
 def _binning_of(disc) -> "M.Binning":
@@ -615,7 +615,7 @@ class LimeTabularExplainer:
         if discretize_continuous and not sparse:
             to_disc = [d for d in range(D) if d not in self.categorical_features]
             if training_data_stats:
-                disc_obj = _stats_discretizer(training_data_stats, to_disc, self.feature_names, D)
+                disc_obj = _stats_discretizer(training_data_stats, to_disc, self.feature_names)
             elif not isinstance(discretizer, str):
                 if not all(hasattr(discretizer, a) for a in ("lambdas", "names", "means", "stds", "mins", "maxs",
                                                             "discretize")):
@@ -647,7 +647,7 @@ class LimeTabularExplainer:
                 self.feature_frequencies[d] = np.asarray(freq, dtype=np.float64)
             if discretize_continuous:
                 self.discretizer = disc_obj if disc_obj is not None else _Discretizer(
-                    self.sampler.bins, self.sampler.bin_stats, self.feature_names, D)
+                    self.sampler.bins, self.sampler.bin_stats, self.feature_names)
         self._disc_seeded = disc_obj is not None and disc_obj is discretizer and isinstance(
             getattr(disc_obj, "random_state", None), np.random.RandomState)
         if kernel_width is None:

@@ -60,12 +60,8 @@ def _maps(layer_map, first_map, zero_params, name):
                                   "pass zennit's own composite to xaikernels.zennit.Gradient instead")
 
     def conv(m):
-        return [(t, convert_rule(r) if _is_zennit_object(r) else r) for t, r in (m or ())]
+        return [(t, convert_rule(r) if _lrp._is_zennit(r) else r) for t, r in (m or ())]
     return conv(layer_map), conv(first_map)
-
-
-def _is_zennit_object(obj) -> bool:
-    return type(obj).__module__.split(".")[0] == "zennit"
 
 
 def EpsilonPlus(epsilon=1e-6, stabilizer=1e-6, layer_map=None, zero_params=None, canonizers=None) -> Composite:
@@ -276,14 +272,9 @@ def _as_output_fn(attr_output):
     return attr_output if callable(attr_output) else constant(attr_output)
 
 
-def _is_zennit_composite(composite) -> bool:
-    return type(composite).__module__.split(".")[0] == "zennit" or any(
-        c.__module__.split(".")[0] == "zennit" for c in type(composite).__mro__)
-
-
 def _zennit_registered(composite) -> bool:
     """A Zennit composite whose hooks the user registered on the model (``composite.handles``)."""
-    return bool(getattr(composite, "handles", None)) and not isinstance(composite, (Composite, str, dict, list))
+    return _lrp._is_zennit(composite) and bool(getattr(composite, "handles", None))
 
 
 class Attributor:
@@ -321,6 +312,8 @@ class Attributor:
         return None
 
     def __call__(self, input, attr_output=None):
+        if not isinstance(input, torch.Tensor):  # the engine would take a tuple as several inputs
+            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
         fn = self.attr_output_fn if attr_output is None else _as_output_fn(attr_output)
         return self.forward(input, fn)
 
@@ -400,23 +393,32 @@ class Gradient(Attributor):
         try:
             reg = _lrp._Registration(self.model, comp, self.canonizers, self.backend, self.unsupported)
         except (NoKernelError, _lrp.RuleLayerError):
-            if self.backend != "auto" or not _is_zennit_composite(self.composite):
+            undo = self._zennit_hooks()
+            if undo is None:
                 raise
-            self.composite.register(self.model)
-            self._held_backend = "zennit"
-            return self.composite.remove
+            return undo
         self._held_backend = "xaikernels"
         return reg.remove
 
+    def _zennit_hooks(self):
+        """A Zennit composite with rules or layers the engine lacks (ReLU rules such as guided
+        backprop, transposed convolutions): with backend "auto" its own hooks compute it, so the
+        attribution is Zennit's.  Registers them and returns their undo; None where that is not
+        allowed (an explicit backend, or not a Zennit composite): the caller re-raises.  The
+        engine installs its rules before the model runs, so nothing was computed before."""
+        if self.backend != "auto" or not _lrp._is_zennit(self.composite):
+            return None
+        self.composite.register(self.model)
+        self._held_backend = "zennit"
+        return self.composite.remove
+
     def grad(self, input, attr_output_fn):
         """(output, attribution) of ``model`` at ``input`` for the output attribution function."""
-        if not isinstance(input, torch.Tensor):  # the engine would take a tuple as several inputs
-            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
         held = self._held is not None
+        if self.create_graph and not self._plain() and (not held or self._held_backend == "xaikernels"):
+            raise ValueError("create_graph=True needs a differentiable attribution; xaikernels' LRP relevance has no "
+                             "graph (use composite=None for higher-order gradients)")
         if held or self._plain():
-            if held and self._held_backend == "xaikernels" and self.create_graph:
-                raise ValueError("create_graph=True needs a differentiable attribution; xaikernels' LRP relevance "
-                                 "has no graph (use composite=None for higher-order gradients)")
             if not input.requires_grad:
                 input.requires_grad = True
             output = self.model(input)
@@ -424,9 +426,6 @@ class Gradient(Attributor):
                                             create_graph=self.create_graph, retain_graph=self.retain_graph)
             self.last_backend = self._held_backend if held else "autograd"
             return output, gradient
-        if self.create_graph:
-            raise ValueError("create_graph=True needs a differentiable attribution; xaikernels' LRP relevance has no "
-                             "graph (use composite=None for higher-order gradients)")
 
         def grad_out(out):
             g = attr_output_fn(out.detach())
@@ -444,27 +443,19 @@ class Gradient(Attributor):
                                canonizers=self.canonizers, backend=self.backend, unsupported=self.unsupported,
                                check_mode=False)
         except (NoKernelError, _lrp.RuleLayerError):
-            # a Zennit composite with rules or layers the engine lacks (ReLU rules such as guided
-            # backprop, transposed convolutions): with backend "auto", Zennit's own hooks
-            # compute it, so the attribution is Zennit's; the rules are installed before the
-            # model runs, so nothing has been computed yet.  An explicit backend raises.
-            if self.backend != "auto" or not _is_zennit_composite(self.composite):
+            undo = self._zennit_hooks()
+            if undo is None:
                 raise
-            self.composite.register(self.model)
+            self._held = undo  # for this call only: the held path runs the hooked model
             try:
-                self._inactive, prev = True, self._inactive
-                output, gradient = self.grad(input, attr_output_fn)
+                return self.grad(input, attr_output_fn)
             finally:
-                self._inactive = prev
-                self.composite.remove()
-            self.last_backend = "zennit"
-            return output, gradient
+                self._held = None
+                undo()
         self.last_backend = "xaikernels"
         return res.output, res.relevance
 
     def forward(self, input, attr_output_fn):
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
         return self.grad(input.view_as(input), attr_output_fn)
 
 

@@ -617,7 +617,8 @@ PRESETS: Dict[str, Callable[..., Composite]] = {
 
 
 def _is_zennit(obj) -> bool:
-    return type(obj).__module__.split(".")[0] == "zennit"
+    """A Zennit object: its class, or a class it derives from, is defined in ``zennit``."""
+    return any(c.__module__.split(".")[0] == "zennit" for c in type(obj).__mro__)
 
 
 def resolve_composite(composite, composite_kwargs: Optional[dict] = None):

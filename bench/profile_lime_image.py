@@ -1,0 +1,139 @@
+"""Where the lime-image drop-in's library time goes, against the floor of writing its batches.
+
+The drop-in must hand ``classifier_fn`` lime's batches: float64 (batch, H, W, 3) copies of the
+image with hidden segments filled, 1000 samples of a 64×64 image = 98 MB per explanation.  This
+times, in one process and one thread (the image and quickshift segments of ``run_lime.py``):
+
+* ``build``: the drop-in's batch builder alone, 1000 samples in lime's batches of 10, each into
+  a fresh ``np.empty`` (as the drop-in does);
+* ``numpy copy``: the same bytes written by a broadcast copy of the image (the floor of any
+  builder that writes them);
+* ``explain_instance``: a whole explanation with a near-zero-cost classifier, split into the
+  time inside the builder, inside the surrogate fit, inside the classifier, and the rest.
+
+Usage::
+
+    NUMBA_THREADING_LAYER=workqueue .venv/bin/python bench/profile_lime_image.py [--repeats 30]
+
+Writes ``bench/results/lime_image_profile.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+
+import numpy as np  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = ap.parse_args(argv)
+    import torch
+    from skimage import data as skdata
+    from skimage.transform import resize
+
+    import xaikernels.lime as XL
+    from xaikernels.kernels.numba import perturb as KP
+    from xaikernels.methods import lime as M
+    from xaikernels.ops import perturb as P
+
+    torch.set_num_threads(1)
+    img = resize(skdata.astronaut(), (64, 64), anti_aliasing=True)
+    seg = M.segment_image(img * 255.0, "quickshift", rng=0)
+    seg_ids, F = XL._rank_ids(seg)
+    x_apb = P.as_apb(np.ascontiguousarray(img), "hwc")
+    fill = M.segment_fill(x_apb, seg_ids, F, "mean")
+    masks = P.sample_masks(1000, F, 1, first_row_ones=True)
+    rows = P.PerturbedBuilder(x_apb, fill, seg_ids).batches(masks)
+    Wc = np.random.RandomState(0).randn(16 * 16 * 3, 10) * 0.5
+
+    def clf(b):
+        z = b[:, ::4, ::4, :].reshape(len(b), -1) @ Wc
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def build():
+        for s0 in range(0, 1000, 10):
+            rows(s0, s0 + 10, np.empty((10, 64, 64, 3)))
+
+    def copy():
+        for _ in range(100):
+            np.empty((10, 64, 64, 3))[:] = img
+
+    spent = {"build": 0.0, "fit": 0.0, "classifier": 0.0}
+
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            spent[key] += time.perf_counter() - t0
+            return out
+        return wrapper
+
+    def timed_clf(b):
+        t0 = time.perf_counter()
+        out = clf(b)
+        spent["classifier"] += time.perf_counter() - t0
+        return out
+
+    def explain():
+        XL.LimeImageExplainer(random_state=0).explain_instance(img, timed_clf, num_samples=1000,
+                                                               segmentation_fn=lambda i: seg, random_seed=0)
+
+    def med(fn):
+        fn()
+        ts = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(ts)
+
+    res = {"build alone (1000 samples, batches of 10)": med(build), "numpy copy of the same bytes": med(copy)}
+    orig = (KP._build_serial, XL._SurrogateFitter.fit)
+    KP._build_serial = timed(orig[0], "build")
+    XL._SurrogateFitter.fit = timed(orig[1], "fit")
+    try:
+        explain()
+        tot = []
+        parts = {k: [] for k in spent}
+        for _ in range(args.repeats):
+            for k in spent:
+                spent[k] = 0.0
+            t0 = time.perf_counter()
+            explain()
+            tot.append(time.perf_counter() - t0)
+            for k in spent:
+                parts[k].append(spent[k])
+    finally:
+        KP._build_serial, XL._SurrogateFitter.fit = orig
+    total = 1e3 * statistics.median(tot)
+    p = {k: 1e3 * statistics.median(v) for k, v in parts.items()}
+    res["explain_instance, total"] = total
+    res["  in the classifier (model time)"] = p["classifier"]
+    res["  in the batch builder"] = p["build"]
+    res["  in the surrogate fit"] = p["fit"]
+    res["  the rest (Python per batch, masks, fill, checks)"] = total - sum(p.values())
+    cmd = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *(argv or sys.argv[1:])])
+    lines = [f"# lime-image drop-in: where the library time goes ({time.strftime('%Y-%m-%d %H:%M')})", "",
+             f"Command: `NUMBA_THREADING_LAYER=workqueue {cmd}` (one thread; medians of {args.repeats})", "",
+             "| part | ms |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in res.items()]
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "lime_image_profile.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
