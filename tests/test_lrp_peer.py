@@ -200,3 +200,50 @@ def test_captum_lrp_parity(setup):
     torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-12 * exp.abs().max().item())
     torch.testing.assert_close(d_got, d_exp, rtol=1e-7, atol=1e-10)
     assert captum is not None
+
+
+def _unseen(kind):
+    """Architectures none of the other tests use: (model, input shape)."""
+    if kind == "avgpool_leaky_bn1d":
+        return nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.LeakyReLU(0.1), nn.AvgPool2d(2),
+                             nn.Conv2d(6, 8, 3, groups=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(8, 7), nn.BatchNorm1d(7), nn.ReLU(), nn.Dropout(0.3), nn.Linear(7, 4)), (3, 3, 12, 12)
+    if kind == "conv1d_depthwise_tanh":
+        return nn.Sequential(nn.Conv1d(4, 4, 3, groups=4, padding=1), nn.ReLU(), nn.Conv1d(4, 6, 5, stride=2),
+                             nn.Tanh(), nn.Flatten(), nn.Linear(6 * 8, 3)), (2, 4, 20)
+    return nn.Sequential(nn.Sequential(nn.Conv2d(2, 5, 3, dilation=2, padding=2), nn.ReLU()),
+                         nn.MaxPool2d(3, stride=2, padding=1), nn.Sequential(nn.Conv2d(5, 5, 1), nn.ReLU6()),
+                         nn.Flatten(), nn.Linear(5 * 5 * 5, 6)), (2, 2, 10, 10)
+
+
+@pytest.mark.parametrize("kind", ["avgpool_leaky_bn1d", "conv1d_depthwise_tanh", "nested_dilated_maxpool_relu6"])
+@pytest.mark.parametrize("preset", ["EpsilonPlusFlat", "EpsilonAlpha2Beta1Flat", "EpsilonGammaBox", "EpsilonPlus"])
+def test_unseen_architectures_equal_zennit_on_the_engine(kind, preset):
+    """Zennit composites (with BatchNorm merging) on layer mixes the other tests do not build:
+    average pooling, LeakyReLU, BatchNorm1d after a linear layer, Dropout in eval, grouped and
+    depthwise 1-d convolutions, Tanh, nested Sequentials, dilation, padded max pooling, ReLU6 —
+    Zennit's relevance, computed by our engine (not the hooks fallback)."""
+    model, shape = _unseen(kind)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.normal_(generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.4)
+    model = model.double().eval()
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    out = model(x)
+    onehot = torch.zeros_like(out)
+    onehot[:, 1] = 1.0
+    kw = dict(low=-4.0, high=4.0) if preset == "EpsilonGammaBox" else {}
+
+    def comp():
+        return getattr(zc, preset)(canonizers=[SequentialMergeBatchNorm()], **kw)
+
+    exp = _zennit(model, comp(), x, onehot)
+    attributor = xz.Gradient(model, comp())
+    _, got = attributor(x.clone(), onehot)
+    assert attributor.last_backend == "xaikernels"
+    torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-14 * exp.abs().max().item())
