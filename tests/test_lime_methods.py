@@ -8,7 +8,7 @@ from _models import MLP, SmallCNN
 from xaikernels import lime as XL
 from xaikernels.methods.lime import TextIndex, lime_image, lime_tabular
 
-from test_lime_ops import needs_numba
+from test_lime_ops import BACKENDS, needs_numba
 
 
 def _img_clf(H, W, K=4, seed=0):
@@ -116,6 +116,66 @@ def test_image_dropin_get_image_and_mask_and_errors():
         ex.explain_instance(img, lambda b: np.ones((1, 3)) / 3, num_samples=20, segmentation_fn=lambda i: seg)
     with pytest.raises(ValueError, match="one id per pixel"):
         ex.explain_instance(img, _img_clf(12, 12), num_samples=20, segmentation_fn=lambda i: seg[:5])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_image_dropin_batches_survive_what_the_classifier_does(backend):
+    """The drop-in reuses one batch buffer unless the classifier keeps a reference to it: a
+    classifier that stores its batches (or views of them), one that returns a view of its
+    input, and one that scribbles over its input all see exactly the batches lime would
+    build, and give the explanation of a plain classifier."""
+    img = np.random.RandomState(1).rand(9, 11, 3)
+    seg = _grid(9, 11, 3, 2)
+    clf = _img_clf(9, 11)
+    masks = (np.random.RandomState(2).rand(57, 6) < 0.5).astype(np.uint8)
+    masks[0] = 1
+    fill = np.zeros_like(img)
+    for f in range(6):
+        fill[seg == f] = img[seg == f].mean(0)
+    expect = np.where((masks[:, seg] == 0)[..., None], fill, img)
+
+    def explain(c):
+        return XL.LimeImageExplainer(random_state=0, backend=backend).explain_instance(
+            img, c, top_labels=2, num_samples=57, batch_size=5, segmentation_fn=lambda i: seg, masks=masks)
+
+    plain = explain(clf)
+    kept, views = [], []
+
+    def keeper(b):
+        kept.append(b)
+        return clf(b)
+
+    def view_keeper(b):
+        views.append(b[:, 1:])
+        return clf(b)
+
+    def scribbler(b):
+        p = clf(b)
+        b[...] = -1.0
+        return p
+
+    probs = []
+
+    def view_returner(b):
+        # class probabilities written into the input batch, returned as a view of it
+        b[:, 0, 0, :] = 0
+        b[:, 0, 0, :2] = clf(b.copy())[:, :2]
+        b[:, 0, 0, 2] = 1 - b[:, 0, 0, :2].sum(1)
+        probs.append(b[:, 0, 0, :].copy())
+        return b[:, 0, 0, :]
+
+    for c in (keeper, view_keeper, scribbler):
+        assert_same_explanations(explain(c), plain, rtol=0, atol=0)
+    np.testing.assert_array_equal(np.concatenate(kept), expect)
+    np.testing.assert_array_equal(np.concatenate(views), expect[:, 1:])
+    assert len({id(b) for b in kept}) == len(kept)
+    e = explain(view_returner)
+    np.testing.assert_array_equal(e.local_pred_per_label[e.top_labels[0]].shape, (1,))
+    # the predictions the fit saw are the ones returned, not what the next batch overwrote
+    ref = XL.LimeImageExplainer(random_state=0, backend=backend).explain_instance(
+        img, lambda b, it=iter(probs): next(it), top_labels=2, num_samples=57, batch_size=5,
+        segmentation_fn=lambda i: seg, masks=masks)
+    assert_same_explanations(e, ref, rtol=0, atol=0)
 
 
 def test_tabular_dropin_bad_input():

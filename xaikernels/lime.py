@@ -34,6 +34,7 @@ a download; two ``positions`` checks fail for lime too, on NumPy 2's ``array_equ
 from __future__ import annotations
 
 import copy
+import sys
 import itertools
 import json
 import re
@@ -314,18 +315,27 @@ class LimeImageExplainer:
             bar = tqdm(total=num_samples)
         fill_rows = P.PerturbedBuilder(x_apb, fill, seg_ids, backend=self.backend).batches(data)
         dt = image.dtype
+        # One buffer for every batch (the builder rewrites all of it each time; the batch stays
+        # cache-resident), unless classifier_fn kept a reference to it (stored the batch or a
+        # view of it, or returned one): then the next batch gets a fresh buffer, so what the
+        # classifier kept is never overwritten.
+        buf = None
         for s0 in range(0, num_samples, bs):
             s1 = min(num_samples, s0 + bs)
-            # a fresh buffer per call: classifier_fn may keep or modify what it is given.
-            # Unless it kept the last one, np.empty gets that (cache-warm) block back.
-            preds.append(classifier_fn(fill_rows(s0, s1, np.empty((s1 - s0, H, W, C), dtype=dt))))
+            if buf is None or len(buf) != s1 - s0:
+                buf = np.empty((s1 - s0, H, W, C), dtype=dt)
+            out = classifier_fn(fill_rows(s0, s1, buf))
+            if type(out) is not np.ndarray:
+                out = np.asarray(out)
+            if out.ndim != 2 or out.shape[0] != s1 - s0:
+                raise ValueError(f"classifier_fn must return one row of class probabilities per image (rows = "
+                                 f"images): ({s1 - s0}, K) expected, got shape {out.shape}")
+            preds.append(out)
+            out = None
+            if sys.getrefcount(buf) > 2:
+                buf = None
             if bar is not None:
                 bar.update(s1 - s0)
-        for i, out in enumerate(preds):
-            n_i = min(bs, num_samples - i * bs)
-            if np.ndim(out) != 2 or np.shape(out)[0] != n_i:
-                raise ValueError(f"classifier_fn must return one row of class probabilities per image (rows = "
-                                 f"images): ({n_i}, K) expected, got shape {np.shape(out)}")
         if bar is not None:
             bar.close()
         yss = _check_outputs(np.concatenate(preds), num_samples, backend=self.backend)

@@ -193,14 +193,13 @@ def segment_fill(x_apb: np.ndarray, seg: np.ndarray, n_features: int, mode) -> n
     the caller); an array: used as is (broadcast to the shape)."""
     if isinstance(mode, str) and mode == "mean":
         A, Pn, B = x_apb.shape
-        xf = x_apb.astype(np.float64)
         cnt = np.bincount(seg, minlength=n_features).astype(np.float64)
-        out = np.empty_like(x_apb)
+        means = np.empty((A, n_features, B))
         for a in range(A):
             for b in range(B):
-                s = np.bincount(seg, weights=xf[a, :, b], minlength=n_features)
-                out[a, :, b] = (s / cnt)[seg]
-        return out
+                means[a, :, b] = np.bincount(seg, weights=x_apb[a, :, b], minlength=n_features) / cnt
+        # one gather of whole (A, ·, B) rows instead of a strided scatter per channel
+        return np.take(means, seg, axis=1).astype(x_apb.dtype, copy=False)
     if isinstance(mode, (int, float)) and not isinstance(mode, bool):
         return np.full_like(x_apb, mode)
     arr = np.asarray(mode)
@@ -276,6 +275,8 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
         _validate.check_mode(model)
     if n_samples < 2:
         raise ValueError(f"n_samples must be >= 2, got {n_samples}")
+    if distance not in ("cosine", "euclidean"):
+        raise ValueError(f"distance must be 'cosine' or 'euclidean', got {distance!r}")
     N, C, H, W = x.shape
     xc = x.detach().cpu().contiguous()
     seg_list = _image_segments(xc, segments, segment_kwargs or {})
@@ -367,11 +368,10 @@ def _fit_instances(mask_list, Y, targets, distance, kernel_width, alpha, feature
     for n in range(N):
         m = mask_list[n]
         F = m.shape[1]
-        d = P.row_distances(m, np.ones(F), distance, backend=backend)
-        w = P.exp_kernel(d, kernel_width, backend=backend)
-        Yt = np.ascontiguousarray(Y[n][:, targets[n]])
-        fit = P.fit_surrogate(m.astype(np.float64), Yt, w, alpha=alpha, feature_selection=feature_selection,
-                              num_features=num_features or F, backend=backend)
+        # distances of the coalitions to the all-ones row, lime's kernel and the fit in one
+        # kernel call (0/1 coalitions: the weighted Gram by class popcounts)
+        fit = P.fit_lime(m, Y[n], targets[n], None, weights=distance, kernel_width=kernel_width, alpha=alpha,
+                         feature_selection=feature_selection, num_features=num_features or F, backend=backend)
         coefs.append(fit["coef"])
         used_l.append(fit["used"])
         icpt[n], score[n], pred[n] = fit["intercept"], fit["score"], fit["local_pred"]
