@@ -65,11 +65,28 @@ def test_class_gram_equals_dense_weighted_gram(S, F):
     w = wk[X.sum(1)]
     np.testing.assert_allclose(g, (Xa * w[:, None]).T @ Xa, rtol=1e-13, atol=1e-13)
     np.testing.assert_array_equal(g, g.T)
+    # the same 0/1 rows as floats; per-row weights that depend on the count only
+    g3 = np.empty_like(g)
+    assert K._class_gram(X.astype(np.float64), wk, g3)
+    np.testing.assert_array_equal(g3, g)
+    assert K._class_gram_rows(X, w, g3)
+    np.testing.assert_array_equal(g3, g)
+    np.testing.assert_allclose(K._dense_gram(X, w), (Xa * w[:, None]).T @ Xa, rtol=1e-13, atol=1e-13)
+    if S > 1 and len(set(X.sum(1))) < S:
+        # two rows with the same count but different weights: refused
+        c = X.sum(1)
+        r = next(i for i in range(1, S) if (c[:i] == c[i]).any())
+        w2 = w.copy()
+        w2[r] *= 1.5
+        assert not K._class_gram_rows(X, w2, np.empty_like(g))
     # entries that are not 0/1: refused, g untouched
-    X[S // 2, F - 1] = 2
-    g2 = np.full((F + 1, F + 1), 7.0)
-    assert not K._class_gram(X, wk, g2)
-    assert np.all(g2 == 7.0)
+    for bad in (2, 0.5):
+        Xb = X.astype(np.float64) if isinstance(bad, float) else X.copy()
+        Xb[S // 2, F - 1] = bad
+        g2 = np.full((F + 1, F + 1), 7.0)
+        assert not K._class_gram(Xb, wk, g2)
+        assert not K._class_gram_rows(Xb, w, g2)
+        assert np.all(g2 == 7.0)
 
 
 @needs_numba

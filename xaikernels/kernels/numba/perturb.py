@@ -1053,7 +1053,7 @@ def _popcount(typingctx, x):
 @njit(cache=True)
 def _class_gram(X, wk, g):
     """``g`` (F+1, F+1) ← the augmented weighted Gram Σ_r w_r x'_r x'_rᵀ, x' = (x, 1), of 0/1
-    rows ``X`` (S, F) uint8 whose weight depends only on the row's count of ones:
+    rows ``X`` (S, F) (uint8 or float) whose weight depends only on the row's count of ones:
     ``w_r = wk[Σ x_r]``.  Rows are grouped by count, each column becomes a bitset over the
     grouped rows, and each (class, 64-row word) piece adds ``wk · popcount(bᵢ & bⱼ & piece)``
     to g[i, j]: integer counts instead of S·F² multiply-adds (lime's coalitions: ~60×
@@ -1061,17 +1061,15 @@ def _class_gram(X, wk, g):
     S, F = X.shape
     E = F + 1
     cnt = np.empty(S, dtype=np.int64)
-    bad = 0
+    bad = False
     for r in range(S):
         c = 0
-        b = 0
         for f in range(F):
-            v = np.int64(X[r, f])
-            c += v
-            b |= v
+            v = X[r, f]
+            c += np.int64(v != 0)
+            bad |= (v != 0) & (v != 1)
         cnt[r] = c
-        bad |= b
-    if bad > 1:
+    if bad:
         return False
     start = np.zeros(F + 2, dtype=np.int64)
     for r in range(S):
@@ -1088,7 +1086,7 @@ def _class_gram(X, wk, g):
         sh = np.uint64(p & 63)
         row = bits[q]
         for f in range(F):
-            row[f] |= np.uint64(X[r, f]) << sh
+            row[f] |= np.uint64(X[r, f] != 0) << sh
         row[F] |= _ONE << sh
     g[:, :] = 0.0
     acc = np.empty(E)
@@ -1850,7 +1848,10 @@ def tabular_neighbourhood(n_rows, seed, stream, row_offset, kind, cdf, values, i
     dist = np.empty(n)
     wts = np.empty(n if width > 0 else 0)
     gram = bool(gram and width > 0)
-    gpart = np.zeros(((n + 255) // 256 if gram else 0, D + 1, D + 1))
+    # all surrogate features binary (0/1 rows, uint8 or float): the Gram afterwards by class
+    # popcounts, a row's weight depending only on its count of ones (of the instance's bins)
+    by_class = gram and n > 0 and bool(np.all(kind != 0))
+    gpart = np.zeros(((n + 255) // 256 if gram and not by_class else 0, D + 1, D + 1))
     s0 = np.where(kind == 0, (row0 - smean) / sscale, 1.0)
     base = np.uint64(_stream_base(np.uint64(seed % 2**64), np.uint64(stream % 2**64)))
     _pick(_neighbourhood_v, _neighbourhood_v_serial, scaled.size)(
@@ -1858,7 +1859,49 @@ def tabular_neighbourhood(n_rows, seed, stream, row_offset, kind, cdf, values, i
         sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, s0, row0, metric == "cosine", gpart)
     if not gram:
         return scaled, inv, dist, wts
+    if by_class:
+        g = np.empty((D + 1, D + 1))
+        if _class_gram_rows(scaled, wts, g):
+            return scaled, inv, dist, wts, g
+        return scaled, inv, dist, wts, _dense_gram(scaled, wts)
     return scaled, inv, dist, wts, _fold_gram(gpart)
+
+
+@njit(cache=True)
+def _class_gram_rows(X, w, g):
+    """:func:`_class_gram` with per-row weights ``w`` that are a function of the row's count
+    of ones; False (g untouched) when they are not, or when X is not 0/1."""
+    S, F = X.shape
+    wk = np.full(F + 1, np.nan)
+    for r in range(S):
+        c = 0
+        for f in range(F):
+            c += np.int64(X[r, f] != 0)
+        if math.isnan(wk[c]):
+            wk[c] = w[r]
+        elif wk[c] != w[r]:
+            return False
+    for k in range(F + 1):
+        if math.isnan(wk[k]):
+            wk[k] = 0.0  # no row has this count
+    return _class_gram(X, wk, g)
+
+
+@njit(cache=True)
+def _dense_gram(X, w):
+    """The augmented weighted Gram Σ_r w_r x'_r x'_rᵀ, x' = (x, 1), summed row by row."""
+    S, F = X.shape
+    g = np.zeros((F + 1, F + 1))
+    xr = np.empty(F + 1)
+    for r in range(S):
+        for f in range(F):
+            xr[f] = np.float64(X[r, f])
+        xr[F] = 1.0
+        for i in range(F + 1):
+            a = w[r] * xr[i]
+            for j in range(F + 1):
+                g[i, j] += a * xr[j]
+    return g
 
 
 @njit(cache=True)
