@@ -669,17 +669,19 @@ class KernelShap(Lime):
         # done for all samples at once.  A user's own distribution is sampled as it is.
         probs = getattr(dist, "probs", None) if type(dist).__name__ == "Categorical" else None
         fast = probs is not None and probs.dim() == 1 and probs.device.type == "cpu"
+        # (row views from one unbind instead of a slice per call; normal_ on a row consumes
+        # the generator as randn(1, F, out=row) does)
         if fast:
             q = torch.empty((m, probs.shape[-1]), dtype=probs.dtype)
-            for i in range(m):
-                q[i:i + 1].exponential_()
-                torch.randn(1, F, out=rand_t[i:i + 1])
+            for q_row, r_row in zip(q.unbind(0), rand_t.unbind(0)):
+                q_row.exponential_()
+                r_row.normal_()
             sel = np.argmax(probs.reshape(1, -1).numpy() / q.numpy(), axis=1).astype(np.int64)
         else:
             sel = np.empty(m, dtype=np.int64)
-            for i in range(m):
+            for i, r_row in enumerate(rand_t.unbind(0)):
                 sel[i] = int(dist.sample())
-                torch.randn(1, F, out=rand_t[i:i + 1])
+                r_row.normal_()
         rand = rand_t.numpy()
         # Captum: threshold = kthvalue(row, F - k), kept = row > threshold (NumPy: torch's
         # sort of this size wakes the intra-op pool, slow on a loaded machine)
