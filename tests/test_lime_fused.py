@@ -105,6 +105,37 @@ def test_fit_lime_uint8_not_binary_takes_the_dense_path(weights):
 
 
 @needs_numba
+@pytest.mark.parametrize("weights", ["weights", "distances"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64])
+@pytest.mark.parametrize("selection", ["auto", "none", "highest_weights", "forward_selection"])
+def test_fit_lime_count_weights_equal_reference(weights, dtype, selection):
+    """0/1 rows with weights (or distances) that depend only on a row's count of ones — lime
+    text's distances, the tabular sampler's binary rows — take the class-popcount Gram: equal
+    to the reference's dense fit."""
+    from xaikernels.kernels.numba import perturb as K
+
+    X, Y, rng = _case(777, 17, 5, True, 11)
+    X = X.astype(dtype)
+    k = X.sum(1).astype(np.int64)
+    per_count = rng.rand(18) * (0.9 if weights == "weights" else 1.5) + 0.05
+    wd = per_count[k]
+    assert K._class_gram_rows(X, wd, np.empty((18, 18)))  # the case under test
+    kw = dict(weights=weights, kernel_width=0.8 if weights == "distances" else 0.0, alpha=1.0,
+              feature_selection=selection, num_features=6)
+    a = P.fit_lime(X, Y, [4, 1, 2], wd, backend="numba", **kw)
+    b = P.fit_lime(X, Y, [4, 1, 2], wd, backend="reference", **kw)
+    np.testing.assert_array_equal(a["used"], b["used"])
+    for key in ("coef", "intercept", "score", "local_pred"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-9, atol=1e-11, err_msg=key)
+    # negative weights are still refused (by the dense kernel's checks)
+    if weights == "weights":
+        bad = wd.copy()
+        bad[k == k[3]] = -1.0
+        with pytest.raises(ValueError, match="non-negative"):
+            P.fit_lime(X, Y, [1], bad, backend="numba", **dict(kw, weights="weights"))
+
+
+@needs_numba
 @pytest.mark.parametrize("binary", [True, False])
 def test_fit_lime_equals_step_by_step(binary):
     """distances → lime's kernel → fit_surrogate on the label columns, as the unfused ops."""

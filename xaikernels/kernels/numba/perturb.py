@@ -1149,13 +1149,43 @@ def _fit_lime_binary(X, Y, labels, width, metric, alpha, select, num_features, c
     return _fit_lime_gram(X, Y, labels, w, g, alpha, select, num_features, coef, icpt, score, pred0, used)
 
 
+@njit(cache=True)
+def _fit_lime_given_weights(X, Y, labels, wd, width, metric, alpha, select, num_features, coef, icpt, score, pred0,
+                            used):
+    # given weights (metric 0) or distances (metric 1, lime's kernel as in _fit_lime): when X
+    # is 0/1 and the weights are a function of a row's count of ones (lime text's distances,
+    # the tabular sampler's), the class-popcount Gram and _fit_lime_gram.  Status 3: not so
+    # (or weights the dense kernel must report on).
+    S = X.shape[0]
+    w = np.empty(S)
+    w2 = width * width
+    for s in range(S):
+        if metric == 0:
+            w[s] = wd[s]
+        else:
+            d = wd[s]
+            w[s] = math.sqrt(math.exp(-(d * d) / w2))
+        if not (w[s] >= 0.0 and w[s] < np.inf):
+            return 3
+    g = np.empty((X.shape[1] + 1, X.shape[1] + 1))
+    if not _class_gram_rows(X, w, g):
+        return 3
+    return _fit_lime_gram(X, Y, labels, w, g, alpha, select, num_features, coef, icpt, score, pred0, used)
+
+
 def fit_lime(X, Y, labels, wd, width, metric, alpha, select, num_features):
-    """See :func:`xaikernels.reference.perturb.fit_lime`.  0/1 coalitions (uint8) with
-    distance-to-ones weights take the class-popcount Gram (:func:`_class_gram`)."""
+    """See :func:`xaikernels.reference.perturb.fit_lime`.  0/1 rows whose weights depend only
+    on the row's count of ones (coalitions with distance-to-ones weights, lime text's
+    distances, the tabular sampler's binary rows) take the class-popcount Gram
+    (:func:`_class_gram`); anything else the dense kernel."""
     out = _fit_outputs(labels.shape[0], X.shape[1])
-    if X.dtype == np.uint8 and metric in (2, 3) and X.shape[0] and X.shape[1]:
-        status = _fit_lime_binary(X, Y, labels, float(width), int(metric), float(alpha), int(select),
-                                  int(num_features), *out)
+    if X.shape[0] and X.shape[1] and (metric in (0, 1) or X.dtype == np.uint8):
+        if metric in (2, 3):
+            status = _fit_lime_binary(X, Y, labels, float(width), int(metric), float(alpha), int(select),
+                                      int(num_features), *out)
+        else:
+            status = _fit_lime_given_weights(X, Y, labels, wd, float(width), int(metric), float(alpha), int(select),
+                                             int(num_features), *out)
         if status != 3:
             return (*out, status)
         out = _fit_outputs(labels.shape[0], X.shape[1])
