@@ -200,6 +200,17 @@ def test_text_index_semantics():
     assert idx3.words == ["a", "cat"] and idx3.render(np.array([1, 0])) == "a "
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("text", ["a cat, a dog", "naïve café — déjà vu, café", "x\x00y \ud800z 🙂", ""])
+@pytest.mark.parametrize("bow,mask_string,char_level", [(True, None, False), (False, None, False),
+                                                        (False, "▒▒", False), (True, None, True),
+                                                        (False, None, True)])
+def test_text_index_render_batch_equals_render(backend, text, bow, mask_string, char_level):
+    idx = TextIndex(text, r"\W+", bow=bow, mask_string=mask_string, char_level=char_level)
+    masks = (np.random.RandomState(len(text)).rand(19, idx.n_features) < 0.5).astype(np.uint8)
+    assert idx.render_batch(masks, backend=backend) == [idx.render(m) for m in masks]
+
+
 # ------------------------------------------------------------------------------ peer: lime
 @pytest.mark.peer
 @pytest.mark.parametrize("selection", ["auto", "none", "highest_weights", "forward_selection", "lasso_path"])

@@ -12,7 +12,7 @@ import pytest
 from xaikernels import lime as XL
 
 from test_lime_methods import assert_same_explanations
-from test_lime_ops import needs_numba
+from test_lime_ops import BACKENDS, needs_numba
 
 
 def _pairs(s):
@@ -112,6 +112,45 @@ def test_empty_and_wordless_texts():
         XL.IndexedString(b"bytes")
     with pytest.raises(ValueError, match="tokenizer"):
         XL.IndexedString("a b", lambda s: ["a", "c"])
+
+
+TRICKY = ["Please, take your time", "", "   ", "naïve café — crème brûlée, déjà vu", "a\x00b\x00 c",
+          "lone \ud800 surrogate, kept", "emoji 🙂 and 😀😀, twice", "one"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("s", TRICKY)
+@pytest.mark.parametrize("bow", [True, False])
+@pytest.mark.parametrize("mask_string", [None, "UNKWORDZ", "█", "\x00"])
+@pytest.mark.parametrize("chars", [False, True])
+def test_batch_render_equals_inverse_removing(backend, s, bow, mask_string, chars):
+    """The explainer's batch rendering (one kernel call per block) gives, row by row, the
+    text ``inverse_removing`` (lime's semantics) gives for that row's removed features, on
+    non-ASCII text, NULs, lone surrogates and multi-byte mask strings."""
+    idx = (XL.IndexedCharacters(s, bow=bow, mask_string=mask_string) if chars
+           else XL.IndexedString(s, bow=bow, mask_string=mask_string))
+    F = idx.num_words()
+    rng = np.random.RandomState(len(s) + F)
+    masks = (rng.rand(23, F) < 0.5).astype(np.uint8)
+    masks[0] = 1
+    if len(masks) > 1:
+        masks[1] = 0
+    got = idx._render(masks, backend)
+    expect = [idx.inverse_removing(np.flatnonzero(m == 0).tolist()) for m in masks]
+    assert got == expect
+
+
+def test_batch_render_blocks_and_bad_input():
+    s = "the quick brown fox jumps over the lazy dog " * 3
+    idx = XL.IndexedString(s)
+    masks = (np.random.RandomState(0).rand(40, idx.num_words()) < 0.5).astype(np.uint8)
+    whole = idx._render(masks)
+    idx._RENDER_BLOCK = 100  # one or two rows per block
+    assert idx._render(masks) == whole
+    from xaikernels.ops import perturb as P
+
+    with pytest.raises(ValueError, match="columns"):
+        P.render_texts(idx.as_list, idx._piece_feature, "", masks[:, :3])
 
 
 def test_text_domain_mapper():

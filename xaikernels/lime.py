@@ -800,8 +800,8 @@ class _IndexedText:
     calls :meth:`_index_words`.
     """
 
-    #: rows × pieces rendered per block by :meth:`_render` (bounds its temporaries)
-    _RENDER_BLOCK = 1 << 22
+    #: characters rendered per block of rows by :meth:`_render` (bounds its temporaries)
+    _RENDER_BLOCK = 1 << 25
 
     def _index_words(self, values, is_separator):
         """Number the word pieces as lime does.
@@ -892,42 +892,29 @@ class _IndexedText:
         # lime indexes its float64 empty ``positions`` of a word-less text and fails; we do not
         return self.positions[ids] if ids.size else []
 
-    def _render(self, masks):
+    def _render(self, masks, backend="auto"):
         """``inverse_removing`` of the zero columns of every row of ``masks``.
 
         Parameters
         ----------
         masks : np.ndarray
             (S, num_words()) coalitions; row ``s`` keeps feature ``f`` where ``masks[s, f] != 0``.
+        backend : str
+            Of :func:`xaikernels.ops.perturb.render_texts` (one kernel call writes the UTF-8
+            of all texts of a block of rows into one buffer).
 
         Returns
         -------
         list of str
-            S texts.  The keep flags of all pieces come from one gather per block of rows; the
-            strings are joined in C (``itertools.compress`` with ``bow``, an object-array
-            ``np.where`` against ``mask_string`` without).
+            S texts.
         """
-        pf = self._piece_feature
-        is_word = pf >= 0
-        cols = pf[is_word]
-        n_pieces = pf.size
-        if not self.bow:
-            # object arrays: a NumPy unicode array would drop a trailing NUL (chr(0), the
-            # default mask of characters)
-            pieces = np.empty(n_pieces, dtype=object)
-            pieces[:] = self.as_list
-            fill = np.empty((), dtype=object)
-            fill[()] = self.mask_string
-        step = max(1, self._RENDER_BLOCK // max(n_pieces, 1))
+        removed = "" if self.bow else self.mask_string
+        n_bytes = sum(len(p) for p in self.as_list) + 1
+        step = max(1, self._RENDER_BLOCK // n_bytes)
         out: list = []
         for a in range(0, masks.shape[0], step):
-            blk = masks[a:a + step]
-            keep = np.ones((blk.shape[0], n_pieces), dtype=bool)
-            keep[:, is_word] = blk[:, cols] != 0
-            if self.bow:
-                out.extend("".join(itertools.compress(self.as_list, row)) for row in keep.tolist())
-            else:
-                out.extend("".join(row) for row in np.where(keep, pieces, fill).tolist())
+            out.extend(P.render_texts(self.as_list, self._piece_feature, removed, masks[a:a + step],
+                                      backend=backend))
         return out
 
 
@@ -1178,7 +1165,7 @@ class LimeTextExplainer:
             data = np.ascontiguousarray(masks, dtype=np.uint8)
             if data.shape != (num_samples, F):
                 raise ValueError(f"masks must be ({num_samples}, {F}), got {data.shape}")
-        docs = [idx.raw_string()] + idx._render(data[1:])
+        docs = [idx.raw_string()] + idx._render(data[1:], self.backend)
         yss = _check_outputs(classifier_fn(docs), num_samples, backend=self.backend)
         distances = P.row_distances(data, np.ones(F), distance_metric, backend=self.backend) * 100
         if self.class_names is None:

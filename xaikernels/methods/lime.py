@@ -740,6 +740,16 @@ class TextIndex:
     def n_features(self) -> int:
         return len(self.words)
 
+    def render_batch(self, masks: np.ndarray, backend: str = "auto") -> List[str]:
+        """:meth:`render` of every row of ``masks`` (S, n_features), written by one kernel
+        call per block of rows (:func:`xaikernels.ops.perturb.render_texts`)."""
+        removed = "" if self.bow else self.mask_string
+        step = max(1, (1 << 25) // (len(self.raw) + 1))
+        out: List[str] = []
+        for a in range(0, masks.shape[0], step):
+            out.extend(P.render_texts(self.pieces, self.piece_feature, removed, masks[a:a + step], backend=backend))
+        return out
+
     def render(self, mask: np.ndarray) -> str:
         """The text with the features where ``mask == 0`` removed (bow) or masked."""
         keep = np.ones(len(self.pieces), dtype=bool)
@@ -780,7 +790,7 @@ def lime_text(classifier_fn: Callable[[List[str]], np.ndarray], text: str, *, la
                            backend=backend)
     else:
         m = np.ascontiguousarray(masks, dtype=np.uint8)
-    docs = [text] + [idx.render(r) for r in m[1:]]
+    docs = [text] + idx.render_batch(m[1:], backend=backend)
     Y = np.asarray(classifier_fn(docs), dtype=np.float64)
     if Y.ndim != 2 or Y.shape[0] != len(docs):
         raise ValueError(f"classifier_fn must return (n_texts, classes) = ({len(docs)}, K), got {Y.shape}")

@@ -800,3 +800,28 @@ def fit_lime_gram(Z: np.ndarray, Y: np.ndarray, labels: np.ndarray, w: np.ndarra
     ``gram``).  The kernel centres ``g`` instead of passing over ``Z`` again; this twin fits
     from ``Z`` and ``w`` directly (``g`` unused) — the same numbers up to rounding."""
     return fit_lime(Z, Y, labels, w, 0.0, 0, alpha, select, num_features)
+
+
+# ------------------------------------------------------------------------------------ text
+def render_pieces(piece_bytes: np.ndarray, piece_offsets: np.ndarray, piece_feature: np.ndarray,
+                  removed: np.ndarray, masks: np.ndarray):
+    """Perturbed texts as bytes (lime text's ``inverse_removing`` for every row at once).
+
+    A text is a sequence of pieces: piece ``p`` is ``piece_bytes[piece_offsets[p]:
+    piece_offsets[p + 1]]`` (uint8, the UTF-8 of the piece) and belongs to feature
+    ``piece_feature[p]`` (-1: a separator, always kept).  Row ``s`` of ``masks`` (S, F) keeps
+    feature ``f`` where ``masks[s, f] != 0``; a removed piece is written as ``removed`` (uint8:
+    empty for lime's bag of words, the mask string otherwise).
+
+    Returns ``(flat, offsets)``: the rows' bytes back to back (uint8) and (S + 1,) int64 row
+    offsets into ``flat``.
+    """
+    pb = piece_bytes.tobytes()
+    rb = removed.tobytes()
+    pieces = [pb[piece_offsets[p]:piece_offsets[p + 1]] for p in range(len(piece_offsets) - 1)]
+    rows = []
+    for s in range(masks.shape[0]):
+        rows.append(b"".join(pc if f < 0 or masks[s, f] != 0 else rb for pc, f in zip(pieces, piece_feature)))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    return np.frombuffer(b"".join(rows), dtype=np.uint8).copy(), offsets

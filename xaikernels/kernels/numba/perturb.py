@@ -2007,3 +2007,45 @@ def fit_lime_gram(Z, Y, labels, w, g, alpha, select, num_features):
     out = _fit_outputs(labels.shape[0], Z.shape[1])
     status = _fit_lime_gram(Z, Y, labels, w, g, float(alpha), int(select), int(num_features), *out)
     return (*out, status)
+
+
+# ------------------------------------------------------------------------------------ text
+@njit(cache=True)
+def _render_pieces(pb, po, pf, rb, masks):
+    S, F = masks.shape
+    P = po.shape[0] - 1
+    R = rb.shape[0]
+    if P < 0 or pf.shape[0] != P or po[0] != 0 or po[P] > pb.shape[0]:
+        raise ValueError("render: piece offsets and features disagree with the piece bytes")
+    for p in range(P):
+        if po[p + 1] < po[p]:
+            raise ValueError("render: piece offsets must be non-decreasing")
+        if pf[p] >= F:
+            raise ValueError("render: a piece's feature is outside the masks' columns")
+    off = np.empty(S + 1, dtype=np.int64)
+    off[0] = 0
+    for s in range(S):
+        n = 0
+        for p in range(P):
+            f = pf[p]
+            n += po[p + 1] - po[p] if f < 0 or masks[s, f] != 0 else R
+        off[s + 1] = off[s] + n
+    out = np.empty(off[S], dtype=np.uint8)
+    for s in range(S):
+        k = off[s]
+        for p in range(P):
+            f = pf[p]
+            if f < 0 or masks[s, f] != 0:
+                a = po[p]
+                n = po[p + 1] - a
+                out[k:k + n] = pb[a:a + n]
+            else:
+                n = R
+                out[k:k + n] = rb
+            k += n
+    return out, off
+
+
+def render_pieces(piece_bytes, piece_offsets, piece_feature, removed, masks):
+    """See :func:`xaikernels.reference.perturb.render_pieces`."""
+    return _render_pieces(piece_bytes, piece_offsets, piece_feature, removed, masks)
