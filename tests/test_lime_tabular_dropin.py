@@ -311,3 +311,22 @@ def test_signatures_equal_lime(mod, cls, method):
     assert [p.name for p in positional] == list(theirs)
     for p in positional:
         assert p.default == theirs[p.name].default, p.name
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 42, 2**31 - 1, 2**32 - 1, True, np.int64(5), np.uint32(9)])
+def test_random_state_equals_numpys(seed):
+    """The drop-ins' RandomState for an int seed (built without a throw-away entropy seeding)
+    has numpy's RandomState(seed) state and draws, also after pickling."""
+    import pickle
+
+    a, b = np.random.RandomState(seed), XL._check_random_state(seed)
+    sa, sb = a.get_state(), b.get_state()
+    assert sa[0] == sb[0] and np.array_equal(sa[1], sb[1]) and sa[2:] == sb[2:]
+    assert a.randint(0, 1000) == b.randint(0, 1000)
+    np.testing.assert_array_equal(a.randn(7), b.randn(7))
+    np.testing.assert_array_equal(a.randint(0, 2, 300), b.randint(0, 2, 300))
+    c = pickle.loads(pickle.dumps(b))
+    np.testing.assert_array_equal(a.rand(5), c.rand(5))
+    for bad in (-1, 2**32):
+        with pytest.raises(ValueError):
+            XL._check_random_state(bad)
