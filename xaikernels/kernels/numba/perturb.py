@@ -2022,30 +2022,39 @@ def _render_pieces(pb, po, pf, rb, masks):
             raise ValueError("render: piece offsets must be non-decreasing")
         if pf[p] >= F:
             raise ValueError("render: a piece's feature is outside the masks' columns")
+    # the removed bytes after the pieces' bytes: every piece of a row is then a copy from one
+    # buffer, source and length picked without a branch (keep is a coin flip per piece)
+    B = po[P]
+    src = np.empty(B + R, dtype=np.uint8)
+    src[:B] = pb[:B]
+    src[B:] = rb
     off = np.empty(S + 1, dtype=np.int64)
     off[0] = 0
     for s in range(S):
         n = 0
         for p in range(P):
             f = pf[p]
-            n += po[p + 1] - po[p] if f < 0 or masks[s, f] != 0 else R
+            keep = (f < 0) | (masks[s, max(f, 0)] != 0)
+            n += po[p + 1] - po[p] if keep else R
         off[s + 1] = off[s] + n
     out = np.empty(off[S], dtype=np.uint8)
     for s in range(S):
         k = off[s]
         for p in range(P):
             f = pf[p]
-            if f < 0 or masks[s, f] != 0:
-                a = po[p]
-                n = po[p + 1] - a
-                out[k:k + n] = pb[a:a + n]
-            else:
-                n = R
-                out[k:k + n] = rb
+            keep = (f < 0) | (masks[s, max(f, 0)] != 0)
+            a = po[p] if keep else B
+            n = po[p + 1] - po[p] if keep else R
+            # byte loops: pieces are a few bytes, where a slice copy costs more than the copy
+            for i in range(n):
+                out[k + i] = src[a + i]
             k += n
     return out, off
 
 
 def render_pieces(piece_bytes, piece_offsets, piece_feature, removed, masks):
     """See :func:`xaikernels.reference.perturb.render_pieces`."""
+    if masks.shape[1] == 0:
+        # no features (every piece a separator): one column the kernel may read, never drop
+        masks = np.ones((masks.shape[0], 1), dtype=np.uint8)
     return _render_pieces(piece_bytes, piece_offsets, piece_feature, removed, masks)

@@ -1,0 +1,126 @@
+"""LIME's parts timed one by one (one thread, medians): the pieces behind the overheads of
+``bench/run_lime.py``, each against the way it was done before or the obvious alternative.
+
+* fit of 1000 × 73 coalitions for 5 labels (lime image's sizes, default kernel):
+  ``fit_lime`` (class-popcount Gram) against the dense Numba kernel it falls back to;
+* a drop-in explainer's ``RandomState(0)``: ours against ``np.random.RandomState(0)``;
+* lime text's 5000 perturbed documents of a 120-word text: the batch renderer (Numba) against
+  its Python reference twin;
+* the tabular drop-in (5000 samples, 20 features): the sampler kernel alone against a whole
+  explanation's library time (total minus the classifier's).
+
+Usage::
+
+    NUMBA_THREADING_LAYER=workqueue .venv/bin/python bench/profile_lime_parts.py [--repeats 200]
+
+Writes ``bench/results/lime_parts.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+
+import numpy as np  # noqa: E402
+
+
+def _med(fn, repeats):
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(ts)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = ap.parse_args(argv)
+    import torch
+
+    import xaikernels.lime as XL
+    from xaikernels.kernels.numba import perturb as KP
+    from xaikernels.ops import perturb as P
+
+    torch.set_num_threads(1)
+    r = args.repeats
+    rows = []
+
+    # fit: 1000 x 73 coalitions, 5 labels, lime's default kernel and 'auto' selection
+    rng = np.random.RandomState(0)
+    X = P.sample_masks(1000, 73, 1, first_row_ones=True)
+    Y = rng.dirichlet(np.ones(10), size=1000)
+    labels = np.array([1, 2, 3, 4, 5])
+    sel = P.resolve_selection("auto", 73)
+    rows.append(("fit, 1000 × 73 coalitions, 5 labels: class-popcount Gram (fit_lime)",
+                 _med(lambda: KP.fit_lime(X, Y, labels, np.zeros(0), 0.25, 2, 1.0, sel, 73), r)))
+    rows.append(("fit, same: the dense kernel",
+                 _med(lambda: KP._fit_lime(X, Y, labels, np.zeros(0), 0.25, 2, 1.0, sel, 73,
+                                           *KP._fit_outputs(5, 73)), r)))
+
+    # RandomState
+    rows.append(("RandomState(0): the drop-ins'", _med(lambda: XL._check_random_state(0), r)))
+    rows.append(("RandomState(0): numpy's", _med(lambda: np.random.RandomState(0), r)))
+
+    # text rendering
+    words = [f"w{i}" for i in range(300)]
+    text = " ".join(rng.choice(words, 120))
+    idx = XL.IndexedString(text)
+    m = P.sample_masks(5000, idx.num_words(), 2, size_cdf=P.lime_text_size_cdf(idx.num_words()))
+    rows.append((f"text: 5000 documents of a 120-word text ({idx.num_words()} words), batch renderer",
+                 _med(lambda: idx._render(m, "numba"), max(5, r // 20))))
+    rows.append(("text: same, the Python reference twin",
+                 _med(lambda: idx._render(m, "reference"), max(5, r // 20))))
+
+    # tabular: sampler kernel vs whole explanation (library time)
+    Xtr = rng.randn(1000, 20)
+    Wt = rng.randn(20, 3)
+    spent = [0.0]
+
+    def pf(Z):
+        t0 = time.perf_counter()
+        z = Z @ Wt
+        e = np.exp(z - z.max(1, keepdims=True))
+        out = e / e.sum(1, keepdims=True)
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    ex = XL.LimeTabularExplainer(Xtr, random_state=0)
+    plan = ex.sampler.plan(Xtr[0])
+
+    def explain():
+        spent[0] = 0.0
+        t0 = time.perf_counter()
+        ex.explain_instance(Xtr[0], pf, num_samples=5000)
+        return time.perf_counter() - t0 - spent[0]
+
+    explain()
+    lib = 1e3 * statistics.median([explain() for _ in range(r)])
+    rows.append(("tabular, 5000 × 20: the sampler kernel (neighbourhood, weights, Gram)",
+                 _med(lambda: P.tabular_neighbourhood(5000, 3, plan, kernel_width=ex.base.kernel_width, gram=True,
+                                                      binary_uint8=True), r)))
+    rows.append(("tabular, same: a whole explanation's library time", lib))
+
+    cmd = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *(argv or sys.argv[1:])])
+    lines = [f"# LIME parts ({time.strftime('%Y-%m-%d %H:%M')})", "",
+             f"Command: `NUMBA_THREADING_LAYER=workqueue {cmd}` (one thread; medians)", "",
+             "| part | ms |", "|---|---:|"] + [f"| {k} | {v:.3f} |" for k, v in rows]
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "lime_parts.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
