@@ -1902,18 +1902,17 @@ def _class_gram_rows(X, w, g):
     """:func:`_class_gram` with per-row weights ``w`` that are a function of the row's count
     of ones; False (g untouched) when they are not, or when X is not 0/1."""
     S, F = X.shape
-    wk = np.full(F + 1, np.nan)
+    wk = np.zeros(F + 1)  # a count no row has keeps weight 0
+    seen = np.zeros(F + 1, dtype=np.bool_)
     for r in range(S):
         c = 0
         for f in range(F):
             c += np.int64(X[r, f] != 0)
-        if math.isnan(wk[c]):
+        if not seen[c]:
+            seen[c] = True
             wk[c] = w[r]
-        elif wk[c] != w[r]:
+        elif not (wk[c] == w[r]):  # NaN weights never match
             return False
-    for k in range(F + 1):
-        if math.isnan(wk[k]):
-            wk[k] = 0.0  # no row has this count
     return _class_gram(X, wk, g)
 
 
