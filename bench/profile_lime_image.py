@@ -30,10 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
-os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-
+from _one_thread import median_ms  # one thread everywhere; before NumPy / torch / Numba
 import numpy as np  # noqa: E402
 
 
@@ -143,16 +140,8 @@ def main(argv=None):
         XL.LimeImageExplainer(random_state=0).explain_instance(img, timed_clf, num_samples=1000,
                                                                segmentation_fn=lambda i: seg, random_seed=0)
 
-    def med(fn):
-        fn()
-        ts = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return 1e3 * statistics.median(ts)
-
-    res = {"build alone (1000 samples, batches of 10)": med(build), "numpy copy of the same bytes": med(copy)}
+    res = {"build alone (1000 samples, batches of 10)": median_ms(build, args.repeats),
+           "numpy copy of the same bytes": median_ms(copy, args.repeats)}
     orig = (KP._build_rows, XL._SurrogateFitter.fit)
     KP._build_rows = timed(orig[0], "build")
     XL._SurrogateFitter.fit = timed(orig[1], "fit")

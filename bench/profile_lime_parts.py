@@ -25,21 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
-os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-
+from _one_thread import median_ms as _med  # one thread everywhere; before NumPy / torch / Numba
 import numpy as np  # noqa: E402
-
-
-def _med(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
 
 
 def main(argv=None):

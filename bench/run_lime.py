@@ -38,12 +38,7 @@ import time
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-# one thread everywhere (BLAS included) for every provider: on this shared 2-core machine a
-# multi-threaded OpenBLAS spin-waits under load and turns a 0.2 ms Gram product into 30 ms
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
-
+import _one_thread  # noqa: F401  (one thread everywhere; before NumPy / torch / Numba)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402

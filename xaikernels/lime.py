@@ -930,22 +930,16 @@ class _IndexedText:
         masks : np.ndarray
             (S, num_words()) coalitions; row ``s`` keeps feature ``f`` where ``masks[s, f] != 0``.
         backend : str
-            Of :func:`xaikernels.ops.perturb.render_texts` (one kernel call writes the UTF-8
-            of all texts of a block of rows into one buffer).
+            Of :func:`xaikernels.ops.perturb.render_texts` (one kernel call per block of rows
+            of about ``_RENDER_BLOCK`` characters).
 
         Returns
         -------
         list of str
             S texts.
         """
-        removed = "" if self.bow else self.mask_string
-        n_bytes = sum(len(p) for p in self.as_list) + 1
-        step = max(1, self._RENDER_BLOCK // n_bytes)
-        out: list = []
-        for a in range(0, masks.shape[0], step):
-            out.extend(P.render_texts(self.as_list, self._piece_feature, removed, masks[a:a + step],
-                                      backend=backend))
-        return out
+        return P.render_texts(self.as_list, self._piece_feature, "" if self.bow else self.mask_string, masks,
+                              block_chars=self._RENDER_BLOCK, backend=backend)
 
 
 class IndexedString(_IndexedText):

@@ -743,12 +743,8 @@ class TextIndex:
     def render_batch(self, masks: np.ndarray, backend: str = "auto") -> List[str]:
         """:meth:`render` of every row of ``masks`` (S, n_features), written by one kernel
         call per block of rows (:func:`xaikernels.ops.perturb.render_texts`)."""
-        removed = "" if self.bow else self.mask_string
-        step = max(1, (1 << 25) // (len(self.raw) + 1))
-        out: List[str] = []
-        for a in range(0, masks.shape[0], step):
-            out.extend(P.render_texts(self.pieces, self.piece_feature, removed, masks[a:a + step], backend=backend))
-        return out
+        return P.render_texts(self.pieces, self.piece_feature, "" if self.bow else self.mask_string, masks,
+                              backend=backend)
 
     def render(self, mask: np.ndarray) -> str:
         """The text with the features where ``mask == 0`` removed (bow) or masked."""

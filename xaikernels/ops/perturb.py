@@ -583,14 +583,15 @@ OP_RENDER = _define("render_pieces", _ref.render_pieces)
 
 
 def render_texts(pieces, piece_feature: np.ndarray, removed: str, masks: np.ndarray, *,
-                 backend: str = "auto") -> list:
+                 block_chars: int = 1 << 25, backend: str = "auto") -> list:
     """lime text's perturbed documents: ``pieces`` (list of str, words and separators that
     concatenate to the text), ``piece_feature`` (P,) int64 (-1 for a separator, always kept),
     ``masks`` (S, F): row ``s`` keeps the pieces of feature ``f`` where ``masks[s, f] != 0``
     and writes ``removed`` for the others (``""``: lime's bag of words).  Returns S strings.
 
-    The texts are written as UTF-8 bytes into one buffer by one kernel call and decoded once
-    when all of it is ASCII (else row by row); lone surrogates survive (``surrogatepass``)."""
+    Rows go in blocks of about ``block_chars`` characters of text; each block's texts are
+    written as UTF-8 bytes into one buffer by one kernel call and decoded once when all of it
+    is ASCII (else row by row); lone surrogates survive (``surrogatepass``)."""
     enc = [p.encode("utf-8", "surrogatepass") for p in pieces]
     po = np.zeros(len(enc) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in enc], out=po[1:])
@@ -602,10 +603,17 @@ def render_texts(pieces, piece_feature: np.ndarray, removed: str, masks: np.ndar
         raise ValueError(f"masks must be (S, F) and piece_feature one id per piece; got {masks.shape}, {pf.shape}")
     if pf.size and pf.max() >= masks.shape[1]:
         raise ValueError(f"piece features reach {int(pf.max())}; masks have {masks.shape[1]} columns")
-    flat, off = _impl(OP_RENDER, backend)(pb, po, pf, rb, masks)
-    data = flat.tobytes()
-    bounds = zip(off[:-1].tolist(), off[1:].tolist())
-    if int(pb.max(initial=0)) < 128 and int(rb.max(initial=0)) < 128:
-        big = data.decode("ascii")
-        return [big[a:b] for a, b in bounds]
-    return [data[a:b].decode("utf-8", "surrogatepass") for a, b in bounds]
+    ascii_only = int(pb.max(initial=0)) < 128 and int(rb.max(initial=0)) < 128
+    render = _impl(OP_RENDER, backend)
+    step = max(1, int(block_chars) // (sum(len(p) for p in pieces) + 1))
+    out: list = []
+    for a in range(0, masks.shape[0], step):
+        flat, off = render(pb, po, pf, rb, masks[a:a + step])
+        data = flat.tobytes()
+        bounds = zip(off[:-1].tolist(), off[1:].tolist())
+        if ascii_only:
+            big = data.decode("ascii")
+            out.extend(big[i:j] for i, j in bounds)
+        else:
+            out.extend(data[i:j].decode("utf-8", "surrogatepass") for i, j in bounds)
+    return out

@@ -249,12 +249,16 @@ def _check_plan(x, fill, ptr, word, bits, masks):
 def _check_build(x, fill, ptr, word, bits, masks, out):
     """The build kernels' contract, checked on entry so that no argument can make them index
     out of bounds: :func:`_check_plan`, out (S, A, L), masks (S, >= F)."""
-    A, L = x.shape
-    if out.shape[1] != A or out.shape[2] != L:
-        raise ValueError("build: out must be (S, A, L) with x's (A, L)")
+    _check_out(x, out)
     if masks.shape[0] != out.shape[0]:
         raise ValueError("build: masks and out must have the same number of rows")
     _check_plan(x, fill, ptr, word, bits, masks)
+
+
+@njit(cache=True)
+def _check_out(x, out):
+    if out.shape[1] != x.shape[0] or out.shape[2] != x.shape[1]:
+        raise ValueError("build: out must be (S, A, L) with x's (A, L)")
 
 
 @njit(cache=True)
@@ -268,9 +272,7 @@ def _build_rows(x, fill, ptr, word, bits, masks, m0, out):
     """Rows ``m0 .. m0 + len(out) - 1`` of ``masks`` into ``out``, for a plan already checked
     by :func:`_check_plan` against these x, fill, ptr, word, bits and masks (Builder.batches):
     only the O(1) row and shape checks here, per model batch."""
-    A, L = x.shape
-    if out.shape[1] != A or out.shape[2] != L:
-        raise ValueError("build: out must be (S, A, L) with x's (A, L)")
+    _check_out(x, out)
     if m0 < 0 or m0 + out.shape[0] > masks.shape[0]:
         raise ValueError("build: rows past the end of the masks")
     _blend_rows(x, fill, ptr, word, bits, masks, m0, out)
@@ -499,7 +501,7 @@ def exp_kernel(d, width):
     out = np.empty(d.shape[0])
     w2 = width * width
     for i in range(d.shape[0]):
-        out[i] = math.sqrt(math.exp(-(d[i] * d[i]) / w2))
+        out[i] = _lime_weight(d[i], w2)
     return out
 
 
@@ -957,6 +959,22 @@ def output_check(Y):
     return bool(finite), bool(proba)
 
 
+@njit(cache=True, inline="always")
+def _ones_distance(dot, nz, d2, sqF, cosine):
+    """Distance of a row to the all-ones row (as _row_distances) from its Σx, Σx², Σ(x-1)²
+    and sqrt(F): cosine (zero rows at 1, clipped to [0, 2]) or euclidean."""
+    if cosine:
+        den = math.sqrt(nz) * sqF
+        return min(max(1.0 - (dot / den if den > 0 else 0.0), 0.0), 2.0)
+    return math.sqrt(d2)
+
+
+@njit(cache=True, inline="always")
+def _lime_weight(d, w2):
+    """lime's exponential kernel ``sqrt(exp(-d²/width²))`` (w2 = width²)."""
+    return math.sqrt(math.exp(-(d * d) / w2))
+
+
 @njit(cache=True)
 def _fit_lime(X, Y, labels, wd, width, metric, alpha, select, num_features, coef, icpt, score, pred0, used):
     # weights, weighted centring and the Gram products in one pass over the samples, then
@@ -973,7 +991,6 @@ def _fit_lime(X, Y, labels, wd, width, metric, alpha, select, num_features, coef
             if metric == 1:
                 d = wd[s]
             else:
-                # distance of the row to the all-ones row, as _row_distances
                 dot = 0.0
                 nz = 0.0
                 d2 = 0.0
@@ -982,12 +999,8 @@ def _fit_lime(X, Y, labels, wd, width, metric, alpha, select, num_features, coef
                     dot += v
                     nz += v * v
                     d2 += (v - 1.0) * (v - 1.0)
-                if metric == 2:
-                    den = math.sqrt(nz) * sqF
-                    d = min(max(1.0 - (dot / den if den > 0 else 0.0), 0.0), 2.0)
-                else:
-                    d = math.sqrt(d2)
-            w[s] = math.sqrt(math.exp(-(d * d) / w2))
+                d = _ones_distance(dot, nz, d2, sqF, metric == 2)
+            w[s] = _lime_weight(d, w2)
     sw = 0.0
     for s in range(S):
         ws = w[s]
@@ -1051,15 +1064,9 @@ def _popcount(typingctx, x):
 
 
 @njit(cache=True)
-def _class_gram(X, wk, g):
-    """``g`` (F+1, F+1) ← the augmented weighted Gram Σ_r w_r x'_r x'_rᵀ, x' = (x, 1), of 0/1
-    rows ``X`` (S, F) (uint8 or float) whose weight depends only on the row's count of ones:
-    ``w_r = wk[Σ x_r]``.  Rows are grouped by count, each column becomes a bitset over the
-    grouped rows, and each (class, 64-row word) piece adds ``wk · popcount(bᵢ & bⱼ & piece)``
-    to g[i, j]: integer counts instead of S·F² multiply-adds (lime's coalitions: ~60×
-    fewer operations).  Returns False, g untouched, when some entry of X is not 0 or 1."""
+def _row_counts(X):
+    """(count of non-zero entries per row, whether every entry is 0 or 1)."""
     S, F = X.shape
-    E = F + 1
     cnt = np.empty(S, dtype=np.int64)
     bad = False
     for r in range(S):
@@ -1069,8 +1076,30 @@ def _class_gram(X, wk, g):
             c += np.int64(v != 0)
             bad |= (v != 0) & (v != 1)
         cnt[r] = c
-    if bad:
+    return cnt, not bad
+
+
+@njit(cache=True)
+def _class_gram(X, wk, g):
+    """``g`` (F+1, F+1) ← the augmented weighted Gram Σ_r w_r x'_r x'_rᵀ, x' = (x, 1), of 0/1
+    rows ``X`` (S, F) (uint8 or float) whose weight depends only on the row's count of ones:
+    ``w_r = wk[Σ x_r]`` (:func:`_gram_by_counts`).  Returns False, g untouched, when some
+    entry of X is not 0 or 1."""
+    cnt, binary = _row_counts(X)
+    if not binary:
         return False
+    _gram_by_counts(X, cnt, wk, g)
+    return True
+
+
+@njit(cache=True)
+def _gram_by_counts(X, cnt, wk, g):
+    """:func:`_class_gram` for 0/1 rows with their counts ``cnt``.  Rows are grouped by count,
+    each column becomes a bitset over the grouped rows, and each (class, 64-row word) piece
+    adds ``wk · popcount(bᵢ & bⱼ & piece)`` to g[i, j]: integer counts instead of S·F²
+    multiply-adds (lime's coalitions: ~60× fewer operations)."""
+    S, F = X.shape
+    E = F + 1
     start = np.zeros(F + 2, dtype=np.int64)
     for r in range(S):
         start[cnt[r] + 1] += 1
@@ -1113,7 +1142,6 @@ def _class_gram(X, wk, g):
     for i in range(E):
         for j in range(i):
             g[j, i] = g[i, j]
-    return True
 
 
 @njit(cache=True)
@@ -1122,30 +1150,23 @@ def _fit_lime_binary(X, Y, labels, width, metric, alpha, select, num_features, c
     # on a 0/1 row's count of ones: the weighted Gram by class popcounts (_class_gram), then
     # _fit_lime_gram's centring, label products and solves.  Status 3: X is not 0/1.
     S, F = X.shape
+    cnt, binary = _row_counts(X)
+    if not binary:
+        return 3
     w2 = width * width
     sqF = math.sqrt(np.float64(F))
     wk = np.empty(F + 1)
     for k in range(F + 1):
-        # the arithmetic of _fit_lime's per-row distances for a row of k ones
+        # _fit_lime's per-row sums for a row of k ones (exact in floating point)
         v = np.float64(k)
-        if metric == 2:
-            den = math.sqrt(v) * sqF
-            d = min(max(1.0 - (v / den if den > 0 else 0.0), 0.0), 2.0)
-        else:
-            d = math.sqrt(np.float64(F - k))
-        wk[k] = math.sqrt(math.exp(-(d * d) / w2))
+        wk[k] = _lime_weight(_ones_distance(v, v, np.float64(F - k), sqF, metric == 2), w2)
+        if not (wk[k] >= 0.0 and wk[k] < np.inf):
+            return 2
     g = np.empty((F + 1, F + 1))
-    if not _class_gram(X, wk, g):
-        return 3
+    _gram_by_counts(X, cnt, wk, g)
     w = np.empty(S)
     for r in range(S):
-        c = 0
-        for f in range(F):
-            c += np.int64(X[r, f])
-        w[r] = wk[c]
-    for r in range(S):
-        if not (w[r] >= 0.0 and w[r] < np.inf):
-            return 2
+        w[r] = wk[cnt[r]]
     return _fit_lime_gram(X, Y, labels, w, g, alpha, select, num_features, coef, icpt, score, pred0, used)
 
 
@@ -1163,8 +1184,7 @@ def _fit_lime_given_weights(X, Y, labels, wd, width, metric, alpha, select, num_
         if metric == 0:
             w[s] = wd[s]
         else:
-            d = wd[s]
-            w[s] = math.sqrt(math.exp(-(d * d) / w2))
+            w[s] = _lime_weight(wd[s], w2)
         if not (w[s] >= 0.0 and w[s] < np.inf):
             return 3
     g = np.empty((X.shape[1] + 1, X.shape[1] + 1))
@@ -1852,10 +1872,10 @@ def _neighbourhood_v(scaled, inv, dist, wts, width, base, row_offset, kind, cdf,
                 if tab.shape[0]:
                     j = np.int64(acc1[r]) * (D + 1) + np.int64(acc2[r])
                     if tab[j] < 0:
-                        tab[j] = math.sqrt(math.exp(-(dd * dd) / w2))
+                        tab[j] = _lime_weight(dd, w2)
                     wts[r0 + r] = tab[j]
                 else:
-                    wts[r0 + r] = math.sqrt(math.exp(-(dd * dd) / w2))
+                    wts[r0 + r] = _lime_weight(dd, w2)
         if gpart.shape[0]:
             _wgram_block(sblk, wts[r0:r1], m, gpart[b])
 
@@ -1891,9 +1911,9 @@ def tabular_neighbourhood(n_rows, seed, stream, row_offset, kind, cdf, values, i
         return scaled, inv, dist, wts
     if by_class:
         g = np.empty((D + 1, D + 1))
-        if _class_gram_rows(scaled, wts, g):
-            return scaled, inv, dist, wts, g
-        return scaled, inv, dist, wts, _dense_gram(scaled, wts)
+        if not _class_gram_rows(scaled, wts, g):  # the kernel's weights are a table of the count
+            raise RuntimeError("tabular_neighbourhood: binary rows whose weights are not a function of their count")
+        return scaled, inv, dist, wts, g
     return scaled, inv, dist, wts, _fold_gram(gpart)
 
 
@@ -1902,35 +1922,20 @@ def _class_gram_rows(X, w, g):
     """:func:`_class_gram` with per-row weights ``w`` that are a function of the row's count
     of ones; False (g untouched) when they are not, or when X is not 0/1."""
     S, F = X.shape
+    cnt, binary = _row_counts(X)
+    if not binary:
+        return False
     wk = np.zeros(F + 1)  # a count no row has keeps weight 0
     seen = np.zeros(F + 1, dtype=np.bool_)
     for r in range(S):
-        c = 0
-        for f in range(F):
-            c += np.int64(X[r, f] != 0)
+        c = cnt[r]
         if not seen[c]:
             seen[c] = True
             wk[c] = w[r]
         elif not (wk[c] == w[r]):  # NaN weights never match
             return False
-    return _class_gram(X, wk, g)
-
-
-@njit(cache=True)
-def _dense_gram(X, w):
-    """The augmented weighted Gram Σ_r w_r x'_r x'_rᵀ, x' = (x, 1), summed row by row."""
-    S, F = X.shape
-    g = np.zeros((F + 1, F + 1))
-    xr = np.empty(F + 1)
-    for r in range(S):
-        for f in range(F):
-            xr[f] = np.float64(X[r, f])
-        xr[F] = 1.0
-        for i in range(F + 1):
-            a = w[r] * xr[i]
-            for j in range(F + 1):
-                g[i, j] += a * xr[j]
-    return g
+    _gram_by_counts(X, cnt, wk, g)
+    return True
 
 
 @njit(cache=True)
