@@ -28,6 +28,7 @@ from torch import nn
 
 from xaikernels import _validate
 from xaikernels._model_guard import ModelGuard
+from xaikernels.methods import _stem
 from xaikernels.ops import perturb as P
 
 
@@ -238,7 +239,7 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
                top_labels: Optional[int] = None, output: Union[str, Callable, None] = "softmax",
                seed: int = 0, segment_kwargs: Optional[dict] = None, masks: Optional[Sequence[np.ndarray]] = None,
                forward_args: Sequence = (), progress: bool = False, check_mode: bool = True,
-               backend: str = "auto") -> LimeResult:
+               stem: str = "auto", backend: str = "auto") -> LimeResult:
     """LIME for image classifiers, batched over instances and targets.
 
     Parameters
@@ -264,6 +265,14 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
     masks : optional list of (n_samples, F_n) uint8 masks per instance (bypasses sampling).
     forward_args : extra positional arguments for ``model``.
     progress : tqdm bar over model batches.
+    stem : "auto" (default) | "on" | "off" — coalition tables for the model's stem
+        (:mod:`xaikernels.methods._stem`): the leading convolution / activation / pooling
+        stages of a CPU float32/float64 model traceable by ``torch.fx`` are tabulated over
+        every coalition of the segments each output position sees, so that a sample costs a
+        table gather plus the rest of the network.  The same numbers up to float rounding,
+        checked on the instance before use.  "auto" uses them where they save work and
+        evaluates the model as is otherwise; "on" raises when they cannot be used; the
+        result's ``extras["stem"]`` says which ran and why.
     backend : "auto" | "numba" | "reference".
 
     Returns
@@ -277,6 +286,8 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
         raise ValueError(f"n_samples must be >= 2, got {n_samples}")
     if distance not in ("cosine", "euclidean"):
         raise ValueError(f"distance must be 'cosine' or 'euclidean', got {distance!r}")
+    if stem not in ("auto", "on", "off"):
+        raise ValueError(f"stem must be 'auto', 'on' or 'off', got {stem!r}")
     N, C, H, W = x.shape
     xc = x.detach().cpu().contiguous()
     seg_list = _image_segments(xc, segments, segment_kwargs or {})
@@ -302,27 +313,69 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
                 m = P.sample_masks(n_samples, F, seed, stream=n, first_row_ones=True, backend=backend)
             mask_list.append(m)
 
-        # prepared once per instance (feature-map bitmaps), then one kernel call per batch
-        builders = [P.PerturbedBuilder(P.as_apb(xc[n], "chw"), fills[n], feats[n][0], backend=backend)
-                    for n in range(N)]
+        plans, tail, stem_info = None, None, "off"
+        if stem != "off":
+            try:
+                plans, tail, stem_info = _stem_plans(model, x, xc, fills, feats, mask_list, forward_args, backend)
+            except _stem.StemUnavailable as e:
+                if stem == "on":
+                    raise ValueError(f"stem='on', but the stem cannot be tabulated: {e}") from None
+                stem_info = f"off: {e}"
 
-        def fill_rows(view, start, stop):
-            r = start
-            while r < stop:
-                n, s = divmod(r, n_samples)
-                e = min(stop, (n + 1) * n_samples)
-                dst = view[r - start: e - start].reshape(e - r, C, H * W, 1)
-                builders[n](mask_list[n][s: s + e - r], dst)
-                r = e
+        if plans is not None:
+            Cs = plans[0].out_hwc[2]
 
-        streamer = _Streamer(model, (C, H, W), xc.dtype, x.device, batch_size, output, forward_args,
-                             progress, "lime_image")
+            def fill_rows(view, start, stop):
+                r = start
+                while r < stop:
+                    n, s = divmod(r, n_samples)
+                    e = min(stop, (n + 1) * n_samples)
+                    plans[n].gather(s, s + e - r, view[r - start: e - start].view(e - r, -1, Cs))
+                    r = e
+
+            streamer = _Streamer(lambda b: tail(b.permute(0, 3, 1, 2)), plans[0].out_hwc, xc.dtype, x.device,
+                                 batch_size, output, (), progress, "lime_image")
+        else:
+            # prepared once per instance (feature-map bitmaps), then one kernel call per batch
+            builders = [P.PerturbedBuilder(P.as_apb(xc[n], "chw"), fills[n], feats[n][0], backend=backend)
+                        for n in range(N)]
+
+            def fill_rows(view, start, stop):
+                r = start
+                while r < stop:
+                    n, s = divmod(r, n_samples)
+                    e = min(stop, (n + 1) * n_samples)
+                    dst = view[r - start: e - start].reshape(e - r, C, H * W, 1)
+                    builders[n](mask_list[n][s: s + e - r], dst)
+                    r = e
+
+            streamer = _Streamer(model, (C, H, W), xc.dtype, x.device, batch_size, output, forward_args,
+                                 progress, "lime_image")
         Y = streamer.run(N * n_samples, fill_rows).numpy().reshape(N, n_samples, -1)
     finally:
         if guard is not None:
             guard.__exit__(None, None, None)
-    return _fit_instances(mask_list, Y, targets, distance, kernel_width, alpha, feature_selection,
-                          num_features, backend, [f[0] for f in feats], (H, W), n_samples)
+    res = _fit_instances(mask_list, Y, targets, distance, kernel_width, alpha, feature_selection,
+                         num_features, backend, [f[0] for f in feats], (H, W), n_samples)
+    res.extras["stem"] = stem_info
+    return res
+
+
+def _stem_plans(model, x, xc, fills, feats, mask_list, forward_args, backend):
+    """Stem tables for every instance, their tail and a description; raise
+    :class:`_stem.StemUnavailable` when the model is evaluated as is."""
+    if forward_args:
+        raise _stem.StemUnavailable("forward_args are given")
+    if x.device.type != "cpu" or xc.dtype not in (torch.float32, torch.float64):
+        raise _stem.StemUnavailable(f"the input is {xc.dtype} on {x.device.type} (tables: float32/float64 on CPU)")
+    st = _stem.trace_stem(model)
+    N, C, H, W = xc.shape
+    fill_imgs = [f.reshape(C, H, W) for f in fills]
+    segs = [f[0] for f in feats]
+    plans, tail = _stem.build_plans(st, list(xc), fill_imgs, segs, mask_list, backend)
+    _stem.check_plans(tail, model, list(xc), fill_imgs, segs, mask_list, plans)
+    return plans, tail, (f"tables: {st.describe(plans[0].depth)} ({sum(p.rows for p in plans)} rows, "
+                         f"≤ {max(p.max_segments for p in plans)} segments per window)")
 
 
 def _image_segments(xc, segments, kw) -> List[np.ndarray]:

@@ -2,6 +2,7 @@
 
     masks[s, f] ~ counter-based RNG(seed, stream, row s, f)         (sample_masks)
     out[s] = where(masks[s, seg], x, fill)                          (build_perturbed)
+    out[s, q] = table[row of the coalition position q sees in s]    (stem_rows, stem_gather)
     d_s = dist(x, out[s]);  w_s = sqrt(exp(-d_s²/width²))            (distances, kernels)
     min Σ_s w_s (y_s - c - z_s·β)² + α|β|²  for every target at once (fit_surrogate)
 
@@ -53,6 +54,9 @@ OP_EXP = _define("exp_kernel", _ref.exp_kernel)
 OP_SHAPLEY = _define("shapley_kernel", _ref.shapley_kernel)
 OP_FIT = _define("fit_surrogate", _ref.fit_surrogate)
 OP_LASSO = _define("lasso_fit", _ref.lasso_fit)
+OP_STEM = _define("stem_gather", _ref.stem_gather)
+OP_STEM_ROWS = _define("stem_rows", _ref.stem_rows)
+OP_STEM_PATCHES = _define("stem_patches", _ref.stem_patches)
 
 
 def _impl(op, backend):
@@ -617,3 +621,102 @@ def render_texts(pieces, piece_feature: np.ndarray, removed: str, masks: np.ndar
         else:
             out.extend(data[i:j].decode("utf-8", "surrogatepass") for i, j in bounds)
     return out
+
+
+MAX_KEY_BITS = 20  # segments per window: the row numbering keeps a stamp array over 2^M keys (8 MB)
+
+
+def stem_rows(segs: np.ndarray, masks: np.ndarray, backend: str = "auto"):
+    """Number the distinct coalitions every output position of a stem sees.
+
+    Parameters
+    ----------
+    segs : (Q, M) int — the segments that position ``q``'s input window meets, then -1
+        (M ≤ 20).
+    masks : (S, F) uint8 — the samples' coalitions.
+
+    Returns
+    -------
+    index : (S, Q) int32 — table row of sample ``s`` at position ``q``.
+    row_pos : (T,) int32, row_key : (T,) int64 — each row's position and key
+        ``Σ_j [masks[s, segs[q, j]] ≠ 0] · 2^j``; rows run position by position, and within
+        one in the order the keys first occur among the samples.
+    """
+    segs = np.ascontiguousarray(segs, dtype=np.int32)
+    masks = np.ascontiguousarray(masks, dtype=np.uint8)
+    if segs.ndim != 2 or masks.ndim != 2:
+        raise ValueError(f"segs (Q, M) and masks (S, F) expected, got {segs.shape} and {masks.shape}")
+    if segs.shape[1] > MAX_KEY_BITS:
+        raise ValueError(f"at most {MAX_KEY_BITS} segments per window, got {segs.shape[1]}")
+    if np.any(np.diff((segs >= 0).astype(np.int8), axis=1) > 0):
+        raise ValueError("each row of segs must list its segments first, then -1")
+    if segs.size and segs.max() >= masks.shape[1]:
+        raise ValueError(f"segs name feature {segs.max()}, the masks have {masks.shape[1]}")
+    if masks.shape[0] * segs.shape[0] >= 2 ** 31:
+        raise ValueError("more than 2^31 (sample, position) pairs")
+    return _impl(OP_STEM_ROWS, backend)(segs, masks)
+
+
+def stem_gather(table: ArrayLike, index: np.ndarray, out: ArrayLike, backend: str = "auto") -> ArrayLike:
+    """``out[s, q] = table[index[s, q]]`` in place: every sample's stem output from the table
+    of :func:`stem_rows`' rows (see :mod:`xaikernels.methods._stem`).
+
+    Parameters
+    ----------
+    table : (T, C) float32/float64 array or CPU tensor.
+    index : (S, Q) int32 rows in ``[0, T)``.
+    out : (S, Q, C) C-contiguous array or CPU tensor of ``table``'s dtype; returned.
+    """
+    tv, ov = _np_view(table), _np_view(out)
+    if tv.ndim != 2 or tv.dtype not in (np.float32, np.float64) or not tv.flags.c_contiguous:
+        raise ValueError(f"table must be C-contiguous (T, C) float32/float64, got {tv.shape}/{tv.dtype}")
+    if index.dtype != np.int32 or index.ndim != 2:
+        raise ValueError(f"index must be (S, Q) int32, got {index.shape}/{index.dtype}")
+    if ov.shape != index.shape + (tv.shape[1],) or ov.dtype != tv.dtype or not ov.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous {index.shape + (tv.shape[1],)} of dtype {tv.dtype}, got "
+                         f"{ov.shape}/{ov.dtype}")
+    if index.size and (index.min() < 0 or index.max() >= tv.shape[0]):
+        raise ValueError(f"index must lie in [0, {tv.shape[0]})")
+    _impl(OP_STEM, backend)(tv, np.ascontiguousarray(index), ov)
+    return out
+
+
+def stem_patches(x_pad: np.ndarray, fill_pad: np.ndarray, pix_rank: np.ndarray, row_pos: np.ndarray,
+                 row_key: np.ndarray, n_cols: int, step: Tuple[int, int], window: Tuple[int, int],
+                 backend: str = "auto") -> np.ndarray:
+    """The input window of every table row of :func:`stem_rows`, channels last.
+
+    Parameters
+    ----------
+    x_pad, fill_pad : (Hp, Wp, C) float32/float64 — the image and what hides a segment,
+        zero-padded as the stem's windows need.
+    pix_rank : (Q, RH·RW) int — bit of each window pixel's segment in its position's key,
+        -1 for padding.
+    row_pos, row_key : (T,) — each row's position (window origin ``(q // n_cols · step[0],
+        q % n_cols · step[1])``) and key.
+    window : (RH, RW).
+
+    Returns
+    -------
+    (T, RH, RW, C) array: the image where the key keeps the pixel's segment, else the fill.
+    """
+    x_pad, fill_pad = np.ascontiguousarray(x_pad), np.ascontiguousarray(fill_pad)
+    if x_pad.shape != fill_pad.shape or x_pad.dtype != fill_pad.dtype or x_pad.ndim != 3:
+        raise ValueError(f"x_pad and fill_pad must be (Hp, Wp, C) of one dtype, got {x_pad.shape}/{x_pad.dtype} "
+                         f"and {fill_pad.shape}/{fill_pad.dtype}")
+    RH, RW = window
+    pix_rank = np.ascontiguousarray(pix_rank, dtype=np.int64)
+    row_pos = np.ascontiguousarray(row_pos, dtype=np.int64)
+    row_key = np.ascontiguousarray(row_key, dtype=np.int64)
+    Q = pix_rank.shape[0]
+    if pix_rank.shape != (Q, RH * RW) or row_pos.shape != row_key.shape or row_pos.ndim != 1:
+        raise ValueError(f"pix_rank (Q, {RH * RW}) and row_pos / row_key (T,) expected, got {pix_rank.shape}, "
+                         f"{row_pos.shape}, {row_key.shape}")
+    if row_pos.size and (row_pos.min() < 0 or row_pos.max() >= Q):
+        raise ValueError(f"row_pos must lie in [0, {Q})")
+    n_rows = (Q + n_cols - 1) // n_cols
+    if (n_rows - 1) * step[0] + RH > x_pad.shape[0] or (n_cols - 1) * step[1] + RW > x_pad.shape[1]:
+        raise ValueError(f"the windows run past the padded image {x_pad.shape[:2]}")
+    out = np.empty((len(row_pos), RH, RW, x_pad.shape[2]), dtype=x_pad.dtype)
+    return _impl(OP_STEM_PATCHES, backend)(x_pad, fill_pad, pix_rank, row_pos, row_key, int(n_cols), int(step[0]),
+                                           int(step[1]), out)

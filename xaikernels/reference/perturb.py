@@ -825,3 +825,60 @@ def render_pieces(piece_bytes: np.ndarray, piece_offsets: np.ndarray, piece_feat
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum([len(r) for r in rows], out=offsets[1:])
     return np.frombuffer(b"".join(rows), dtype=np.uint8).copy(), offsets
+
+
+
+def stem_rows(segs: np.ndarray, masks: np.ndarray):
+    """The distinct coalitions each output position sees, and every sample's table row.
+
+    ``segs``: (Q, M) int32 the segments of position ``q``'s window, padded at the end with -1;
+    ``masks``: (S, F) uint8.  Position ``q`` of sample ``s`` sees the key
+    ``k = Σ_j [masks[s, segs[q, j]] ≠ 0] · 2^j``; rows are numbered position by position, and
+    within a position in the order the keys first occur among the samples.  Returns
+    ``index`` (S, Q) int32 — the row of (s, q) —, ``row_pos`` (T,) int32 and ``row_key`` (T,)
+    int64.
+    """
+    S, Q = masks.shape[0], segs.shape[0]
+    valid = segs >= 0
+    z = (masks[:, np.where(valid, segs, 0)] != 0).astype(np.int64) * valid  # (S, Q, M)
+    keys = (z << np.arange(segs.shape[1], dtype=np.int64)).sum(-1)  # (S, Q)
+    index = np.empty((S, Q), dtype=np.int32)
+    row_pos, row_key = [], []
+    for q in range(Q):
+        uniq, first, inv = np.unique(keys[:, q], return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")  # first-occurrence order
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        index[:, q] = len(row_key) + rank[inv.reshape(-1)]
+        row_pos += [q] * len(uniq)
+        row_key += list(uniq[order])
+    return index, np.asarray(row_pos, dtype=np.int32), np.asarray(row_key, dtype=np.int64)
+
+
+def stem_gather(table: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[s, q] = table[index[s, q]]``: ``table`` (T, C), ``index`` (S, Q) int32, ``out``
+    (S, Q, C) of ``table``'s dtype."""
+    np.copyto(out, table[index])
+    return out
+
+
+def stem_patches(x_pad: np.ndarray, fill_pad: np.ndarray, pix_rank: np.ndarray, row_pos: np.ndarray,
+                 row_key: np.ndarray, n_cols: int, step_h: int, step_w: int, out: np.ndarray) -> np.ndarray:
+    """The input window of every table row, channels last.
+
+    ``x_pad``, ``fill_pad``: (Hp, Wp, C) the image and its fill, zero-padded; ``pix_rank``:
+    (Q, RH·RW) the bit of every window pixel's segment in the position's key (-1: padding);
+    row ``t`` is position ``q = row_pos[t]`` (window origin ``(q // n_cols · step_h,
+    q % n_cols · step_w)``) under key ``row_key[t]``:
+    ``out[t, a, b] = x_pad[...] if key >> pix_rank[q, a·RW + b] & 1 else fill_pad[...]``.
+    ``out``: (T, RH, RW, C) of the images' dtype.
+    """
+    T, RH, RW, C = out.shape
+    win = np.lib.stride_tricks.sliding_window_view
+    xw = win(x_pad, (RH, RW), axis=(0, 1))[::step_h, ::step_w]  # (Ho, Wo, C, RH, RW)
+    fw = win(fill_pad, (RH, RW), axis=(0, 1))[::step_h, ::step_w]
+    qh, qw = row_pos // n_cols, row_pos % n_cols
+    pr = pix_rank[row_pos].reshape(T, RH, RW)
+    keep = ((row_key[:, None, None] >> np.maximum(pr, 0)) & 1).astype(bool) & (pr >= 0)
+    np.copyto(out, np.where(keep[..., None], xw[qh, qw].transpose(0, 2, 3, 1), fw[qh, qw].transpose(0, 2, 3, 1)))
+    return out

@@ -2062,3 +2062,87 @@ def render_pieces(piece_bytes, piece_offsets, piece_feature, removed, masks):
         # no features (every piece a separator): one column the kernel may read, never drop
         masks = np.ones((masks.shape[0], 1), dtype=np.uint8)
     return _render_pieces(piece_bytes, piece_offsets, piece_feature, removed, masks)
+
+
+
+# ------------------------------------------------------------------------- stem tables
+@njit(cache=True)
+def stem_rows(segs, masks):
+    """Every (sample, position)'s table row: keys numbered per position in first-occurrence
+    order (a stamp array over the 2^M keys instead of a sort); the keys of one position are
+    built a segment at a time over the samples, from the masks transposed once."""
+    S, Q, M = masks.shape[0], segs.shape[0], segs.shape[1]
+    mt = np.empty((masks.shape[1], S), dtype=np.int64)
+    for s in range(S):
+        for f in range(masks.shape[1]):
+            mt[f, s] = masks[s, f] != 0
+    stamp = np.full(np.int64(1) << M, -1, dtype=np.int32)
+    slot = np.empty(np.int64(1) << M, dtype=np.int32)
+    index = np.empty((Q, S), dtype=np.int32)
+    row_pos = np.empty(S * Q, dtype=np.int32)
+    row_key = np.empty(S * Q, dtype=np.int64)
+    key = np.empty(S, dtype=np.int64)
+    T = 0
+    for q in range(Q):
+        key[:] = 0
+        for j in range(M):
+            f = segs[q, j]
+            if f < 0:
+                break
+            col = mt[f]
+            for s in range(S):
+                key[s] |= col[s] << j
+        iq = index[q]
+        for s in range(S):
+            k = key[s]
+            if stamp[k] != q:
+                stamp[k] = q
+                slot[k] = T
+                row_pos[T] = q
+                row_key[T] = k
+                T += 1
+            iq[s] = slot[k]
+    return np.ascontiguousarray(index.T), row_pos[:T].copy(), row_key[:T].copy()
+
+
+@njit(cache=True, parallel=True)
+def _stem_gather(table, index, out):
+    S, Q, C = out.shape
+    for s in prange(S):
+        o = out[s]
+        for q in range(Q):
+            t = table[index[s, q]]
+            for c in range(C):
+                o[q, c] = t[c]
+    return out
+
+
+_stem_gather_serial = _serial_twin(_stem_gather)
+
+
+def stem_gather(table, index, out):
+    """``out[s, q] = table[index[s, q]]``."""
+    k = _pick(_stem_gather, _stem_gather_serial, out.size)
+    return k(table, index, out)
+
+
+@njit(cache=True)
+def stem_patches(x_pad, fill_pad, pix_rank, row_pos, row_key, n_cols, step_h, step_w, out):
+    """Every table row's window, channels last: the image where the row's key keeps the
+    pixel's segment, else the fill (padding: the fill's zeros)."""
+    T, RH, RW, C = out.shape
+    for t in range(T):
+        q = row_pos[t]
+        key = row_key[t]
+        top = (q // n_cols) * step_h
+        left = (q % n_cols) * step_w
+        pr = pix_rank[q]
+        for a in range(RH):
+            for b in range(RW):
+                rk = pr[a * RW + b]
+                src = x_pad if rk >= 0 and (key >> rk) & 1 else fill_pad
+                o = out[t, a, b]
+                v = src[top + a, left + b]
+                for c in range(C):
+                    o[c] = v[c]
+    return out

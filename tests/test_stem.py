@@ -1,0 +1,311 @@
+"""Stem coalition tables (xaikernels.methods._stem): the gather kernel against its reference
+twin, tail∘gather against the model on the perturbed images for several stem geometries, the
+tracer's refusals, and lime_image with and without tables."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from _models import MLP, SmallCNN
+from xaikernels.methods import _stem as S
+from xaikernels.methods.lime import lime_image
+from xaikernels.ops import perturb as P
+
+from test_lime_ops import BACKENDS, HAS_NUMBA
+
+
+# --------------------------------------------------------------------------------- the ops
+def _segs_case(Q, M, F_, seed):
+    rng = np.random.default_rng(seed)
+    m = rng.integers(0, min(M, F_) + 1, Q)
+    segs = -np.ones((Q, max(M, 1)), np.int32)
+    for q in range(Q):
+        segs[q, :m[q]] = rng.choice(F_, m[q], replace=False)
+    return segs, rng
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("Q,M,F_,S_", [(1, 1, 1, 1), (37, 3, 11, 9), (64, 7, 40, 300), (5, 0, 4, 2), (3, 20, 25, 50)])
+def test_stem_rows_number_every_distinct_key(backend, Q, M, F_, S_):
+    segs, rng = _segs_case(Q, M, F_, Q + M)
+    masks = rng.integers(0, 3, (S_, F_)).astype(np.uint8)  # any non-zero entry keeps its segment
+    index, row_pos, row_key = P.stem_rows(segs, masks, backend=backend)
+    assert index.dtype == np.int32 and index.shape == (S_, Q)
+    keys = np.array([[sum(int(masks[s, f] != 0) << j for j, f in enumerate(segs[q]) if f >= 0) for q in range(Q)]
+                     for s in range(S_)])
+    np.testing.assert_array_equal(row_key[index], keys)
+    np.testing.assert_array_equal(row_pos[index], np.broadcast_to(np.arange(Q), (S_, Q)))
+    assert len(set(zip(row_pos.tolist(), row_key.tolist()))) == len(row_pos)  # no duplicate rows
+    assert np.all(np.diff(row_pos) >= 0)
+    if HAS_NUMBA:
+        other = P.stem_rows(segs, masks, backend="reference" if backend == "numba" else "numba")
+        for a, b in zip((index, row_pos, row_key), other):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("S_,Q,C,T", [(1, 1, 1, 1), (9, 37, 5, 50), (33, 64, 8, 700)])
+def test_stem_gather_equals_indexing(backend, dtype, S_, Q, C, T):
+    rng = np.random.default_rng(S_ + Q)
+    table = rng.standard_normal((T, C)).astype(dtype)
+    index = rng.integers(0, T, (S_, Q)).astype(np.int32)
+    out = np.full((S_, Q, C), np.nan, dtype)
+    P.stem_gather(table, index, out, backend=backend)
+    np.testing.assert_array_equal(out, table[index])
+    t = torch.empty(S_, Q, C, dtype=torch.float32 if dtype == np.float32 else torch.float64)
+    P.stem_gather(torch.from_numpy(table), index, t, backend=backend)  # tensors in and out
+    np.testing.assert_array_equal(t.numpy(), table[index])
+
+
+def test_stem_ops_reject_bad_input():
+    segs, rng = _segs_case(6, 2, 5, 0)
+    masks = np.ones((4, 5), np.uint8)
+    bad = segs.copy()
+    bad[0] = [-1, 2]
+    with pytest.raises(ValueError, match="then -1"):
+        P.stem_rows(bad, masks)
+    with pytest.raises(ValueError, match="the masks have 3"):
+        P.stem_rows(np.full((1, 1), 4, np.int32), masks[:, :3])
+    with pytest.raises(ValueError, match="at most 20"):
+        P.stem_rows(np.zeros((1, 21), np.int32), masks)
+    table = rng.standard_normal((7, 3))
+    index = np.zeros((4, 6), np.int32)
+    with pytest.raises(ValueError, match="out must be"):
+        P.stem_gather(table, index, np.empty((4, 6, 2)))
+    with pytest.raises(ValueError, match=r"\[0, 7\)"):
+        P.stem_gather(table, index + 7, np.empty((4, 6, 3)))
+    with pytest.raises(ValueError, match="int32"):
+        P.stem_gather(table, index.astype(np.int64), np.empty((4, 6, 3)))
+    with pytest.raises(ValueError, match="float32/float64"):
+        P.stem_gather(table.astype(np.int64), index, np.empty((4, 6, 3), np.int64))
+
+
+# ------------------------------------------------------------------- tables against the model
+class TwoPools(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 5, 3, padding=1)
+        self.b = nn.MaxPool2d(2)
+        self.c = nn.Conv2d(5, 6, 3, padding=1)
+        self.p = nn.MaxPool2d(2)
+        self.fc = nn.LazyLinear(4)
+
+    def forward(self, x):
+        return self.fc(self.p(torch.relu(self.c(self.b(F.relu(self.a(x)))))).flatten(1))
+
+
+class Strided(nn.Module):
+    """Strided, padded 5×5 conv, eval BatchNorm, LeakyReLU, overlapping average pool; then a
+    dilated grouped conv with a GELU (a stage without pool), then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(3, 4, 5, stride=2, padding=2), nn.BatchNorm2d(4), nn.LeakyReLU(0.2),
+                               nn.AvgPool2d(3, stride=2),
+                               nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2), nn.GELU(),
+                               nn.AdaptiveAvgPool2d(1))
+        self.fc = nn.Linear(4, 3)
+        bn = self.f[1]
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        return self.fc(self.f(x).flatten(1))
+
+
+class Rect(nn.Module):
+    """Non-square kernel, stride and padding; Tanh; no pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, (3, 5), stride=(1, 2), padding=(2, 1))
+        self.act = nn.Tanh()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.act(self.conv(x)).mean((2, 3)))
+
+
+def _blobs(H, W, k, seed):
+    """k Voronoi cells of random centres, relabelled 0..F-1 without gaps."""
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0, [H, W], (k, 2))
+    yy, xx = np.mgrid[:H, :W]
+    lab = np.argmin((yy[..., None] - c[:, 0]) ** 2 + (xx[..., None] - c[:, 1]) ** 2, -1)
+    return np.unique(lab, return_inverse=True)[1].reshape(H, W)
+
+
+def _grid(H, W, r, c):
+    return (np.arange(H)[:, None] * r // H) * c + (np.arange(W)[None, :] * c // W)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("arch,H,W,seg_kind", [(TwoPools, 17, 13, "blobs"), (Strided, 23, 19, "grid"),
+                                               (Rect, 11, 14, "blobs"), (SmallCNN, 9, 12, "grid")])
+def test_tail_of_gather_equals_model_on_perturbed_images(arch, H, W, seg_kind, dtype, backend, tol):
+    torch.manual_seed(0)
+    model = arch().eval()
+    model(torch.zeros(1, 3, H, W))  # materialise lazy layers
+    model = model.to(dtype)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, H, W, generator=g, dtype=dtype)
+    fill = torch.rand(3, H, W, generator=g, dtype=dtype)
+    seg = _blobs(H, W, 6, 2) if seg_kind == "blobs" else _grid(H, W, 3, 2)
+    Fn = int(seg.max()) + 1
+    masks = (np.random.default_rng(3).random((23, Fn)) < 0.5).astype(np.uint8)
+    masks[0], masks[1] = 1, 0
+    imgs = torch.empty(23, 3, H * W, 1, dtype=dtype)
+    P.build_perturbed(P.as_apb(x, "chw"), P.as_apb(fill, "chw"), seg.reshape(-1), masks, imgs)
+    with torch.no_grad():
+        want = model(imgs.reshape(23, 3, H, W))
+    stem = S.trace_stem(model)
+    rtol, atol = tol[dtype]
+    for depth in range(1, len(stem.stages) + 1):
+        plan = S.plan_stem(stem, S.windows(stem, depth, seg.reshape(-1), H, W), x, fill, masks, backend=backend)
+        assert plan.rows <= 23 * plan.index.shape[1]
+        tail = stem.tail(depth)
+        buf = torch.empty((23,) + plan.out_hwc, dtype=dtype)
+        plan.gather(0, 23, buf.view(23, -1, plan.out_hwc[2]))
+        with torch.no_grad():
+            got = tail(buf.permute(0, 3, 1, 2))
+        torch.testing.assert_close(got, want, rtol=10 * rtol, atol=10 * atol)
+        # batch 1
+        plan.gather(5, 6, buf[:1].view(1, -1, plan.out_hwc[2]))
+        with torch.no_grad():
+            torch.testing.assert_close(tail(buf[:1].permute(0, 3, 1, 2)), want[5:6], rtol=10 * rtol, atol=10 * atol)
+
+
+def test_trace_finds_stages_and_shares_parameters():
+    model = TwoPools().eval()
+    model(torch.zeros(1, 3, 8, 8))
+    stem = S.trace_stem(model)
+    assert [st.nodes for st in stem.stages] == [["a", "relu", "b"], ["c", "relu", "p"]]
+    tail = stem.tail(1)
+    assert tail.c.weight is model.c.weight  # shares, not copies
+    assert sum(1 for n in tail.graph.nodes if n.op == "placeholder") == 1
+
+
+class _Hooked(TwoPools):
+    pass
+
+
+def test_trace_refuses_what_it_cannot_reproduce():
+    class TwoUses(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3)) + x.mean()
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3)) if x.sum() > 0 else -self.conv(x).mean((2, 3))
+
+    class Reflect(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1, padding_mode="reflect")
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3))
+
+    with pytest.raises(S.StemUnavailable, match="alone"):
+        S.trace_stem(TwoUses())
+    with pytest.raises(S.StemUnavailable, match="cannot trace"):
+        S.trace_stem(Branchy())
+    with pytest.raises(S.StemUnavailable, match="alone"):
+        S.trace_stem(Reflect())
+    with pytest.raises(S.StemUnavailable, match="alone"):
+        S.trace_stem(MLP(d=12, classes=3))
+    hooked = SmallCNN().eval()
+    h = hooked.register_forward_hook(lambda m, i, o: o * 2)
+    with pytest.raises(S.StemUnavailable, match="hooks"):
+        S.trace_stem(hooked)
+    h.remove()
+    h = hooked.features[0].register_forward_hook(lambda m, i, o: o * 2)
+    with pytest.raises(S.StemUnavailable, match="alone"):  # the hooked conv is not part of a stem
+        S.trace_stem(hooked)
+    h.remove()
+    bn = Strided()  # train-mode BatchNorm ends the stem before it: one conv stage without pool
+    assert [st.nodes for st in S.trace_stem(bn).stages] == [["f.0"]]
+
+
+def test_check_plans_catches_an_unfaithful_trace():
+    class Counting(nn.Module):
+        """Its forward reads Python state the trace freezes."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.conv(x).mean((2, 3)) * self.calls
+
+    model = Counting().eval()
+    x, fill = torch.rand(3, 6, 6), torch.zeros(3, 6, 6)
+    seg = _grid(6, 6, 2, 2).reshape(-1)
+    masks = P.sample_masks(100, 4, 0, first_row_ones=True)
+    stem = S.trace_stem(model)
+    plans, tail = S.build_plans(stem, [x], [fill], [seg], [masks])
+    with pytest.raises(S.StemUnavailable, match="does not reproduce"):
+        S.check_plans(tail, model, [x], [fill], [seg], [masks], plans)
+
+
+def test_build_plans_picks_a_depth_that_saves_work_and_refuses_otherwise():
+    model = SmallCNN().eval()
+    x, fill = torch.rand(3, 16, 16), torch.zeros(3, 16, 16)
+    stem = S.trace_stem(model)
+    masks = P.sample_masks(1000, 4, 0, first_row_ones=True)
+    plans, _ = S.build_plans(stem, [x], [fill], [_grid(16, 16, 2, 2).reshape(-1)], [masks])
+    assert plans[0].max_segments <= 4 and plans[0].rows <= 16 * plans[0].index.shape[1]
+    pixels = np.arange(256)  # one segment per pixel: every coalition is new at every position
+    with pytest.raises(S.StemUnavailable, match="costs more"):
+        S.build_plans(stem, [x], [fill], [pixels], [P.sample_masks(50, 256, 0)])
+
+
+# ------------------------------------------------------------------------------- lime_image
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lime_image_with_tables_equals_without(dtype):
+    torch.manual_seed(0)
+    model = TwoPools().eval()
+    model(torch.zeros(1, 3, 20, 18))
+    model = model.to(dtype)
+    x = torch.rand(2, 3, 20, 18, dtype=dtype)
+    segs = np.stack([_blobs(20, 18, 9, 0), _grid(20, 18, 3, 3)])
+    kw = dict(segments=segs, n_samples=150, batch_size=40, top_labels=2, seed=2, output="logits")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    on = lime_image(model, x, stem="on", **kw)
+    off = lime_image(model, x, stem="off", **kw)
+    assert on.extras["stem"].startswith("tables: a → relu → b") and off.extras["stem"] == "off"
+    tight = dtype == torch.float64
+    for a, b in zip(on.coef, off.coef):
+        np.testing.assert_allclose(a, b, rtol=1e-9 if tight else 1e-4, atol=1e-12 if tight else 1e-5 * np.abs(b).max())
+    np.testing.assert_allclose(on.intercept, off.intercept, rtol=1e-9 if tight else 1e-4, atol=1e-6)
+    np.testing.assert_array_equal(on.targets, off.targets)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not model._forward_hooks and not model.training
+
+
+def test_lime_image_stem_modes():
+    x = torch.rand(1, 3, 8, 8)
+    kw = dict(segments="grid", segment_kwargs=dict(rows=2, cols=2), n_samples=20)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(192, 3)).eval()
+    with pytest.raises(ValueError, match="cannot be tabulated.*alone"):
+        lime_image(mlp, x, stem="on", **kw)
+    assert lime_image(mlp, x, **kw).extras["stem"].startswith("off: the input does not go into")
+    r = lime_image(lambda t: t.mean((2, 3)), x, check_mode=False, **kw)
+    assert r.extras["stem"] == "off: the model is not an nn.Module"
+    assert lime_image(SmallCNN().eval(), x.half().float(), **kw).extras["stem"].startswith("tables:")
+    assert "float16" in lime_image(SmallCNN().eval().half(), x.half(), **kw).extras["stem"]
+    with pytest.raises(ValueError, match="stem must be"):
+        lime_image(mlp, x, stem="yes", **kw)

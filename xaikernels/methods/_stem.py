@@ -1,0 +1,408 @@
+"""Coalition tables for a CNN's stem, for perturbation methods on images (LIME, KernelSHAP).
+
+A perturbed image is ``x(z) = where(z[seg], x, fill)``.  The network's *stem* — ``Conv2d``
+stages at its input (zero-padded convolution, then per-channel / elementwise modules such as
+eval ``BatchNorm2d`` and activations, then at most one unpadded ``MaxPool2d`` /
+``AvgPool2d``) — is local: its output at position ``q`` depends only on an input window, hence
+only on the key ``k_q(z) = Σ_j z[S(q)_j] · 2^j`` of the segments ``S(q)`` that window meets.
+All samples' coalitions are known before the model runs, so the stem is evaluated once per
+distinct (position, key) — one convolution over a batch of window patches — and every sample's
+stem output is a gather from that table,
+
+    stem(x(z_s))[q] = T[row(q, k_q(z_s))]           (ops.perturb.stem_rows / stem_gather)
+
+while the rest of the network (the *tail*: the model's traced graph from the stem's output on)
+runs on the gathered batch in channels-last layout.  A window that meets few segments has few
+keys (≤ 2^|S(q)|) however many samples there are; the depth is chosen by estimated work.
+The numbers are those of the model on ``x(z)`` up to float rounding (the convolutions add the
+same products in another order); :func:`check_plans` checks this on the instance's first
+samples before a plan is used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from xaikernels.ops import perturb as P
+
+_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+                nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity)
+_ELEMENTWISE_FN = (F.relu, torch.relu, torch.sigmoid, torch.tanh)
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs")
+
+MAX_TABLE_ELEMENTS = 1 << 24  # patch elements (rows × C × window) materialised to build a table
+
+
+class StemUnavailable(Exception):
+    """The model's stem cannot be tabulated (the reason is the message)."""
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return any(getattr(m, name, None) for name in _HOOKS)
+
+
+@dataclass
+class Stage:
+    """``conv`` then ``steps`` (elementwise / per-channel modules or functions) then ``pool``
+    (or None)."""
+
+    conv: nn.Conv2d
+    steps: List[Callable[[torch.Tensor], torch.Tensor]]
+    pool: Optional[nn.Module]
+    nodes: List[str]       # module paths / function names, for messages
+    node_names: List[str]  # fx node names in the traced graph
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        """The stage on patches that carry their own padding: the convolution unpadded."""
+        c = self.conv
+        y = F.conv2d(y, c.weight, c.bias, c.stride, 0, c.dilation, c.groups)
+        for f in self.steps:
+            y = f(y)
+        return self.pool(y) if self.pool is not None else y
+
+    def geometry(self):
+        """Per axis: (step in the input per output position, window length of one output
+        position, zero padding), and the map-size function."""
+        c = self.conv
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(c.kernel_size), _pair(c.stride), _pair(c.padding),
+                                                  _pair(c.dilation))
+        if self.pool is not None:
+            k2 = _pair(self.pool.kernel_size)
+            t2 = _pair(self.pool.stride if self.pool.stride is not None else self.pool.kernel_size)
+        else:
+            k2 = t2 = (1, 1)
+        axes = []
+        for k, s_, p_, d, kp, tp in ((kh, sh, ph, dh, k2[0], t2[0]), (kw, sw, pw, dw, k2[1], t2[1])):
+            def size(n, k=k, s_=s_, p_=p_, d=d, kp=kp, tp=tp):
+                conv = (n + 2 * p_ - d * (k - 1) - 1) // s_ + 1
+                return (conv - kp) // tp + 1
+            axes.append((tp * s_, (kp - 1) * s_ + d * (k - 1) + 1, p_, size))
+        return axes
+
+
+@dataclass
+class Stem:
+    """The traced stages at the model's input and the traced graph to cut them from."""
+
+    stages: List[Stage]
+    gm: fx.GraphModule
+
+    def describe(self, depth: int) -> str:
+        return " → ".join(n for st in self.stages[:depth] for n in st.nodes)
+
+    def tail(self, depth: int) -> fx.GraphModule:
+        """The model with its first ``depth`` stages replaced by an input (shares the model's
+        modules and parameters)."""
+        g = fx.Graph()
+        vals: Dict[fx.Node, fx.Node] = {}
+        out = g.graph_copy(self.gm.graph, vals)
+        g.output(out)
+        old = {n.name: n for n in self.gm.graph.nodes}
+        chain = [vals[old[name]] for st in self.stages[:depth] for name in st.node_names]
+        x = vals[next(n for n in self.gm.graph.nodes if n.op == "placeholder")]
+        with g.inserting_after(x):
+            new = g.placeholder("stem_out")
+        chain[-1].replace_all_uses_with(new)
+        for node in reversed(chain):
+            g.erase_node(node)
+        g.erase_node(x)
+        g.lint()
+        return fx.GraphModule(self.gm, g)
+
+
+def _step_of(node: fx.Node, gm: fx.GraphModule, prev: fx.Node):
+    """(kind, callable, name) of an fx node that applies one stem step to ``prev`` alone."""
+    if node.op == "call_module" and node.args == (prev,) and not node.kwargs:
+        m = gm.get_submodule(node.target)
+        if _has_hooks(m):
+            return None
+        t = type(m)
+        if t is nn.Conv2d:
+            ok = m.padding_mode == "zeros" and not isinstance(m.padding, str)
+            return ("conv", m, node.target) if ok else None
+        if t is nn.BatchNorm2d:
+            ok = not m.training and m.running_mean is not None
+            return ("step", m, node.target) if ok else None
+        if t in _ELEMENTWISE:
+            return "step", m, node.target
+        if t is nn.MaxPool2d:
+            ok = (_pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1) and not m.ceil_mode
+                  and not m.return_indices)
+            return ("pool", m, node.target) if ok else None
+        if t is nn.AvgPool2d:
+            ok = _pair(m.padding) == (0, 0) and not m.ceil_mode and m.divisor_override is None
+            return ("pool", m, node.target) if ok else None
+        return None
+    if (node.op == "call_function" and node.target in _ELEMENTWISE_FN and node.args == (prev,)
+            and set(node.kwargs) <= {"inplace"}):
+        kw = dict(node.kwargs)
+        return "step", (lambda y, f=node.target, kw=kw: f(y, **kw)), node.target.__name__
+    return None
+
+
+def _pair(v) -> Tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def trace_stem(model: nn.Module) -> Stem:
+    """Find the model's stem by tracing it with ``torch.fx``; raise :class:`StemUnavailable`
+    with the reason when there is none to tabulate."""
+    from torch.nn.modules import module as _mm
+
+    if not isinstance(model, nn.Module):
+        raise StemUnavailable("the model is not an nn.Module")
+    if _mm._global_forward_hooks or _mm._global_forward_pre_hooks or _has_hooks(model):
+        raise StemUnavailable("forward hooks on the model (or global ones) would be skipped")
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 — any trace failure means: evaluate the model as is
+        raise StemUnavailable(f"torch.fx cannot trace the model ({type(e).__name__}: {e})") from None
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise StemUnavailable(f"the traced forward takes {len(inputs)} inputs, not one")
+    stages: List[Stage] = []
+    prev, cur = inputs[0], None
+    while len(prev.users) == 1:
+        node = next(iter(prev.users))
+        step = _step_of(node, gm, prev)
+        if step is None:
+            break
+        kind, fn, name = step
+        if kind == "conv":
+            if cur is not None:
+                stages.append(cur)
+            cur = Stage(fn, [], None, [str(name)], [node.name])
+        elif cur is None:
+            break
+        else:
+            cur.nodes.append(str(name))
+            cur.node_names.append(node.name)
+            if kind == "step":
+                cur.steps.append(fn)
+            else:
+                cur.pool = fn
+                stages.append(cur)
+                cur = None
+        prev = node
+    if cur is not None:
+        stages.append(cur)
+    if not stages:
+        raise StemUnavailable("the input does not go into an nn.Conv2d (zero padding) alone")
+    return Stem(stages, gm)
+
+
+def _layout(stem: Stem, depth: int, H: int, W: int):
+    """Per axis: for every level (input, stage 1 .. stage ``depth`` output) the (start of
+    window 0 — negative in the padding —, window length, stride between windows) of one
+    output position of the last stage, and the map sizes."""
+    per_axis = []
+    for a, n in ((0, H), (1, W)):
+        geo = [st.geometry()[a] for st in stem.stages[:depth]]
+        sizes = [n]
+        for step, rf, pad, size in geo:
+            sizes.append(size(sizes[-1]))
+        start, length, stride = 0, 1, 1
+        levels = [(start, length, stride)]
+        for step, rf, pad, size in reversed(geo):
+            start, length, stride = start * step - pad, (length - 1) * step + rf, stride * step
+            levels.append((start, length, stride))
+        per_axis.append((levels[::-1], sizes))
+    return per_axis
+
+
+def _conv_macs(stage: Stage, out_len_h: int, out_len_w: int) -> int:
+    """Multiply-adds of ``stage``'s convolution for ``out_len`` (pooled) outputs per axis."""
+    c = stage.conv
+    if stage.pool is not None:
+        k2 = _pair(stage.pool.kernel_size)
+        t2 = _pair(stage.pool.stride if stage.pool.stride is not None else stage.pool.kernel_size)
+    else:
+        k2 = t2 = (1, 1)
+    ch, cw = (out_len_h - 1) * t2[0] + k2[0], (out_len_w - 1) * t2[1] + k2[1]
+    kh, kw = _pair(c.kernel_size)
+    return c.out_channels * (c.in_channels // c.groups) * kh * kw * ch * cw
+
+
+@dataclass
+class Windows:
+    """Segment analysis of one instance for the first ``depth`` stages: ``segs`` (Q, M) the
+    segments each output position's input window meets (then -1), ``pix_rank`` (Q, R) the
+    index in that list of every window pixel's segment (-1: padding), the multiply-adds of
+    one table row and of the stages on one whole image."""
+
+    depth: int
+    layout: list
+    segs: np.ndarray
+    pix_rank: np.ndarray
+    row_macs: int
+    direct_macs: int
+
+    @property
+    def max_segments(self) -> int:
+        return int((self.segs >= 0).sum(1).max())
+
+
+def windows(stem: Stem, depth: int, seg: np.ndarray, H: int, W: int) -> Windows:
+    (lv_h, sz_h), (lv_w, sz_w) = layout = _layout(stem, depth, H, W)
+    if min(sz_h + sz_w) < 1:
+        raise StemUnavailable(f"{depth} stage(s) leave no output for a {H}×{W} input")
+    Ho, Wo = sz_h[-1], sz_w[-1]
+    (s0h, RH, vh), (s0w, RW, vw) = lv_h[0], lv_w[0]
+    pads = (-s0h, max(0, (Ho - 1) * vh + s0h + RH - H)), (-s0w, max(0, (Wo - 1) * vw + s0w + RW - W))
+    seg_pad = np.pad(np.asarray(seg, dtype=np.int64).reshape(H, W), pads, constant_values=-1)
+    win = np.lib.stride_tricks.sliding_window_view(seg_pad, (RH, RW))[::vh, ::vw][:Ho, :Wo]
+    Q = Ho * Wo
+    win = win.reshape(Q, RH * RW)
+    order = np.argsort(win, axis=1, kind="stable")
+    srt = np.take_along_axis(win, order, 1)
+    new = srt >= 0
+    new[:, 1:] &= srt[:, 1:] != srt[:, :-1]
+    rank_sorted = np.cumsum(new, 1) - 1  # padding (-1, sorted first) gets rank -1
+    pix_rank = np.empty_like(rank_sorted)
+    np.put_along_axis(pix_rank, order, rank_sorted, 1)
+    segs = np.full((Q, max(int(new.sum(1).max()), 1)), -1, dtype=np.int32)
+    qi, ci = np.nonzero(new)
+    segs[qi, rank_sorted[qi, ci]] = srt[qi, ci]
+    stages = stem.stages[:depth]
+    row = sum(_conv_macs(st, lv_h[k + 1][1], lv_w[k + 1][1]) for k, st in enumerate(stages))
+    direct = sum(_conv_macs(st, sz_h[k + 1], sz_w[k + 1]) for k, st in enumerate(stages))
+    return Windows(depth, layout, segs, pix_rank, row, direct)
+
+
+@dataclass
+class StemPlan:
+    """One instance's table for the first ``depth`` stages: ``gather(s0, s1, out)`` writes
+    the stem outputs of samples ``s0..s1-1`` into ``out`` (s1 - s0, Ho·Wo, C_out);
+    ``out_hwc`` is (Ho, Wo, C_out)."""
+
+    table: torch.Tensor    # (T, C_out)
+    index: np.ndarray      # (S, Q) int32
+    depth: int
+    out_hwc: Tuple[int, int, int]
+    max_segments: int
+    backend: str = "auto"
+
+    @property
+    def rows(self) -> int:
+        return self.table.shape[0]
+
+    def gather(self, s0: int, s1: int, out: torch.Tensor) -> torch.Tensor:
+        return P.stem_gather(self.table, self.index[s0:s1], out, self.backend)
+
+
+def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tensor, masks: np.ndarray,
+              rows=None, backend: str = "auto") -> StemPlan:
+    """Tabulate the first ``wd.depth`` stages of one instance ``x`` (C, H, W) with hidden
+    segments ``fill``, for the coalitions ``masks`` (S, F): one table row per distinct
+    coalition an output position sees (``rows``: :func:`ops.perturb.stem_rows`' result, if
+    already computed)."""
+    C, H, W = x_chw.shape
+    depth = wd.depth
+    (lv_h, sz_h), (lv_w, sz_w) = wd.layout
+    Ho, Wo = sz_h[-1], sz_w[-1]
+    (s0h, RH, vh), (s0w, RW, vw) = lv_h[0], lv_w[0]
+    R = RH * RW
+    index, row_pos, row_key = rows if rows is not None else P.stem_rows(wd.segs, masks, backend)
+    T = len(row_pos)
+    if T * C * R > MAX_TABLE_ELEMENTS:
+        raise StemUnavailable(f"a {depth}-stage table would need {T} rows of {C}×{RH}×{RW} patches")
+    pt, pl = -s0h, -s0w
+    pb, pr_ = max(0, (Ho - 1) * vh + s0h + RH - H), max(0, (Wo - 1) * vw + s0w + RW - W)
+
+    def padded_hwc(img):
+        return F.pad(img, (pl, pr_, pt, pb)).permute(1, 2, 0).contiguous().numpy()
+
+    # padding pixels are 0 in both padded images
+    patches = P.stem_patches(padded_hwc(x_chw), padded_hwc(fill_chw.to(x_chw.dtype)), wd.pix_rank, row_pos,
+                             row_key, Wo, (vh, vw), (RH, RW), backend)
+    y = torch.from_numpy(patches).permute(0, 3, 1, 2)  # channels last
+    qt = torch.from_numpy(row_pos.astype(np.int64))
+    qh, qw = qt // Wo, qt % Wo
+    with torch.no_grad():
+        for k, st in enumerate(stem.stages[:depth]):
+            y = st(y)
+            if k + 1 < depth:
+                # positions outside this stage's map are the next convolution's zero padding
+                (sh_, _, vh_), (sw_, _, vw_) = lv_h[k + 1], lv_w[k + 1]
+                r_ = qh[:, None] * vh_ + sh_ + torch.arange(y.shape[2])
+                c_ = qw[:, None] * vw_ + sw_ + torch.arange(y.shape[3])
+                ok = (((r_ >= 0) & (r_ < sz_h[k + 1]))[:, :, None]
+                      & ((c_ >= 0) & (c_ < sz_w[k + 1]))[:, None, :])
+                edge = torch.nonzero(~ok.flatten(1).all(1)).flatten()  # only windows at the border
+                y[edge] = y[edge] * ok[edge, None].to(y.dtype)
+        table = y.reshape(T, -1).contiguous()
+    return StemPlan(table, index, depth, (Ho, Wo, table.shape[1]), wd.max_segments, backend)
+
+
+TABLE_COST = 4  # a table row's multiply-adds run this much slower than a batched model's (small patches)
+
+
+def _expected_rows(w: Windows, n: int) -> float:
+    """Expected distinct keys over ``n`` uniform coalitions, summed over positions:
+    ``Σ_q 2^m (1 - (1 - 2^-m)^n)`` (LIME's and KernelSHAP's samplers keep each segment with
+    probability ½ or by sizes; only used to order the depths before counting exactly)."""
+    m = (w.segs >= 0).sum(1).astype(np.float64)
+    k = np.exp2(m)
+    return float(np.sum(k * -np.expm1(n * np.log1p(-1.0 / k)))) if n else 0.0
+
+
+def build_plans(stem: Stem, xs: Sequence[torch.Tensor], fills: Sequence[torch.Tensor], segs: Sequence[np.ndarray],
+                masks: Sequence[np.ndarray], backend: str = "auto") -> Tuple[List[StemPlan], fx.GraphModule]:
+    """Plans for every instance at the stage count with the least work — the tables'
+    multiply-adds (× ``TABLE_COST``) against the samples' evaluations of those stages — and
+    that depth's tail; raise :class:`StemUnavailable` when no depth can be tabulated or none
+    saves work (with the shallowest depth's reason).  Depths are tried in the order of their
+    expected gain; the rows are counted exactly for the one taken."""
+    C, H, W = xs[0].shape
+    reason, cands = None, []
+    for depth in range(1, len(stem.stages) + 1):
+        try:
+            wins = [windows(stem, depth, sg, H, W) for sg in segs]
+        except StemUnavailable as e:
+            reason = reason or e
+            break
+        M = max(w.max_segments for w in wins)
+        if M > P.MAX_KEY_BITS:
+            reason = reason or StemUnavailable(f"a {depth}-stage window meets {M} segments (at most "
+                                               f"{P.MAX_KEY_BITS} are tabulated)")
+            break  # deeper windows only grow
+        saved = sum(len(m) * w.direct_macs for w, m in zip(wins, masks))
+        est = sum(TABLE_COST * _expected_rows(w, len(m)) * w.row_macs for w, m in zip(wins, masks))
+        cands.append((saved - est, saved, wins))
+    for _, saved, wins in sorted(cands, key=lambda c: -c[0]):
+        rows = [P.stem_rows(w.segs, m, backend) for w, m in zip(wins, masks)]
+        cost = sum(TABLE_COST * len(r[1]) * w.row_macs for w, r in zip(wins, rows))
+        if cost < saved:
+            plans = [plan_stem(stem, w, x, f, m, r, backend) for w, x, f, m, r in zip(wins, xs, fills, masks, rows)]
+            return plans, stem.tail(wins[0].depth)
+        reason = reason if reason is not None and wins[0].depth > 1 else StemUnavailable(
+            f"tabulating {wins[0].depth} stage(s) costs more than evaluating them ({cost:.3g} vs {saved:.3g} "
+            "estimated multiply-adds)")
+    raise reason
+
+
+def check_plans(tail: fx.GraphModule, model: nn.Module, xs: Sequence[torch.Tensor], fills: Sequence[torch.Tensor],
+                segs: Sequence[np.ndarray], masks: Sequence[np.ndarray], plans: Sequence[StemPlan]) -> None:
+    """Raise :class:`StemUnavailable` unless tail∘gather reproduces the model on the first
+    two samples of every instance (float rounding aside)."""
+    with torch.no_grad():
+        for x, f, sg, m, plan in zip(xs, fills, segs, masks, plans):
+            k = min(2, len(m))
+            buf = torch.empty((k,) + plan.out_hwc, dtype=x.dtype)
+            plan.gather(0, k, buf.view(k, -1, plan.out_hwc[2]))
+            got = tail(buf.permute(0, 3, 1, 2))
+            imgs = torch.empty((k,) + x.shape, dtype=x.dtype)
+            P.build_perturbed(P.as_apb(x, "chw"), P.as_apb(f.to(x.dtype).contiguous(), "chw"),
+                              np.asarray(sg).reshape(-1), m[:k], imgs.view(k, x.shape[0], -1, 1))
+            want = model(imgs)
+            if not isinstance(got, torch.Tensor) or not isinstance(want, torch.Tensor) or got.shape != want.shape:
+                raise StemUnavailable("the traced tail returns another shape than the model")
+            eps = 1e-4 if x.dtype == torch.float32 else 1e-10
+            err = (got - want).abs().max().item()
+            if not err <= eps * max(1.0, want.abs().max().item()):
+                raise StemUnavailable(f"the traced tail does not reproduce the model (max |Δ| = {err:.3g})")
