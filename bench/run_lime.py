@@ -13,7 +13,8 @@ Cases (issue 5):
   bag-of-words classifier (no target in issue 5; reported for the record);
 * Captum Lime / KernelShap: 3×64×64, 49-cell feature mask, 1000 samples,
   perturbations_per_eval=50 for both;
-* end to end: lime image on a small CNN (64×64, 1000 samples, batch 100 for all): lime and
+* end to end: lime image on a small CNN (64×64, 1000 samples, batch 100 for all; lime's
+  quickshift segments as above, and SLIC with 50 segments as a second case): lime and
   the drop-in call the user's classifier function (float64 HWC batches, as lime's API hands
   them); the native ``lime_image`` takes the torch model and tabulates its stem
   (``stem="auto"``; also run with ``stem="off"`` for the record).  The target is for the
@@ -269,28 +270,32 @@ def main(argv=None):
             t = torch.from_numpy(np.ascontiguousarray(b.transpose(0, 3, 1, 2))).float()
             return torch.softmax(cnn(t), 1).numpy()
 
-    def e2e(cls):
+    def e2e(cls, sg):
         def run():
             clf = Timed(cnn_clf)
-            cls(random_state=0).explain_instance(img, clf, num_samples=n_img, segmentation_fn=lambda i: seg,
+            cls(random_state=0).explain_instance(img, clf, num_samples=n_img, segmentation_fn=lambda i: sg,
                                                  random_seed=0, batch_size=100)
             return clf.t
         return run
 
     x_cnn = torch.from_numpy(img.transpose(2, 0, 1)).float()[None].contiguous()
 
-    def native(stem):
+    def native(stem, sg):
         def run():
-            lime_image(cnn, x_cnn, segments=seg, n_samples=n_img, batch_size=100, top_labels=5, seed=0, stem=stem)
+            lime_image(cnn, x_cnn, segments=sg, n_samples=n_img, batch_size=100, top_labels=5, seed=0, stem=stem)
             return 0.0  # the tail runs inside lime_image: not separated (overhead column = total)
         return run
 
-    if have_lime:
-        bench.add("image_end_to_end_cnn", "lime", e2e(LI.LimeImageExplainer))
-    bench.add("image_end_to_end_cnn", "xaikernels.lime", e2e(XL.LimeImageExplainer))
-    bench.add("image_end_to_end_cnn", "xaikernels.lime_image", native("auto"),
-              stem=lime_image(cnn, x_cnn, segments=seg, n_samples=n_img, top_labels=5).extras["stem"])
-    bench.add("image_end_to_end_cnn", "xaikernels.lime_image(stem=off)", native("off"))
+    # lime's default quickshift (as above: many small segments on a 64×64 image), and SLIC
+    # (lime's SegmentationAlgorithm('slic', n_segments=50, compactness=10), a common choice)
+    seg_slic = segment_image(img, "slic", n_segments=50, compactness=10.0)
+    for case, sg in (("image_end_to_end_cnn", seg), ("image_end_to_end_cnn_slic", seg_slic)):
+        if have_lime:
+            bench.add(case, "lime", e2e(LI.LimeImageExplainer, sg))
+        bench.add(case, "xaikernels.lime", e2e(XL.LimeImageExplainer, sg))
+        bench.add(case, "xaikernels.lime_image", native("auto", sg), segments=int(sg.max()) + 1,
+                  stem=lime_image(cnn, x_cnn, segments=sg, n_samples=n_img, top_labels=5).extras["stem"])
+        bench.add(case, "xaikernels.lime_image(stem=off)", native("off", sg))
 
     for case, provider, (t, t25, t75), (o, o25, o75), n_runs, extra in bench.measure(reps):
         r = dict(case=case, provider=provider, total_ms=1e3 * t, total_iqr_ms=[1e3 * t25, 1e3 * t75],
@@ -309,7 +314,9 @@ def main(argv=None):
             ("captum_Lime_overhead", "captum", "xaikernels.captum", "overhead_ms", 10),
             ("captum_KernelShap_overhead", "captum", "xaikernels.captum", "overhead_ms", 10),
             ("image_end_to_end_cnn", "lime", "xaikernels.lime", "total_ms", None),
-            ("image_end_to_end_cnn", "lime", "xaikernels.lime_image", "total_ms", 10)):
+            ("image_end_to_end_cnn", "lime", "xaikernels.lime_image", "total_ms", 10),
+            ("image_end_to_end_cnn_slic", "lime", "xaikernels.lime", "total_ms", None),
+            ("image_end_to_end_cnn_slic", "lime", "xaikernels.lime_image", "total_ms", 10)):
         if (case, peer) in by:
             ratio, lo, hi = bench.paired(case, peer, ours, key)
             label = case if ours in ("xaikernels.lime", "xaikernels.captum") else f"{case} ({ours})"
@@ -341,6 +348,8 @@ def main(argv=None):
     lines += [f"| {r['case']} | {r['provider']} | {r['runs']} | {r['total_ms']:.2f} | "
               f"{r['total_iqr_ms'][0]:.2f}–{r['total_iqr_ms'][1]:.2f} | {r['overhead_ms']:.2f} | "
               f"{r['overhead_iqr_ms'][0]:.2f}–{r['overhead_iqr_ms'][1]:.2f} |" for r in rows]
+    lines += [""] + [f"- {r['case']}, {r['provider']}: {r['segments']} segments; stem: {r['stem']}"
+                     for r in rows if "stem" in r]
     lines += ["", "Ratio: the median over rounds of the per-round ratio peer / xaikernels (both runs of a round are "
               "adjacent, so machine drift cancels), with its interquartile range; pass when the median meets the "
               "target.", "",

@@ -86,3 +86,60 @@ def test_bad_input():
     with pytest.raises(ValueError, match="without gaps"):
         kernel_shap(model, x, feature_mask=torch.tensor([0, 0, 2, 2, 3, 3]))
     assert all_coalitions(3).shape == (6, 3)
+
+
+# ------------------------------------------------------------------------- stem coalition tables
+def _block_map(H, W, rows, cols):
+    return (np.arange(H)[:, None] * rows // H) * cols + (np.arange(W)[None, :] * cols // W)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_stem_tables_equal_model_evaluation(dtype):
+    model = SmallCNN().eval().to(dtype)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 10, 10, generator=g, dtype=dtype)
+    b = torch.rand(3, 10, 10, generator=g, dtype=dtype) * 0.5 - 0.1  # a non-zero baseline, one per instance
+    fm = torch.from_numpy(np.stack([_block_map(10, 10, 3, 3), _block_map(10, 10, 2, 4)])).reshape(2, 1, 10, 10)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    tight = dtype == torch.float64
+    for kw in (dict(n_samples=1024), dict(n_samples=150, enumerate_all=False, seed=4)):
+        kw.update(target=[1, 3], baselines=b, feature_mask=fm, batch_size=64)
+        on = kernel_shap(model, x, stem="on", **kw)
+        off = kernel_shap(model, x, stem="off", **kw)
+        assert on.extras["stem"].startswith("tables: features.0") and off.extras["stem"] == "off"
+        assert on.exact.all() == ("enumerate_all" not in kw) and on.n_evals == off.n_evals
+        assert [p.shape for p in on.phi] == [(1, 9), (1, 8)]
+        for a, c in zip(on.phi, off.phi):
+            np.testing.assert_allclose(a, c, rtol=1e-9 if tight else 1e-4,
+                                       atol=1e-12 if tight else 1e-4 * np.abs(c).max())
+        for a, c in ((on.base_value, off.base_value), (on.full_value, off.full_value)):
+            np.testing.assert_allclose(a, c, rtol=1e-9 if tight else 1e-5, atol=1e-12 if tight else 1e-5)
+        for n in range(2):  # efficiency, with the values the tables produced
+            np.testing.assert_allclose(on.phi[n].sum(1), on.full_value[n] - on.base_value[n], rtol=1e-9,
+                                       atol=1e-10 if tight else 1e-6)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not model._forward_hooks and not model.training
+
+
+def test_stem_modes():
+    x = torch.rand(1, 3, 8, 8)
+    fm = torch.from_numpy(_block_map(8, 8, 2, 2)).reshape(1, 1, 8, 8)
+    kw = dict(feature_mask=fm, n_samples=20)
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3)).eval()
+    with pytest.raises(ValueError, match="cannot be tabulated.*alone"):
+        kernel_shap(flat, x, stem="on", **kw)
+    assert kernel_shap(flat, x, **kw).extras["stem"].startswith("off: the input does not go into")
+    mlp = MLP(d=6, classes=2).eval()
+    with pytest.raises(ValueError, match="cannot be tabulated.*not an image"):
+        kernel_shap(mlp, torch.randn(1, 6), stem="on", n_samples=20)
+    assert kernel_shap(mlp, torch.randn(1, 6), n_samples=20).extras["stem"].startswith("off: the input is 2-D")
+    cnn = SmallCNN().eval()
+    per_channel = torch.from_numpy(_block_map(8, 8, 2, 2)).expand(3, 8, 8) + 4 * torch.tensor([0, 0, 1])[:, None, None]
+    with pytest.raises(ValueError, match="differs between channels"):
+        kernel_shap(cnn, x, feature_mask=per_channel, n_samples=20, stem="on")
+    r = kernel_shap(cnn, x, feature_mask=per_channel, n_samples=20)
+    assert r.extras["stem"] == "off: the feature map differs between channels" and r.phi[0].shape == (1, 8)
+    assert kernel_shap(cnn, x, **kw).extras["stem"].startswith("tables:")
+    assert kernel_shap(cnn, x, stem="off", **kw).extras["stem"] == "off"
+    with pytest.raises(ValueError, match="stem must be"):
+        kernel_shap(cnn, x, stem="yes", **kw)

@@ -59,6 +59,58 @@ def test_stem_gather_equals_indexing(backend, dtype, S_, Q, C, T):
     np.testing.assert_array_equal(t.numpy(), table[index])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("Hp,Wp,window,step,n_ids", [(1, 1, (1, 1), (1, 1), 1), (11, 9, (3, 3), (2, 1), 7),
+                                                      (20, 17, (6, 4), (2, 3), 40), (8, 8, (8, 8), (1, 1), 64)])
+def test_stem_windows_list_each_windows_segments(backend, Hp, Wp, window, step, n_ids):
+    rng = np.random.default_rng(Hp * Wp)
+    seg_pad = rng.integers(0, n_ids, (Hp, Wp))
+    seg_pad[:1] = -1  # a padded row
+    n_rows, n_cols = (Hp - window[0]) // step[0] + 1, (Wp - window[1]) // step[1] + 1
+    segs, rank = P.stem_windows(seg_pad, n_rows, n_cols, window, step, backend=backend)
+    assert segs.dtype == np.int32 and rank.shape == (n_rows * n_cols, window[0] * window[1])
+    for q in range(n_rows * n_cols):
+        i, j = divmod(q, n_cols)
+        w = seg_pad[i * step[0]: i * step[0] + window[0], j * step[1]: j * step[1] + window[1]].reshape(-1)
+        listed = segs[q][segs[q] >= 0]
+        assert sorted(listed.tolist()) == sorted(set(w[w >= 0].tolist()))
+        assert np.all(segs[q][len(listed):] == -1)
+        np.testing.assert_array_equal(np.where(w >= 0, listed[np.maximum(rank[q], 0)] if len(listed) else -1, -1),
+                                      np.where(w >= 0, w, -1))
+        assert np.all((rank[q] < 0) == (w < 0))
+    if HAS_NUMBA:
+        other = P.stem_windows(seg_pad, n_rows, n_cols, window, step,
+                               backend="reference" if backend == "numba" else "numba")
+        np.testing.assert_array_equal(segs, other[0])
+        np.testing.assert_array_equal(rank, other[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stem_patches_follow_the_keys(backend, dtype):
+    rng = np.random.default_rng(0)
+    Hp, Wp, C, window, step = 9, 10, 3, (3, 4), (2, 3)
+    seg_pad = rng.integers(0, 5, (Hp, Wp))
+    seg_pad[0] = -1
+    n_rows, n_cols = (Hp - 3) // 2 + 1, (Wp - 4) // 3 + 1
+    segs, rank = P.stem_windows(seg_pad, n_rows, n_cols, window, step)
+    x, fill = rng.standard_normal((Hp, Wp, C)).astype(dtype), rng.standard_normal((Hp, Wp, C)).astype(dtype)
+    x[0], fill[0] = 0, 0  # padding is zero in both
+    masks = rng.integers(0, 2, (13, 5)).astype(np.uint8)
+    index, row_pos, row_key = P.stem_rows(segs, masks)
+    out = P.stem_patches(x, fill, rank, row_pos, row_key, n_cols, step, window, backend=backend)
+    assert out.shape == (len(row_pos), C, 3, 4) and out.dtype == dtype
+    for s in (0, 7, 12):  # the patch of sample s at position q is its perturbed image's window
+        img = np.where(np.where(seg_pad >= 0, masks[s][np.maximum(seg_pad, 0)], 0)[..., None] != 0, x, fill)
+        for q in range(len(segs)):
+            i, j = divmod(q, n_cols)
+            np.testing.assert_array_equal(out[index[s, q]], img[i * 2: i * 2 + 3, j * 3: j * 3 + 4].transpose(2, 0, 1))
+    if HAS_NUMBA:
+        other = P.stem_patches(x, fill, rank, row_pos, row_key, n_cols, step, window,
+                               backend="reference" if backend == "numba" else "numba")
+        np.testing.assert_array_equal(out, other)
+
+
 def test_stem_ops_reject_bad_input():
     segs, rng = _segs_case(6, 2, 5, 0)
     masks = np.ones((4, 5), np.uint8)

@@ -247,7 +247,7 @@ class Windows:
         return int((self.segs >= 0).sum(1).max())
 
 
-def windows(stem: Stem, depth: int, seg: np.ndarray, H: int, W: int) -> Windows:
+def windows(stem: Stem, depth: int, seg: np.ndarray, H: int, W: int, backend: str = "auto") -> Windows:
     (lv_h, sz_h), (lv_w, sz_w) = layout = _layout(stem, depth, H, W)
     if min(sz_h + sz_w) < 1:
         raise StemUnavailable(f"{depth} stage(s) leave no output for a {H}×{W} input")
@@ -255,19 +255,7 @@ def windows(stem: Stem, depth: int, seg: np.ndarray, H: int, W: int) -> Windows:
     (s0h, RH, vh), (s0w, RW, vw) = lv_h[0], lv_w[0]
     pads = (-s0h, max(0, (Ho - 1) * vh + s0h + RH - H)), (-s0w, max(0, (Wo - 1) * vw + s0w + RW - W))
     seg_pad = np.pad(np.asarray(seg, dtype=np.int64).reshape(H, W), pads, constant_values=-1)
-    win = np.lib.stride_tricks.sliding_window_view(seg_pad, (RH, RW))[::vh, ::vw][:Ho, :Wo]
-    Q = Ho * Wo
-    win = win.reshape(Q, RH * RW)
-    order = np.argsort(win, axis=1, kind="stable")
-    srt = np.take_along_axis(win, order, 1)
-    new = srt >= 0
-    new[:, 1:] &= srt[:, 1:] != srt[:, :-1]
-    rank_sorted = np.cumsum(new, 1) - 1  # padding (-1, sorted first) gets rank -1
-    pix_rank = np.empty_like(rank_sorted)
-    np.put_along_axis(pix_rank, order, rank_sorted, 1)
-    segs = np.full((Q, max(int(new.sum(1).max()), 1)), -1, dtype=np.int32)
-    qi, ci = np.nonzero(new)
-    segs[qi, rank_sorted[qi, ci]] = srt[qi, ci]
+    segs, pix_rank = P.stem_windows(seg_pad, Ho, Wo, (RH, RW), (vh, vw), backend)
     stages = stem.stages[:depth]
     row = sum(_conv_macs(st, lv_h[k + 1][1], lv_w[k + 1][1]) for k, st in enumerate(stages))
     direct = sum(_conv_macs(st, sz_h[k + 1], sz_w[k + 1]) for k, st in enumerate(stages))
@@ -320,7 +308,7 @@ def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tens
     # padding pixels are 0 in both padded images
     patches = P.stem_patches(padded_hwc(x_chw), padded_hwc(fill_chw.to(x_chw.dtype)), wd.pix_rank, row_pos,
                              row_key, Wo, (vh, vw), (RH, RW), backend)
-    y = torch.from_numpy(patches).permute(0, 3, 1, 2)  # channels last
+    y = torch.from_numpy(patches)
     qt = torch.from_numpy(row_pos.astype(np.int64))
     qh, qw = qt // Wo, qt % Wo
     with torch.no_grad():
@@ -362,7 +350,7 @@ def build_plans(stem: Stem, xs: Sequence[torch.Tensor], fills: Sequence[torch.Te
     reason, cands = None, []
     for depth in range(1, len(stem.stages) + 1):
         try:
-            wins = [windows(stem, depth, sg, H, W) for sg in segs]
+            wins = [windows(stem, depth, sg, H, W, backend) for sg in segs]
         except StemUnavailable as e:
             reason = reason or e
             break

@@ -11,11 +11,15 @@ all ``2^M - 2`` proper coalitions they are enumerated and the answer is the exac
 value; otherwise coalition sizes are drawn with probability ``∝ Σ_{|z|=k} π(z)``, the
 members uniformly, in antithetic pairs (``z`` and its complement), each with weight 1.  The
 constraint is imposed exactly (a Lagrange multiplier), not by a large weight.
+
+For image models the leading convolution stages can be evaluated from coalition tables
+(:mod:`xaikernels.methods._stem`, shared with :func:`~xaikernels.methods.lime.lime_image`):
+``stem="auto"`` (default) | ``"on"`` | ``"off"``; the result's ``extras["stem"]`` says which ran.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,7 +27,9 @@ from torch import nn
 
 from xaikernels import _validate
 from xaikernels._model_guard import ModelGuard
-from xaikernels.methods.lime import _resolve_targets, _Streamer, postprocess
+from xaikernels.methods import _stem
+from xaikernels.methods.lime import (_resolve_targets, _stem_plans, _Streamer, postprocess, stem_or_reason,
+                                    table_streamer)
 from xaikernels.ops import perturb as P
 
 
@@ -32,7 +38,10 @@ class KernelShapResult:
     """phi: list of (T, M_n) Shapley values; base_value (N, T) = f(baseline); full_value
     (N, T) = f(x); score (N, T) weighted R² of ``base + z·φ`` on the coalitions; targets
     (N, T); exact (N,) bool — all coalitions enumerated; feature_map: per-instance int64 maps
-    (flattened input); shape: the per-instance input shape."""
+    (flattened input); shape: the per-instance input shape; n_evals: model evaluations per
+    instance; extras: ``"stem"`` — ``"tables: <stages> (...)"`` when the model's stem was
+    evaluated from coalition tables, ``"off: <reason>"`` when ``stem="auto"`` could not use
+    them, ``"off"`` when ``stem="off"``."""
 
     phi: list
     base_value: np.ndarray
@@ -43,6 +52,7 @@ class KernelShapResult:
     feature_map: list
     shape: tuple
     n_evals: int
+    extras: Dict[str, object] = field(default_factory=dict)
 
     def attribution(self) -> torch.Tensor:
         """φ painted onto the input: (N, T, *shape) float32."""
@@ -82,7 +92,8 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
                 n_samples: int = 2048, batch_size: int = 256, paired: bool = True, alpha: float = 0.0,
                 enumerate_all: Union[str, bool] = "auto", output: Union[str, Callable, None] = "logits",
                 top_labels: Optional[int] = None, seed: int = 0, forward_args: Sequence = (),
-                progress: bool = False, check_mode: bool = True, backend: str = "auto") -> KernelShapResult:
+                progress: bool = False, check_mode: bool = True, stem: str = "auto",
+                backend: str = "auto") -> KernelShapResult:
     """KernelSHAP values for a batch of inputs and one or several targets each.
 
     Parameters
@@ -103,6 +114,20 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
     output : "logits" (default) | "softmax" | "sigmoid" | callable applied to the outputs.
     top_labels : explain the k highest outputs instead of ``target``.
     seed : counter-based RNG seed (instance n uses stream n).
+    forward_args : extra positional arguments for ``model``.
+    progress : tqdm bar over model batches.
+    check_mode : warn when the model is in training mode.
+    stem : "auto" (default) | "on" | "off" — coalition tables for the model's stem
+        (:mod:`xaikernels.methods._stem`, as :func:`~xaikernels.methods.lime.lime_image`):
+        for an image input (N, C, H, W) in float32/float64 on CPU, an ``nn.Module`` traceable
+        by ``torch.fx``, no ``forward_args`` and a feature map that is the same in every
+        channel of an instance, the leading convolution / activation / pooling stages are
+        evaluated once per distinct coalition of the features that each output position's
+        window meets (the baseline plays the role of LIME's fill), so that a coalition costs a table gather plus
+        the rest of the network.  The same numbers up to float rounding, checked on the
+        instance before use.  "auto" uses them where they save work and evaluates the model as
+        is otherwise; "on" raises ValueError when they cannot be used; the result's
+        ``extras["stem"]`` says which ran and why.
     backend : "auto" | "numba" | "reference".
 
     Returns
@@ -114,6 +139,8 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
         _validate.check_mode(model)
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if stem not in ("auto", "on", "off"):
+        raise ValueError(f"stem must be 'auto', 'on' or 'off', got {stem!r}")
     N = x.shape[0]
     inner = tuple(x.shape[1:])
     xc = x.detach().cpu().contiguous()
@@ -152,24 +179,30 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
         with torch.no_grad():
             first = _validate.check_output(postprocess(model(x.detach(), *forward_args), output))
         targets = _resolve_targets(target, first, top_labels)
-        xa = [P.as_apb(xc[n], "flat") for n in range(N)]
-        ba = [P.as_apb(base[n], "flat") for n in range(N)]
+        tables, tail, stem_info = stem_or_reason(
+            stem, lambda: _kernel_shap_tables(model, x, xc, base, plans, forward_args, backend))
+        if tables is not None:
+            streamer, fill_rows = table_streamer(tables, tail, starts, xc.dtype, x.device, batch_size, output,
+                                                 progress, "kernel_shap")
+        else:
+            xa = [P.as_apb(xc[n], "flat") for n in range(N)]
+            ba = [P.as_apb(base[n], "flat") for n in range(N)]
 
-        # prepared once per instance (feature-map bitmaps), then one kernel call per batch
-        builders = [P.PerturbedBuilder(xa[n], ba[n], plans[n][0], backend=backend) for n in range(N)]
+            # prepared once per instance (feature-map bitmaps), then one kernel call per batch
+            builders = [P.PerturbedBuilder(xa[n], ba[n], plans[n][0], backend=backend) for n in range(N)]
 
-        def fill_rows(view, start, stop):
-            r = start
-            flat = view.reshape(view.shape[0], 1, -1, 1)
-            while r < stop:
-                n = int(np.searchsorted(starts, r, side="right") - 1)
-                e = min(stop, int(starts[n + 1]))
-                s = r - int(starts[n])
-                builders[n](plans[n][2][s: s + e - r], flat[r - start: e - start])
-                r = e
+            def fill_rows(view, start, stop):
+                r = start
+                flat = view.reshape(view.shape[0], 1, -1, 1)
+                while r < stop:
+                    n = int(np.searchsorted(starts, r, side="right") - 1)
+                    e = min(stop, int(starts[n + 1]))
+                    s = r - int(starts[n])
+                    builders[n](plans[n][2][s: s + e - r], flat[r - start: e - start])
+                    r = e
 
-        streamer = _Streamer(model, inner, xc.dtype, x.device, batch_size, output, forward_args, progress,
-                             "kernel_shap")
+            streamer = _Streamer(model, inner, xc.dtype, x.device, batch_size, output, forward_args, progress,
+                                 "kernel_shap")
         Y = streamer.run(int(starts[-1]), fill_rows).numpy()
     finally:
         if guard is not None:
@@ -204,4 +237,22 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
         rss = (w[:, None] * res ** 2).sum(0)
         score[n] = np.where(tss > 0, 1 - rss / np.where(tss > 0, tss, 1), np.where(rss <= 0, 1.0, 0.0))
     return KernelShapResult(phis, fb, fx, score, targets, np.array([p[4] for p in plans]), [p[0] for p in plans],
-                            inner, int(starts[-1]) // max(N, 1))
+                            inner, int(starts[-1]) // max(N, 1), extras={"stem": stem_info})
+
+
+def _kernel_shap_tables(model, x, xc, base, plans, forward_args, backend):
+    """Stem tables (:func:`xaikernels.methods.lime._stem_plans`) for KernelSHAP's coalitions:
+    the per-pixel feature map of every instance (its flattened C·H·W map must repeat over
+    the channels) and the baseline as the fill; raise :class:`_stem.StemUnavailable` when the
+    model is evaluated as is."""
+    if xc.dim() != 4:
+        raise _stem.StemUnavailable(f"the input is {xc.dim()}-D, not an image (N, C, H, W)")
+    N, C, H, W = xc.shape
+    feats: List[tuple] = []
+    for seg, M, _, _, _ in plans:
+        per_channel = np.asarray(seg).reshape(C, H * W)
+        if not (per_channel == per_channel[:1]).all():
+            raise _stem.StemUnavailable("the feature map differs between channels")
+        feats.append((np.ascontiguousarray(per_channel[0]), M))
+    fills = [P.as_apb(base[n], "chw") for n in range(N)]
+    return _stem_plans(model, x, xc, fills, feats, [p[2] for p in plans], forward_args, backend)

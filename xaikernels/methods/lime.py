@@ -267,9 +267,10 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
     progress : tqdm bar over model batches.
     stem : "auto" (default) | "on" | "off" — coalition tables for the model's stem
         (:mod:`xaikernels.methods._stem`): the leading convolution / activation / pooling
-        stages of a CPU float32/float64 model traceable by ``torch.fx`` are tabulated over
-        every coalition of the segments each output position sees, so that a sample costs a
-        table gather plus the rest of the network.  The same numbers up to float rounding,
+        stages of a CPU float32/float64 model traceable by ``torch.fx`` are evaluated once
+        per distinct coalition of the segments that each output position's window meets
+        (among the samples), so that a sample costs a table gather plus the rest of the
+        network.  The same numbers up to float rounding,
         checked on the instance before use.  "auto" uses them where they save work and
         evaluates the model as is otherwise; "on" raises when they cannot be used; the
         result's ``extras["stem"]`` says which ran and why.
@@ -313,28 +314,11 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
                 m = P.sample_masks(n_samples, F, seed, stream=n, first_row_ones=True, backend=backend)
             mask_list.append(m)
 
-        plans, tail, stem_info = None, None, "off"
-        if stem != "off":
-            try:
-                plans, tail, stem_info = _stem_plans(model, x, xc, fills, feats, mask_list, forward_args, backend)
-            except _stem.StemUnavailable as e:
-                if stem == "on":
-                    raise ValueError(f"stem='on', but the stem cannot be tabulated: {e}") from None
-                stem_info = f"off: {e}"
-
+        plans, tail, stem_info = stem_or_reason(
+            stem, lambda: _stem_plans(model, x, xc, fills, feats, mask_list, forward_args, backend))
         if plans is not None:
-            Cs = plans[0].out_hwc[2]
-
-            def fill_rows(view, start, stop):
-                r = start
-                while r < stop:
-                    n, s = divmod(r, n_samples)
-                    e = min(stop, (n + 1) * n_samples)
-                    plans[n].gather(s, s + e - r, view[r - start: e - start].view(e - r, -1, Cs))
-                    r = e
-
-            streamer = _Streamer(lambda b: tail(b.permute(0, 3, 1, 2)), plans[0].out_hwc, xc.dtype, x.device,
-                                 batch_size, output, (), progress, "lime_image")
+            streamer, fill_rows = table_streamer(plans, tail, np.arange(N + 1) * n_samples, xc.dtype, x.device,
+                                                 batch_size, output, progress, "lime_image")
         else:
             # prepared once per instance (feature-map bitmaps), then one kernel call per batch
             builders = [P.PerturbedBuilder(P.as_apb(xc[n], "chw"), fills[n], feats[n][0], backend=backend)
@@ -359,6 +343,37 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
                          num_features, backend, [f[0] for f in feats], (H, W), n_samples)
     res.extras["stem"] = stem_info
     return res
+
+
+def stem_or_reason(stem: str, make: Callable):
+    """``make()`` → (plans, tail, description) unless ``stem == "off"``; when the stem cannot
+    be tabulated, "on" raises ValueError and "auto" returns (None, None, "off: <reason>")."""
+    if stem == "off":
+        return None, None, "off"
+    try:
+        return make()
+    except _stem.StemUnavailable as e:
+        if stem == "on":
+            raise ValueError(f"stem='on', but the stem cannot be tabulated: {e}") from None
+        return None, None, f"off: {e}"
+
+
+def table_streamer(plans, tail, starts: np.ndarray, dtype, device, batch_size, output, progress, desc):
+    """A streamer over the tail and its ``fill_rows``: global rows ``starts[n] ..
+    starts[n + 1] - 1`` are instance ``n``'s samples, gathered from ``plans[n]``."""
+    Cs = plans[0].out_hwc[2]
+
+    def fill_rows(view, start, stop):
+        r = start
+        while r < stop:
+            n = int(np.searchsorted(starts, r, side="right") - 1)
+            e = min(stop, int(starts[n + 1]))
+            s = r - int(starts[n])
+            plans[n].gather(s, s + e - r, view[r - start: e - start].view(e - r, -1, Cs))
+            r = e
+
+    return _Streamer(lambda b: tail(b.permute(0, 3, 1, 2)), plans[0].out_hwc, dtype, device, batch_size, output,
+                     (), progress, desc), fill_rows
 
 
 def _stem_plans(model, x, xc, fills, feats, mask_list, forward_args, backend):

@@ -57,6 +57,7 @@ OP_LASSO = _define("lasso_fit", _ref.lasso_fit)
 OP_STEM = _define("stem_gather", _ref.stem_gather)
 OP_STEM_ROWS = _define("stem_rows", _ref.stem_rows)
 OP_STEM_PATCHES = _define("stem_patches", _ref.stem_patches)
+OP_STEM_WINDOWS = _define("stem_windows", _ref.stem_windows)
 
 
 def _impl(op, backend):
@@ -684,7 +685,8 @@ def stem_gather(table: ArrayLike, index: np.ndarray, out: ArrayLike, backend: st
 def stem_patches(x_pad: np.ndarray, fill_pad: np.ndarray, pix_rank: np.ndarray, row_pos: np.ndarray,
                  row_key: np.ndarray, n_cols: int, step: Tuple[int, int], window: Tuple[int, int],
                  backend: str = "auto") -> np.ndarray:
-    """The input window of every table row of :func:`stem_rows`, channels last.
+    """The input window of every table row of :func:`stem_rows`, channels first (small
+    patches convolve faster so than channels last).
 
     Parameters
     ----------
@@ -698,7 +700,7 @@ def stem_patches(x_pad: np.ndarray, fill_pad: np.ndarray, pix_rank: np.ndarray, 
 
     Returns
     -------
-    (T, RH, RW, C) array: the image where the key keeps the pixel's segment, else the fill.
+    (T, C, RH, RW) array: the image where the key keeps the pixel's segment, else the fill.
     """
     x_pad, fill_pad = np.ascontiguousarray(x_pad), np.ascontiguousarray(fill_pad)
     if x_pad.shape != fill_pad.shape or x_pad.dtype != fill_pad.dtype or x_pad.ndim != 3:
@@ -717,6 +719,33 @@ def stem_patches(x_pad: np.ndarray, fill_pad: np.ndarray, pix_rank: np.ndarray, 
     n_rows = (Q + n_cols - 1) // n_cols
     if (n_rows - 1) * step[0] + RH > x_pad.shape[0] or (n_cols - 1) * step[1] + RW > x_pad.shape[1]:
         raise ValueError(f"the windows run past the padded image {x_pad.shape[:2]}")
-    out = np.empty((len(row_pos), RH, RW, x_pad.shape[2]), dtype=x_pad.dtype)
+    out = np.empty((len(row_pos), x_pad.shape[2], RH, RW), dtype=x_pad.dtype)
     return _impl(OP_STEM_PATCHES, backend)(x_pad, fill_pad, pix_rank, row_pos, row_key, int(n_cols), int(step[0]),
                                            int(step[1]), out)
+
+
+def stem_windows(seg_pad: np.ndarray, n_rows: int, n_cols: int, window: Tuple[int, int], step: Tuple[int, int],
+                 backend: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
+    """The segments each stem output position's input window meets.
+
+    Parameters
+    ----------
+    seg_pad : (Hp, Wp) int — segment ids, -1 in the padding.
+    n_rows, n_cols : output positions per axis; position ``q = i · n_cols + j`` has the window
+        ``seg_pad[i·step[0] : +window[0], j·step[1] : +window[1]]``.
+
+    Returns
+    -------
+    segs : (Q, M) int32 — each window's segments in the order a row-major scan meets them,
+        then -1 (M: the most any window meets, at least 1).
+    pix_rank : (Q, RH·RW) int64 — the index in that list of each window pixel's segment
+        (-1: padding).
+    """
+    seg_pad = np.ascontiguousarray(seg_pad, dtype=np.int64)
+    RH, RW = int(window[0]), int(window[1])
+    sh, sw = int(step[0]), int(step[1])
+    if seg_pad.ndim != 2 or min(RH, RW, sh, sw, n_rows, n_cols) < 1:
+        raise ValueError(f"seg_pad (Hp, Wp) and positive sizes expected, got {seg_pad.shape}, {window}, {step}")
+    if (n_rows - 1) * sh + RH > seg_pad.shape[0] or (n_cols - 1) * sw + RW > seg_pad.shape[1]:
+        raise ValueError(f"the windows run past the padded map {seg_pad.shape}")
+    return _impl(OP_STEM_WINDOWS, backend)(seg_pad, int(n_rows), int(n_cols), (RH, RW), (sh, sw))

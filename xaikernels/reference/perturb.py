@@ -864,21 +864,47 @@ def stem_gather(table: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.nda
 
 def stem_patches(x_pad: np.ndarray, fill_pad: np.ndarray, pix_rank: np.ndarray, row_pos: np.ndarray,
                  row_key: np.ndarray, n_cols: int, step_h: int, step_w: int, out: np.ndarray) -> np.ndarray:
-    """The input window of every table row, channels last.
+    """The input window of every table row, channels first.
 
     ``x_pad``, ``fill_pad``: (Hp, Wp, C) the image and its fill, zero-padded; ``pix_rank``:
     (Q, RH·RW) the bit of every window pixel's segment in the position's key (-1: padding);
     row ``t`` is position ``q = row_pos[t]`` (window origin ``(q // n_cols · step_h,
     q % n_cols · step_w)``) under key ``row_key[t]``:
-    ``out[t, a, b] = x_pad[...] if key >> pix_rank[q, a·RW + b] & 1 else fill_pad[...]``.
-    ``out``: (T, RH, RW, C) of the images' dtype.
+    ``out[t, :, a, b] = x_pad[...] if key >> pix_rank[q, a·RW + b] & 1 else fill_pad[...]``.
+    ``out``: (T, C, RH, RW) of the images' dtype.
     """
-    T, RH, RW, C = out.shape
+    T, C, RH, RW = out.shape
     win = np.lib.stride_tricks.sliding_window_view
     xw = win(x_pad, (RH, RW), axis=(0, 1))[::step_h, ::step_w]  # (Ho, Wo, C, RH, RW)
     fw = win(fill_pad, (RH, RW), axis=(0, 1))[::step_h, ::step_w]
     qh, qw = row_pos // n_cols, row_pos % n_cols
     pr = pix_rank[row_pos].reshape(T, RH, RW)
     keep = ((row_key[:, None, None] >> np.maximum(pr, 0)) & 1).astype(bool) & (pr >= 0)
-    np.copyto(out, np.where(keep[..., None], xw[qh, qw].transpose(0, 2, 3, 1), fw[qh, qw].transpose(0, 2, 3, 1)))
+    np.copyto(out, np.where(keep[:, None], xw[qh, qw], fw[qh, qw]))
     return out
+
+
+def stem_windows(seg_pad: np.ndarray, n_rows: int, n_cols: int, window: tuple, step: tuple):
+    """The segments each stem output position's input window meets.
+
+    ``seg_pad``: (Hp, Wp) int segment ids, -1 in the padding; position ``q = i·n_cols + j``
+    has the window ``seg_pad[i·step[0] : +window[0], j·step[1] : +window[1]]``.  Returns
+    ``segs`` (Q, M) int32 — each window's segments in the order a row-major scan meets them,
+    then -1 (M = the most any window meets, at least 1) — and ``pix_rank`` (Q, RH·RW) int64,
+    the index in that list of every window pixel's segment (-1 for padding).
+    """
+    RH, RW = window
+    Q = n_rows * n_cols
+    lists, ranks = [], np.full((Q, RH * RW), -1, dtype=np.int64)
+    for q in range(Q):
+        i, j = divmod(q, n_cols)
+        w = seg_pad[i * step[0]: i * step[0] + RH, j * step[1]: j * step[1] + RW].reshape(-1)
+        seen = {}
+        for r, v in enumerate(w.tolist()):
+            if v >= 0:
+                ranks[q, r] = seen.setdefault(v, len(seen))
+        lists.append(list(seen))
+    segs = np.full((Q, max([len(v) for v in lists] + [1])), -1, dtype=np.int32)
+    for q, v in enumerate(lists):
+        segs[q, :len(v)] = v
+    return segs, ranks

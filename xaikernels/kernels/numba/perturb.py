@@ -2128,9 +2128,9 @@ def stem_gather(table, index, out):
 
 @njit(cache=True)
 def stem_patches(x_pad, fill_pad, pix_rank, row_pos, row_key, n_cols, step_h, step_w, out):
-    """Every table row's window, channels last: the image where the row's key keeps the
+    """Every table row's window, channels first: the image where the row's key keeps the
     pixel's segment, else the fill (padding: the fill's zeros)."""
-    T, RH, RW, C = out.shape
+    T, C, RH, RW = out.shape
     for t in range(T):
         q = row_pos[t]
         key = row_key[t]
@@ -2141,8 +2141,41 @@ def stem_patches(x_pad, fill_pad, pix_rank, row_pos, row_key, n_cols, step_h, st
             for b in range(RW):
                 rk = pr[a * RW + b]
                 src = x_pad if rk >= 0 and (key >> rk) & 1 else fill_pad
-                o = out[t, a, b]
                 v = src[top + a, left + b]
                 for c in range(C):
-                    o[c] = v[c]
+                    out[t, c, a, b] = v[c]
     return out
+
+
+@njit(cache=True)
+def stem_windows(seg_pad, n_rows, n_cols, window, step):
+    """Each window's segments in scan order (a stamp array per segment id, no sort)."""
+    RH, RW = window
+    Q = n_rows * n_cols
+    n_ids = 1
+    for v in seg_pad.ravel():
+        n_ids = max(n_ids, v + 1)
+    stamp = np.full(n_ids, -1, dtype=np.int64)
+    slot = np.empty(n_ids, dtype=np.int64)
+    width = min(RH * RW, n_ids)
+    segs = np.full((Q, width), -1, dtype=np.int32)
+    ranks = np.empty((Q, RH * RW), dtype=np.int64)
+    most = 1
+    for q in range(Q):
+        top = (q // n_cols) * step[0]
+        left = (q % n_cols) * step[1]
+        m = 0
+        for a in range(RH):
+            for b in range(RW):
+                v = seg_pad[top + a, left + b]
+                if v < 0:
+                    ranks[q, a * RW + b] = -1
+                    continue
+                if stamp[v] != q:
+                    stamp[v] = q
+                    slot[v] = m
+                    segs[q, m] = v
+                    m += 1
+                ranks[q, a * RW + b] = slot[v]
+        most = max(most, m)
+    return segs[:, :most].copy(), ranks
