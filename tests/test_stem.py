@@ -180,6 +180,28 @@ class Rect(nn.Module):
         return self.head(self.act(self.conv(x)).mean((2, 3)))
 
 
+class StaticSame(nn.Module):
+    """efficientnet_pytorch's static 'same' padding: an asymmetric ZeroPad2d and a functional
+    strided conv2d on the module's own parameters; then ``padding="same"`` convolutions
+    (one with an even kernel: the odd pixel of padding goes after)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ZeroPad2d((0, 1, 1, 0))
+        self.w = nn.Parameter(torch.randn(4, 3, 3, 3) * 0.3)
+        self.b = nn.Parameter(torch.randn(4) * 0.1)
+        self.bn = nn.BatchNorm2d(4)
+        self.act = nn.ReLU6()
+        self.same = nn.Conv2d(4, 4, 4, padding="same")
+        self.same2 = nn.Conv2d(4, 3, 3, padding="same", dilation=2)
+        self.head = nn.Linear(3, 2)
+        self.bn.running_mean.uniform_(-0.3, 0.3)
+
+    def forward(self, x):
+        y = self.act(self.bn(F.conv2d(self.pad(x), self.w, self.b, stride=2)))
+        return self.head(torch.tanh(self.same2(F.relu(self.same(y)))).mean((2, 3)))
+
+
 def _blobs(H, W, k, seed):
     """k Voronoi cells of random centres, relabelled 0..F-1 without gaps."""
     rng = np.random.default_rng(seed)
@@ -195,8 +217,10 @@ def _grid(H, W, r, c):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 @pytest.mark.parametrize("arch,H,W,seg_kind", [(TwoPools, 17, 13, "blobs"), (Strided, 23, 19, "grid"),
-                                               (Rect, 11, 14, "blobs"), (SmallCNN, 9, 12, "grid")])
+                                               (Rect, 11, 14, "blobs"), (SmallCNN, 9, 12, "grid"),
+                                               (StaticSame, 15, 12, "blobs")])
 def test_tail_of_gather_equals_model_on_perturbed_images(arch, H, W, seg_kind, dtype, backend, tol):
     torch.manual_seed(0)
     model = arch().eval()
@@ -228,6 +252,17 @@ def test_tail_of_gather_equals_model_on_perturbed_images(arch, H, W, seg_kind, d
         plan.gather(5, 6, buf[:1].view(1, -1, plan.out_hwc[2]))
         with torch.no_grad():
             torch.testing.assert_close(tail(buf[:1].permute(0, 3, 1, 2)), want[5:6], rtol=10 * rtol, atol=10 * atol)
+
+
+def test_trace_reads_static_same_padding_and_functional_convs():
+    model = StaticSame().eval()
+    stem = S.trace_stem(model)
+    assert [st.nodes for st in stem.stages] == [["pad", "conv2d", "bn", "act"], ["same", "relu"], ["same2", "tanh"]]
+    c0, c1 = stem.stages[0].conv, stem.stages[1].conv
+    assert c0.pad == (1, 0, 0, 1) and c0.stride == (2, 2) and c0.weight is model.w
+    assert c1.pad == (1, 2, 1, 2)  # total 3 for a 4-tap kernel: 1 before, 2 after
+    tail = stem.tail(1)
+    assert not [n for n in tail.graph.nodes if n.op == "get_attr"]  # the functional conv's weights went too
 
 
 def test_trace_finds_stages_and_shares_parameters():

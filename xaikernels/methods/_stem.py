@@ -47,11 +47,42 @@ def _has_hooks(m: nn.Module) -> bool:
 
 
 @dataclass
+class Conv:
+    """A zero-padded 2-d convolution: ``weight`` (C_out, C_in/groups, kh, kw), ``bias`` or
+    None, ``pad`` (top, bottom, left, right) — from an ``nn.Conv2d`` or from a ``ZeroPad2d``
+    and/or a functional ``conv2d`` on the model's parameters."""
+
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    stride: Tuple[int, int]
+    pad: Tuple[int, int, int, int]
+    dilation: Tuple[int, int]
+    groups: int
+
+    def macs(self, out_h: int, out_w: int) -> int:
+        co, ci, kh, kw = self.weight.shape
+        return co * ci * kh * kw * out_h * out_w
+
+
+def _same_pad(k: Tuple[int, int], d: Tuple[int, int]) -> Tuple[int, int, int, int]:
+    # torch's padding="same": the total d·(k-1) split evenly, the odd one after
+    th, tw = d[0] * (k[0] - 1), d[1] * (k[1] - 1)
+    return th // 2, th - th // 2, tw // 2, tw - tw // 2
+
+
+def _conv_pad(padding, k, d) -> Optional[Tuple[int, int, int, int]]:
+    if isinstance(padding, str):
+        return (0, 0, 0, 0) if padding == "valid" else _same_pad(k, d) if padding == "same" else None
+    ph, pw = _pair(padding)
+    return ph, ph, pw, pw
+
+
+@dataclass
 class Stage:
     """``conv`` then ``steps`` (elementwise / per-channel modules or functions) then ``pool``
     (or None)."""
 
-    conv: nn.Conv2d
+    conv: Conv
     steps: List[Callable[[torch.Tensor], torch.Tensor]]
     pool: Optional[nn.Module]
     nodes: List[str]       # module paths / function names, for messages
@@ -65,23 +96,25 @@ class Stage:
             y = f(y)
         return self.pool(y) if self.pool is not None else y
 
+    def pool_geometry(self):
+        if self.pool is None:
+            return (1, 1), (1, 1)
+        return _pair(self.pool.kernel_size), _pair(self.pool.stride if self.pool.stride is not None
+                                                   else self.pool.kernel_size)
+
     def geometry(self):
         """Per axis: (step in the input per output position, window length of one output
-        position, zero padding), and the map-size function."""
+        position, zero padding before, the map-size function)."""
         c = self.conv
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(c.kernel_size), _pair(c.stride), _pair(c.padding),
-                                                  _pair(c.dilation))
-        if self.pool is not None:
-            k2 = _pair(self.pool.kernel_size)
-            t2 = _pair(self.pool.stride if self.pool.stride is not None else self.pool.kernel_size)
-        else:
-            k2 = t2 = (1, 1)
+        k, (k2, t2) = c.weight.shape[2:], self.pool_geometry()
         axes = []
-        for k, s_, p_, d, kp, tp in ((kh, sh, ph, dh, k2[0], t2[0]), (kw, sw, pw, dw, k2[1], t2[1])):
-            def size(n, k=k, s_=s_, p_=p_, d=d, kp=kp, tp=tp):
-                conv = (n + 2 * p_ - d * (k - 1) - 1) // s_ + 1
+        for a in (0, 1):
+            def size(n, k=k[a], s_=c.stride[a], p_=c.pad[2 * a] + c.pad[2 * a + 1], d=c.dilation[a], kp=k2[a],
+                     tp=t2[a]):
+                conv = (n + p_ - d * (k - 1) - 1) // s_ + 1
                 return (conv - kp) // tp + 1
-            axes.append((tp * s_, (kp - 1) * s_ + d * (k - 1) + 1, p_, size))
+            axes.append((t2[a] * c.stride[a], (k2[a] - 1) * c.stride[a] + c.dilation[a] * (k[a] - 1) + 1,
+                         c.pad[2 * a], size))
         return axes
 
 
@@ -111,8 +144,50 @@ class Stem:
         for node in reversed(chain):
             g.erase_node(node)
         g.erase_node(x)
+        for node in [n for n in g.nodes if n.op == "get_attr" and not n.users]:  # functional convs' weights
+            g.erase_node(node)
         g.lint()
         return fx.GraphModule(self.gm, g)
+
+
+def _attr(gm: fx.GraphModule, node) -> Optional[torch.Tensor]:
+    if node is None:
+        return None
+    obj = gm
+    for a in node.target.split("."):
+        obj = getattr(obj, a)
+    return obj
+
+
+def _conv_of(node: fx.Node, gm: fx.GraphModule, prev: fx.Node, pre_pad) -> Optional[Tuple[Conv, str]]:
+    """A convolution of ``prev`` alone with zero padding (plus ``pre_pad`` from a ZeroPad2d)."""
+    if node.op == "call_module" and node.args == (prev,) and not node.kwargs:
+        m = gm.get_submodule(node.target)
+        if type(m) is not nn.Conv2d or _has_hooks(m) or m.padding_mode != "zeros":
+            return None
+        w, b, stride, padding, dil, groups = m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups
+        name = node.target
+    elif node.op == "call_function" and node.target in (F.conv2d, torch.conv2d):
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        a = dict(zip(names, node.args), **node.kwargs)
+        if set(a) - set(names) or a.get("input") is not prev or not isinstance(a.get("weight"), fx.Node):
+            return None
+        if a["weight"].op != "get_attr" or not (a.get("bias") is None or isinstance(a["bias"], fx.Node)
+                                                 and a["bias"].op == "get_attr"):
+            return None  # weights computed in the forward: not a fixed convolution
+        w, b = _attr(gm, a["weight"]), _attr(gm, a.get("bias"))
+        stride, padding, dil, groups = (a.get("stride", 1), a.get("padding", 0), a.get("dilation", 1),
+                                        a.get("groups", 1))
+        name = "conv2d"
+    else:
+        return None
+    if not isinstance(w, torch.Tensor) or w.dim() != 4 or not isinstance(groups, int):
+        return None
+    pad = _conv_pad(padding, tuple(w.shape[2:]), _pair(dil))
+    if pad is None:
+        return None
+    pad = tuple(p + q for p, q in zip(pad, pre_pad))
+    return Conv(w, b, _pair(stride), pad, _pair(dil), groups), str(name)
 
 
 def _step_of(node: fx.Node, gm: fx.GraphModule, prev: fx.Node):
@@ -122,9 +197,6 @@ def _step_of(node: fx.Node, gm: fx.GraphModule, prev: fx.Node):
         if _has_hooks(m):
             return None
         t = type(m)
-        if t is nn.Conv2d:
-            ok = m.padding_mode == "zeros" and not isinstance(m.padding, str)
-            return ("conv", m, node.target) if ok else None
         if t is nn.BatchNorm2d:
             ok = not m.training and m.running_mean is not None
             return ("step", m, node.target) if ok else None
@@ -143,6 +215,22 @@ def _step_of(node: fx.Node, gm: fx.GraphModule, prev: fx.Node):
         kw = dict(node.kwargs)
         return "step", (lambda y, f=node.target, kw=kw: f(y, **kw)), node.target.__name__
     return None
+
+
+def _padded_conv(node: fx.Node, gm: fx.GraphModule, prev: fx.Node):
+    """(Conv, names, fx nodes) of a convolution of ``prev``, or of a ``ZeroPad2d`` of ``prev``
+    whose only user is a convolution; None otherwise."""
+    if node.op == "call_module" and node.args == (prev,) and not node.kwargs:
+        m = gm.get_submodule(node.target)
+        if type(m) is nn.ZeroPad2d and not _has_hooks(m) and len(node.users) == 1:
+            left, right, top, bottom = m.padding
+            if min(m.padding) < 0:
+                return None
+            nxt = next(iter(node.users))
+            c = _conv_of(nxt, gm, node, (top, bottom, left, right))
+            return (c[0], [str(node.target), c[1]], [node, nxt]) if c is not None else None
+    c = _conv_of(node, gm, prev, (0, 0, 0, 0))
+    return (c[0], [c[1]], [node]) if c is not None else None
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -169,30 +257,31 @@ def trace_stem(model: nn.Module) -> Stem:
     prev, cur = inputs[0], None
     while len(prev.users) == 1:
         node = next(iter(prev.users))
-        step = _step_of(node, gm, prev)
+        conv = _padded_conv(node, gm, prev)
+        if conv is not None:
+            if cur is not None:
+                stages.append(cur)
+            c, names, nodes = conv
+            cur = Stage(c, [], None, names, [n.name for n in nodes])
+            prev = nodes[-1]
+            continue
+        step = _step_of(node, gm, prev) if cur is not None else None
         if step is None:
             break
         kind, fn, name = step
-        if kind == "conv":
-            if cur is not None:
-                stages.append(cur)
-            cur = Stage(fn, [], None, [str(name)], [node.name])
-        elif cur is None:
-            break
+        cur.nodes.append(str(name))
+        cur.node_names.append(node.name)
+        if kind == "step":
+            cur.steps.append(fn)
         else:
-            cur.nodes.append(str(name))
-            cur.node_names.append(node.name)
-            if kind == "step":
-                cur.steps.append(fn)
-            else:
-                cur.pool = fn
-                stages.append(cur)
-                cur = None
+            cur.pool = fn
+            stages.append(cur)
+            cur = None
         prev = node
     if cur is not None:
         stages.append(cur)
     if not stages:
-        raise StemUnavailable("the input does not go into an nn.Conv2d (zero padding) alone")
+        raise StemUnavailable("the input does not go into a zero-padded 2-d convolution alone")
     return Stem(stages, gm)
 
 
@@ -217,15 +306,8 @@ def _layout(stem: Stem, depth: int, H: int, W: int):
 
 def _conv_macs(stage: Stage, out_len_h: int, out_len_w: int) -> int:
     """Multiply-adds of ``stage``'s convolution for ``out_len`` (pooled) outputs per axis."""
-    c = stage.conv
-    if stage.pool is not None:
-        k2 = _pair(stage.pool.kernel_size)
-        t2 = _pair(stage.pool.stride if stage.pool.stride is not None else stage.pool.kernel_size)
-    else:
-        k2 = t2 = (1, 1)
-    ch, cw = (out_len_h - 1) * t2[0] + k2[0], (out_len_w - 1) * t2[1] + k2[1]
-    kh, kw = _pair(c.kernel_size)
-    return c.out_channels * (c.in_channels // c.groups) * kh * kw * ch * cw
+    k2, t2 = stage.pool_geometry()
+    return stage.conv.macs((out_len_h - 1) * t2[0] + k2[0], (out_len_w - 1) * t2[1] + k2[1])
 
 
 @dataclass
