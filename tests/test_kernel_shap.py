@@ -122,10 +122,10 @@ def test_stem_tables_equal_model_evaluation(dtype):
 
 
 def test_stem_modes():
-    x = torch.rand(1, 3, 8, 8)
-    fm = torch.from_numpy(_block_map(8, 8, 2, 2)).reshape(1, 1, 8, 8)
-    kw = dict(feature_mask=fm, n_samples=20)
-    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    fm = torch.from_numpy(_block_map(32, 32, 4, 4)).reshape(1, 1, 32, 32)
+    kw = dict(feature_mask=fm, n_samples=400)
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3)).eval()
     with pytest.raises(ValueError, match="cannot be tabulated.*alone"):
         kernel_shap(flat, x, stem="on", **kw)
     assert kernel_shap(flat, x, **kw).extras["stem"].startswith("off: the input does not go into")
@@ -134,12 +134,15 @@ def test_stem_modes():
         kernel_shap(mlp, torch.randn(1, 6), stem="on", n_samples=20)
     assert kernel_shap(mlp, torch.randn(1, 6), n_samples=20).extras["stem"].startswith("off: the input is 2-D")
     cnn = SmallCNN().eval()
-    per_channel = torch.from_numpy(_block_map(8, 8, 2, 2)).expand(3, 8, 8) + 4 * torch.tensor([0, 0, 1])[:, None, None]
+    per_channel = (torch.from_numpy(_block_map(32, 32, 2, 2)).expand(3, 32, 32)
+                   + 4 * torch.tensor([0, 0, 1])[:, None, None])
     with pytest.raises(ValueError, match="differs between channels"):
-        kernel_shap(cnn, x, feature_mask=per_channel, n_samples=20, stem="on")
-    r = kernel_shap(cnn, x, feature_mask=per_channel, n_samples=20)
+        kernel_shap(cnn, x, feature_mask=per_channel, n_samples=400, stem="on")
+    r = kernel_shap(cnn, x, feature_mask=per_channel, n_samples=400)
     assert r.extras["stem"] == "off: the feature map differs between channels" and r.phi[0].shape == (1, 8)
     assert kernel_shap(cnn, x, **kw).extras["stem"].startswith("tables:")
     assert kernel_shap(cnn, x, stem="off", **kw).extras["stem"] == "off"
+    small = dict(kw, feature_mask=torch.from_numpy(_block_map(8, 8, 2, 2))[None, None], n_samples=30)  # too little work
+    assert kernel_shap(cnn, x[..., :8, :8], **small).extras["stem"].startswith("off: too little work")
     with pytest.raises(ValueError, match="stem must be"):
         kernel_shap(cnn, x, stem="yes", **kw)

@@ -384,15 +384,20 @@ def test_lime_image_with_tables_equals_without(dtype):
 
 
 def test_lime_image_stem_modes():
-    x = torch.rand(1, 3, 8, 8)
-    kw = dict(segments="grid", segment_kwargs=dict(rows=2, cols=2), n_samples=20)
-    mlp = nn.Sequential(nn.Flatten(), nn.Linear(192, 3)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    kw = dict(segments="grid", segment_kwargs=dict(rows=4, cols=4), n_samples=400)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3)).eval()
     with pytest.raises(ValueError, match="cannot be tabulated.*alone"):
         lime_image(mlp, x, stem="on", **kw)
     assert lime_image(mlp, x, **kw).extras["stem"].startswith("off: the input does not go into")
     r = lime_image(lambda t: t.mean((2, 3)), x, check_mode=False, **kw)
     assert r.extras["stem"] == "off: the model is not an nn.Module"
-    assert lime_image(SmallCNN().eval(), x.half().float(), **kw).extras["stem"].startswith("tables:")
+    cnn = SmallCNN().eval()
+    assert lime_image(cnn, x, **kw).extras["stem"].startswith("tables:")
     assert "float16" in lime_image(SmallCNN().eval().half(), x.half(), **kw).extras["stem"]
+    # auto declines work too small for the set-up; "on" still takes the tables
+    small = dict(kw, n_samples=30)
+    assert lime_image(cnn, x[..., :8, :8], **small).extras["stem"].startswith("off: too little work")
+    assert lime_image(cnn, x[..., :8, :8], stem="on", **small).extras["stem"].startswith("tables:")
     with pytest.raises(ValueError, match="stem must be"):
         lime_image(mlp, x, stem="yes", **kw)

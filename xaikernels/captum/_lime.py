@@ -382,7 +382,16 @@ _MULTI_MSG = ("You are providing multiple inputs for Lime / Kernel SHAP attribut
 
 class Lime(LimeBase):
     """Captum's ``Lime``: binary samples of the interpretable features (groups of
-    ``feature_mask``), hidden features set to the baselines; see the module docstring."""
+    ``feature_mask``), hidden features set to the baselines; see the module docstring.
+
+    Beyond Captum: for an ``nn.Module`` on one CPU float32/float64 image whose feature mask is
+    the same in every channel, the network's leading convolution stages are evaluated from
+    coalition tables (:mod:`xaikernels.methods._stem`; the same numbers up to float rounding,
+    checked before use).  Set ``stem = "off"`` on the instance to evaluate the model as is;
+    ``stem_info`` says what the last call did."""
+
+    stem = "auto"
+    stem_info = "off"
 
     def __init__(self, forward_func: Callable, interpretable_model=None, similarity_func: Optional[Callable] = None,
                  perturb_func: Optional[Callable] = None) -> None:
@@ -542,7 +551,9 @@ class Lime(LimeBase):
                 raise ValueError(f"feature_mask ids must lie in 0..{F - 1}")
             segs.append(np.ascontiguousarray(seg))
         w = self._fast_weights(masks, xs, bs, segs, F)
-        builders = [P.PerturbedBuilder(_flat(x), _flat(b), seg) for x, b, seg in zip(xs, bs, segs)]
+        tables = self._stem_tables(inp, xs, bs, segs, F, masks, args) if w is not None else None
+        builders = [P.PerturbedBuilder(_flat(x), _flat(b), seg) for x, b, seg in zip(xs, bs, segs)] \
+            if tables is None else []
         outs: List[Tensor] = []
         sims: List[float] = []
         bar = _progress(math.ceil(n / per_eval), f"{self.get_name()} attribution") if show_progress else None
@@ -550,6 +561,18 @@ class Lime(LimeBase):
         for s0 in range(0, n, per_eval):
             s1 = min(n, s0 + per_eval)
             k = s1 - s0
+            if tables is not None:
+                plan, tail = tables
+                buf = torch.empty((k,) + plan.out_hwc, dtype=xs[0].dtype)
+                plan.gather(s0, s1, buf.view(k, -1, plan.out_hwc[2]))
+                t = exp_target if k == per_eval else _expand_target(target, k)
+                out = _run_forward(tail, (buf.permute(0, 3, 1, 2),), t, None)
+                assert out.numel() == k, \
+                    "Number of outputs is not appropriate, must return one output per perturbed input"
+                outs.append(out.flatten())
+                if bar is not None:
+                    bar.update()
+                continue
             batch = []
             for x, build in zip(xs, builders):
                 out = torch.empty((k,) + tuple(x.shape), dtype=x.dtype)
@@ -572,6 +595,36 @@ class Lime(LimeBase):
         y = _as_float_tensor(outs)
         wt = torch.tensor(np.asarray(sims if w is None else w), dtype=torch.float32)
         return self._train(torch.from_numpy(masks.astype(np.float32)), y, wt, n)
+
+    def _stem_tables(self, inp, xs, bs, segs, F, masks, args):
+        """(plan, tail) of stem coalition tables (:mod:`xaikernels.methods._stem`) for one
+        CPU float32/float64 image (1, C, H, W) of an ``nn.Module`` with a feature mask that is
+        the same in every channel, no additional arguments and the default similarity; None
+        otherwise (or with ``self.stem = "off"``).  ``self.stem_info`` says which and why."""
+        from xaikernels.methods import _stem
+        from xaikernels.methods.lime import _stem_plans
+
+        self.stem_info = "off"
+        if getattr(self, "stem", "auto") == "off":
+            return None
+        try:
+            x = xs[0]
+            if len(xs) != 1 or x.dim() != 4 or x.shape[0] != 1:
+                raise _stem.StemUnavailable("not one image (1, C, H, W)")
+            if args is not None and _tup(args):
+                raise _stem.StemUnavailable("additional_forward_args are given")
+            C, HW = x.shape[1], x.shape[2] * x.shape[3]
+            seg = segs[0].reshape(C, HW)
+            if not (seg == seg[:1]).all():
+                raise _stem.StemUnavailable("the feature mask differs between channels")
+            fill = bs[0].reshape(C, HW, 1)
+            plans, tail, info = _stem_plans(self.forward_func, inp[0], x, [fill], [(seg[0].copy(), F)], [masks], (),
+                                            "auto")
+        except _stem.StemUnavailable as e:
+            self.stem_info = f"off: {e}"
+            return None
+        self.stem_info = info
+        return plans[0], tail
 
     def _evaluate_batch_tuple(self, batch, k, target, args, device) -> Tensor:
         out = _run_forward(self.forward_func, batch, target, args)

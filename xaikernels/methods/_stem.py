@@ -410,6 +410,7 @@ def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tens
 
 
 TABLE_COST = 4  # a table row's multiply-adds run this much slower than a batched model's (small patches)
+MIN_GAIN = 5e7  # multiply-adds the tables must save to pay for their set-up (trace, plans, check: a few ms)
 
 
 def _expected_rows(w: Windows, n: int) -> float:
@@ -422,12 +423,15 @@ def _expected_rows(w: Windows, n: int) -> float:
 
 
 def build_plans(stem: Stem, xs: Sequence[torch.Tensor], fills: Sequence[torch.Tensor], segs: Sequence[np.ndarray],
-                masks: Sequence[np.ndarray], backend: str = "auto") -> Tuple[List[StemPlan], fx.GraphModule]:
+                masks: Sequence[np.ndarray], backend: str = "auto",
+                min_gain: float = 0.0) -> Tuple[List[StemPlan], fx.GraphModule]:
     """Plans for every instance at the stage count with the least work — the tables'
     multiply-adds (× ``TABLE_COST``) against the samples' evaluations of those stages — and
     that depth's tail; raise :class:`StemUnavailable` when no depth can be tabulated or none
-    saves work (with the shallowest depth's reason).  Depths are tried in the order of their
-    expected gain; the rows are counted exactly for the one taken."""
+    saves more than ``min_gain`` multiply-adds (with the shallowest depth's reason; a
+    ``min_gain`` of ``-inf`` takes the best depth even when it saves nothing).  Depths are
+    tried in the order of their expected gain; the rows are counted exactly for the one
+    taken."""
     C, H, W = xs[0].shape
     reason, cands = None, []
     for depth in range(1, len(stem.stages) + 1):
@@ -447,12 +451,12 @@ def build_plans(stem: Stem, xs: Sequence[torch.Tensor], fills: Sequence[torch.Te
     for _, saved, wins in sorted(cands, key=lambda c: -c[0]):
         rows = [P.stem_rows(w.segs, m, backend) for w, m in zip(wins, masks)]
         cost = sum(TABLE_COST * len(r[1]) * w.row_macs for w, r in zip(wins, rows))
-        if cost < saved:
+        if saved - cost > min_gain:
             plans = [plan_stem(stem, w, x, f, m, r, backend) for w, x, f, m, r in zip(wins, xs, fills, masks, rows)]
             return plans, stem.tail(wins[0].depth)
+        why = "costs more than evaluating them" if cost >= saved else "saves too little to pay for its set-up"
         reason = reason if reason is not None and wins[0].depth > 1 else StemUnavailable(
-            f"tabulating {wins[0].depth} stage(s) costs more than evaluating them ({cost:.3g} vs {saved:.3g} "
-            "estimated multiply-adds)")
+            f"tabulating {wins[0].depth} stage(s) {why} ({cost:.3g} vs {saved:.3g} estimated multiply-adds)")
     raise reason
 
 

@@ -180,7 +180,7 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
             first = _validate.check_output(postprocess(model(x.detach(), *forward_args), output))
         targets = _resolve_targets(target, first, top_labels)
         tables, tail, stem_info = stem_or_reason(
-            stem, lambda: _kernel_shap_tables(model, x, xc, base, plans, forward_args, backend))
+            stem, lambda: _kernel_shap_tables(model, x, xc, base, plans, forward_args, backend, stem))
         if tables is not None:
             streamer, fill_rows = table_streamer(tables, tail, starts, xc.dtype, x.device, batch_size, output,
                                                  progress, "kernel_shap")
@@ -240,7 +240,7 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
                             inner, int(starts[-1]) // max(N, 1), extras={"stem": stem_info})
 
 
-def _kernel_shap_tables(model, x, xc, base, plans, forward_args, backend):
+def _kernel_shap_tables(model, x, xc, base, plans, forward_args, backend, mode):
     """Stem tables (:func:`xaikernels.methods.lime._stem_plans`) for KernelSHAP's coalitions:
     the per-pixel feature map of every instance (its flattened C·H·W map must repeat over
     the channels) and the baseline as the fill; raise :class:`_stem.StemUnavailable` when the
@@ -255,4 +255,4 @@ def _kernel_shap_tables(model, x, xc, base, plans, forward_args, backend):
             raise _stem.StemUnavailable("the feature map differs between channels")
         feats.append((np.ascontiguousarray(per_channel[0]), M))
     fills = [P.as_apb(base[n], "chw") for n in range(N)]
-    return _stem_plans(model, x, xc, fills, feats, [p[2] for p in plans], forward_args, backend)
+    return _stem_plans(model, x, xc, fills, feats, [p[2] for p in plans], forward_args, backend, mode)

@@ -315,7 +315,7 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
             mask_list.append(m)
 
         plans, tail, stem_info = stem_or_reason(
-            stem, lambda: _stem_plans(model, x, xc, fills, feats, mask_list, forward_args, backend))
+            stem, lambda: _stem_plans(model, x, xc, fills, feats, mask_list, forward_args, backend, stem))
         if plans is not None:
             streamer, fill_rows = table_streamer(plans, tail, np.arange(N + 1) * n_samples, xc.dtype, x.device,
                                                  batch_size, output, progress, "lime_image")
@@ -376,21 +376,28 @@ def table_streamer(plans, tail, starts: np.ndarray, dtype, device, batch_size, o
                      (), progress, desc), fill_rows
 
 
-def _stem_plans(model, x, xc, fills, feats, mask_list, forward_args, backend):
+def _stem_plans(model, x, xc, fills, feats, mask_list, forward_args, backend, mode: str = "auto"):
     """Stem tables for every instance, their tail and a description; raise
-    :class:`_stem.StemUnavailable` when the model is evaluated as is."""
+    :class:`_stem.StemUnavailable` when the model is evaluated as is.  ``mode="auto"``
+    declines work too small to pay for the set-up; "on" takes the tables whenever it can."""
     if forward_args:
         raise _stem.StemUnavailable("forward_args are given")
     if x.device.type != "cpu" or xc.dtype not in (torch.float32, torch.float64):
         raise _stem.StemUnavailable(f"the input is {xc.dtype} on {x.device.type} (tables: float32/float64 on CPU)")
+    if mode == "auto" and sum(len(m) for m in mask_list) * xc[0].numel() < SMALL_WORK:
+        raise _stem.StemUnavailable(f"too little work for the tables' set-up (samples × input size < {SMALL_WORK:.0e})")
     st = _stem.trace_stem(model)
     N, C, H, W = xc.shape
     fill_imgs = [f.reshape(C, H, W) for f in fills]
     segs = [f[0] for f in feats]
-    plans, tail = _stem.build_plans(st, list(xc), fill_imgs, segs, mask_list, backend)
+    plans, tail = _stem.build_plans(st, list(xc), fill_imgs, segs, mask_list, backend,
+                                    min_gain=_stem.MIN_GAIN if mode == "auto" else -math.inf)
     _stem.check_plans(tail, model, list(xc), fill_imgs, segs, mask_list, plans)
     return plans, tail, (f"tables: {st.describe(plans[0].depth)} ({sum(p.rows for p in plans)} rows, "
                          f"≤ {max(p.max_segments for p in plans)} segments per window)")
+
+
+SMALL_WORK = 1e6  # samples × input elements below which "auto" does not even trace the model
 
 
 def _image_segments(xc, segments, kw) -> List[np.ndarray]:
