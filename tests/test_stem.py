@@ -355,6 +355,13 @@ def test_build_plans_picks_a_depth_that_saves_work_and_refuses_otherwise():
     masks = P.sample_masks(1000, 4, 0, first_row_ones=True)
     plans, _ = S.build_plans(stem, [x], [fill], [_grid(16, 16, 2, 2).reshape(-1)], [masks])
     assert plans[0].max_segments <= 4 and plans[0].rows <= 16 * plans[0].index.shape[1]
+    big = S.MAX_INDEX_ENTRIES
+    try:  # an index over the limit at every depth
+        S.MAX_INDEX_ENTRIES = 1000 * 8 * 8 - 1  # the deepest stages have 8×8 positions
+        with pytest.raises(S.StemUnavailable, match="index would take"):
+            S.build_plans(stem, [x], [fill], [_grid(16, 16, 2, 2).reshape(-1)], [masks])
+    finally:
+        S.MAX_INDEX_ENTRIES = big
     pixels = np.arange(256)  # one segment per pixel: every coalition is new at every position
     with pytest.raises(S.StemUnavailable, match="costs more"):
         S.build_plans(stem, [x], [fill], [pixels], [P.sample_masks(50, 256, 0)])

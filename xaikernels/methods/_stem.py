@@ -36,6 +36,7 @@ _ELEMENTWISE_FN = (F.relu, torch.relu, torch.sigmoid, torch.tanh)
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs")
 
 MAX_TABLE_ELEMENTS = 1 << 24  # patch elements (rows × C × window) materialised to build a table
+MAX_INDEX_ENTRIES = 1 << 26   # (sample, position) table rows kept, int32 (256 MB)
 
 
 class StemUnavailable(Exception):
@@ -445,6 +446,11 @@ def build_plans(stem: Stem, xs: Sequence[torch.Tensor], fills: Sequence[torch.Te
             reason = reason or StemUnavailable(f"a {depth}-stage window meets {M} segments (at most "
                                                f"{P.MAX_KEY_BITS} are tabulated)")
             break  # deeper windows only grow
+        entries = sum(len(m) * w.segs.shape[0] for w, m in zip(wins, masks))
+        if entries > MAX_INDEX_ENTRIES:
+            reason = reason or StemUnavailable(f"the {depth}-stage (sample, position) index would take "
+                                               f"{entries * 4 / 2**20:.0f} MB")
+            continue  # deeper stages have fewer positions
         saved = sum(len(m) * w.direct_macs for w, m in zip(wins, masks))
         est = sum(TABLE_COST * _expected_rows(w, len(m)) * w.row_macs for w, m in zip(wins, masks))
         cands.append((saved - est, saved, wins))
