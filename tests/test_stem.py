@@ -368,15 +368,16 @@ def test_build_plans_picks_a_depth_that_saves_work_and_refuses_otherwise():
 
 
 # ------------------------------------------------------------------------------- lime_image
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_lime_image_with_tables_equals_without(dtype):
+@pytest.mark.parametrize("dtype,backend", [(torch.float64, "auto"), (torch.float32, "auto"),
+                                           (torch.float64, "reference")])
+def test_lime_image_with_tables_equals_without(dtype, backend):
     torch.manual_seed(0)
     model = TwoPools().eval()
     model(torch.zeros(1, 3, 20, 18))
     model = model.to(dtype)
     x = torch.rand(2, 3, 20, 18, dtype=dtype)
     segs = np.stack([_blobs(20, 18, 9, 0), _grid(20, 18, 3, 3)])
-    kw = dict(segments=segs, n_samples=150, batch_size=40, top_labels=2, seed=2, output="logits")
+    kw = dict(segments=segs, n_samples=150, batch_size=40, top_labels=2, seed=2, output="logits", backend=backend)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     on = lime_image(model, x, stem="on", **kw)
     off = lime_image(model, x, stem="off", **kw)
