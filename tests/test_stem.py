@@ -202,6 +202,30 @@ class StaticSame(nn.Module):
         return self.head(torch.tanh(self.same2(F.relu(self.same(y)))).mean((2, 3)))
 
 
+class ResNetStem(nn.Module):
+    """ResNet's stem (7×7/2 conv, BatchNorm, ReLU, 3×3/2 max pool padded by 1), then a conv
+    block with a padded average pool that counts its padding, then one that does not (not a
+    stem stage: the tracer stops before it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(6, 5, 3, padding=1)
+        self.avg = nn.AvgPool2d(3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(5, 4, 1)
+        self.avg_excl = nn.AvgPool2d(2, stride=1, padding=1, count_include_pad=False)
+        self.fc = nn.LazyLinear(3)
+        self.bn1.running_mean.uniform_(-0.2, 0.2)
+
+    def forward(self, x):
+        y = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        y = self.avg(torch.relu(self.conv2(y)))
+        return self.fc(self.avg_excl(self.conv3(y)).flatten(1))
+
+
 def _blobs(H, W, k, seed):
     """k Voronoi cells of random centres, relabelled 0..F-1 without gaps."""
     rng = np.random.default_rng(seed)
@@ -220,7 +244,7 @@ def _grid(H, W, r, c):
 @pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 @pytest.mark.parametrize("arch,H,W,seg_kind", [(TwoPools, 17, 13, "blobs"), (Strided, 23, 19, "grid"),
                                                (Rect, 11, 14, "blobs"), (SmallCNN, 9, 12, "grid"),
-                                               (StaticSame, 15, 12, "blobs")])
+                                               (StaticSame, 15, 12, "blobs"), (ResNetStem, 29, 23, "blobs")])
 def test_tail_of_gather_equals_model_on_perturbed_images(arch, H, W, seg_kind, dtype, backend, tol):
     torch.manual_seed(0)
     model = arch().eval()
@@ -263,6 +287,13 @@ def test_trace_reads_static_same_padding_and_functional_convs():
     assert c1.pad == (1, 2, 1, 2)  # total 3 for a 4-tap kernel: 1 before, 2 after
     tail = stem.tail(1)
     assert not [n for n in tail.graph.nodes if n.op == "get_attr"]  # the functional conv's weights went too
+
+
+def test_trace_takes_padded_pools():
+    model = ResNetStem().eval()
+    model(torch.zeros(1, 3, 16, 16))
+    assert [st.nodes for st in S.trace_stem(model).stages] == [["conv1", "bn1", "relu", "maxpool"],
+                                                                ["conv2", "relu", "avg"], ["conv3"]]
 
 
 def test_trace_finds_stages_and_shares_parameters():

@@ -2,8 +2,8 @@
 
 A perturbed image is ``x(z) = where(z[seg], x, fill)``.  The network's *stem* — ``Conv2d``
 stages at its input (zero-padded convolution, then per-channel / elementwise modules such as
-eval ``BatchNorm2d`` and activations, then at most one unpadded ``MaxPool2d`` /
-``AvgPool2d``) — is local: its output at position ``q`` depends only on an input window, hence
+eval ``BatchNorm2d`` and activations, then at most one ``MaxPool2d`` / ``AvgPool2d``, whose
+padding an average pool must count) — is local: its output at position ``q`` depends only on an input window, hence
 only on the key ``k_q(z) = Σ_j z[S(q)_j] · 2^j`` of the segments ``S(q)`` that window meets.
 All samples' coalitions are known before the model runs, so the stem is evaluated once per
 distinct (position, key) — one convolution over a batch of window patches — and every sample's
@@ -20,6 +20,7 @@ samples before a plan is used.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -89,33 +90,48 @@ class Stage:
     nodes: List[str]       # module paths / function names, for messages
     node_names: List[str]  # fx node names in the traced graph
 
-    def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        """The stage on patches that carry their own padding: the convolution unpadded."""
+    def __call__(self, y: torch.Tensor, conv_ok: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The stage on patches that carry their own padding: the convolution and the pool
+        unpadded.  ``conv_ok`` (T, h, w) bool marks the convolution outputs inside the map;
+        the others are the pool's padding (-inf for max, 0 for average)."""
         c = self.conv
         y = F.conv2d(y, c.weight, c.bias, c.stride, 0, c.dilation, c.groups)
         for f in self.steps:
             y = f(y)
-        return self.pool(y) if self.pool is not None else y
+        if self.pool is None:
+            return y
+        (k2, t2), is_max = self.pool_geometry(), isinstance(self.pool, nn.MaxPool2d)
+        if conv_ok is not None:
+            y = y.masked_fill(~conv_ok[:, None], -math.inf if is_max else 0.0)
+        if is_max:
+            return F.max_pool2d(y, k2, t2)
+        return F.avg_pool2d(y, k2, t2)  # count_include_pad (checked when traced)
 
     def pool_geometry(self):
+        """(kernel, stride) of the pool, (1, 1) twice without one."""
         if self.pool is None:
             return (1, 1), (1, 1)
         return _pair(self.pool.kernel_size), _pair(self.pool.stride if self.pool.stride is not None
                                                    else self.pool.kernel_size)
 
+    def pool_pad(self) -> Tuple[int, int]:
+        return _pair(self.pool.padding) if self.pool is not None else (0, 0)
+
     def geometry(self):
         """Per axis: (step in the input per output position, window length of one output
-        position, zero padding before, the map-size function)."""
+        position, zero padding before, the map-size function, the convolution's map-size
+        function)."""
         c = self.conv
-        k, (k2, t2) = c.weight.shape[2:], self.pool_geometry()
+        k, (k2, t2), pp = c.weight.shape[2:], self.pool_geometry(), self.pool_pad()
         axes = []
         for a in (0, 1):
-            def size(n, k=k[a], s_=c.stride[a], p_=c.pad[2 * a] + c.pad[2 * a + 1], d=c.dilation[a], kp=k2[a],
-                     tp=t2[a]):
-                conv = (n + p_ - d * (k - 1) - 1) // s_ + 1
-                return (conv - kp) // tp + 1
+            def conv_size(n, k=k[a], s_=c.stride[a], p_=c.pad[2 * a] + c.pad[2 * a + 1], d=c.dilation[a]):
+                return (n + p_ - d * (k - 1) - 1) // s_ + 1
+
+            def size(n, conv_size=conv_size, kp=k2[a], tp=t2[a], pp_=pp[a]):
+                return (conv_size(n) + 2 * pp_ - kp) // tp + 1
             axes.append((t2[a] * c.stride[a], (k2[a] - 1) * c.stride[a] + c.dilation[a] * (k[a] - 1) + 1,
-                         c.pad[2 * a], size))
+                         pp[a] * c.stride[a] + c.pad[2 * a], size, conv_size))
         return axes
 
 
@@ -204,11 +220,11 @@ def _step_of(node: fx.Node, gm: fx.GraphModule, prev: fx.Node):
         if t in _ELEMENTWISE:
             return "step", m, node.target
         if t is nn.MaxPool2d:
-            ok = (_pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1) and not m.ceil_mode
-                  and not m.return_indices)
+            ok = _pair(m.dilation) == (1, 1) and not m.ceil_mode and not m.return_indices
             return ("pool", m, node.target) if ok else None
         if t is nn.AvgPool2d:
-            ok = _pair(m.padding) == (0, 0) and not m.ceil_mode and m.divisor_override is None
+            ok = (not m.ceil_mode and m.divisor_override is None
+                  and (_pair(m.padding) == (0, 0) or m.count_include_pad))
             return ("pool", m, node.target) if ok else None
         return None
     if (node.op == "call_function" and node.target in _ELEMENTWISE_FN and node.args == (prev,)
@@ -294,11 +310,11 @@ def _layout(stem: Stem, depth: int, H: int, W: int):
     for a, n in ((0, H), (1, W)):
         geo = [st.geometry()[a] for st in stem.stages[:depth]]
         sizes = [n]
-        for step, rf, pad, size in geo:
+        for step, rf, pad, size, _ in geo:
             sizes.append(size(sizes[-1]))
         start, length, stride = 0, 1, 1
         levels = [(start, length, stride)]
-        for step, rf, pad, size in reversed(geo):
+        for step, rf, pad, size, _ in reversed(geo):
             start, length, stride = start * step - pad, (length - 1) * step + rf, stride * step
             levels.append((start, length, stride))
         per_axis.append((levels[::-1], sizes))
@@ -396,7 +412,18 @@ def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tens
     qh, qw = qt // Wo, qt % Wo
     with torch.no_grad():
         for k, st in enumerate(stem.stages[:depth]):
-            y = st(y)
+            conv_ok = None
+            if st.pool_pad() != (0, 0):
+                # the convolution outputs this stage's windows cover, in the convolution's map:
+                # those outside it are the pool's padding
+                (k2, t2), pp = st.pool_geometry(), st.pool_pad()
+                geo = st.geometry()
+                hc, wc = geo[0][4](sz_h[k]), geo[1][4](sz_w[k])
+                (sh_, lh_, vh_), (sw_, lw_, vw_) = lv_h[k + 1], lv_w[k + 1]
+                r_ = (qh[:, None] * vh_ + sh_) * t2[0] - pp[0] + torch.arange((lh_ - 1) * t2[0] + k2[0])
+                c_ = (qw[:, None] * vw_ + sw_) * t2[1] - pp[1] + torch.arange((lw_ - 1) * t2[1] + k2[1])
+                conv_ok = ((r_ >= 0) & (r_ < hc))[:, :, None] & ((c_ >= 0) & (c_ < wc))[:, None, :]
+            y = st(y, conv_ok)
             if k + 1 < depth:
                 # positions outside this stage's map are the next convolution's zero padding
                 (sh_, _, vh_), (sw_, _, vw_) = lv_h[k + 1], lv_w[k + 1]
@@ -405,7 +432,7 @@ def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tens
                 ok = (((r_ >= 0) & (r_ < sz_h[k + 1]))[:, :, None]
                       & ((c_ >= 0) & (c_ < sz_w[k + 1]))[:, None, :])
                 edge = torch.nonzero(~ok.flatten(1).all(1)).flatten()  # only windows at the border
-                y[edge] = y[edge] * ok[edge, None].to(y.dtype)
+                y[edge] = y[edge].masked_fill(~ok[edge, None], 0.0)  # (-inf from a max pool's padding too)
         table = y.reshape(T, -1).contiguous()
     return StemPlan(table, index, depth, (Ho, Wo, table.shape[1]), wd.max_segments, backend)
 
