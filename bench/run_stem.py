@@ -79,15 +79,17 @@ def main(argv=None):
     except ImportError:
         pass
 
-    def ours_lime(stem):
+    def ours(case, explain, stem):
         def run():
-            r = lime_image(model, x, target, segments=seg, n_samples=n, batch_size=50, seed=0, stem=stem)
-            info[("lime_efficientnet", stem)] = r.extras["stem"]
+            info[(case, stem)] = explain(stem).extras["stem"]
             return 0.0
         return run
 
-    bench.add("lime_efficientnet", "xaikernels", ours_lime("auto"))
-    bench.add("lime_efficientnet", "xaikernels(stem=off)", ours_lime("off"))
+    def ours_lime(stem):
+        return lime_image(model, x, target, segments=seg, n_samples=n, batch_size=50, seed=0, stem=stem)
+
+    for stem, provider in (("auto", "xaikernels"), ("off", "xaikernels(stem=off)")):
+        bench.add("lime_efficientnet", provider, ours("lime_efficientnet", ours_lime, stem))
 
     fm = torch.from_numpy(seg)[None, None]
     try:
@@ -103,14 +105,10 @@ def main(argv=None):
         pass
 
     def ours_ks(stem):
-        def run():
-            r = kernel_shap(model, x, target, feature_mask=fm[0], n_samples=n, batch_size=50, seed=0, stem=stem)
-            info[("kernel_shap_efficientnet", stem)] = r.extras["stem"]
-            return 0.0
-        return run
+        return kernel_shap(model, x, target, feature_mask=fm[0], n_samples=n, batch_size=50, seed=0, stem=stem)
 
-    bench.add("kernel_shap_efficientnet", "xaikernels", ours_ks("auto"))
-    bench.add("kernel_shap_efficientnet", "xaikernels(stem=off)", ours_ks("off"))
+    for stem, provider in (("auto", "xaikernels"), ("off", "xaikernels(stem=off)")):
+        bench.add("kernel_shap_efficientnet", provider, ours("kernel_shap_efficientnet", ours_ks, stem))
 
     rows = []
     for case, provider, (t, t25, t75), _, runs, _ in bench.measure(args.repeats):

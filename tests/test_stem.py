@@ -57,6 +57,11 @@ def test_stem_gather_equals_indexing(backend, dtype, S_, Q, C, T):
     t = torch.empty(S_, Q, C, dtype=torch.float32 if dtype == np.float32 else torch.float64)
     P.stem_gather(torch.from_numpy(table), index, t, backend=backend)  # tensors in and out
     np.testing.assert_array_equal(t.numpy(), table[index])
+    fn = P.stem_gatherer(table, index, backend=backend)  # a loop over batches: rows s0..s1-1
+    part = np.full((S_ - S_ // 2, Q, C), np.nan, dtype)
+    np.testing.assert_array_equal(fn(S_ // 2, S_, part), table[index[S_ // 2:]])
+    with pytest.raises(ValueError, match="out must be"):
+        fn(0, S_, part if S_ > 1 else np.empty((S_, Q, C + 1), dtype))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -614,12 +614,9 @@ class Lime(LimeBase):
             if args is not None and _tup(args):
                 raise _stem.StemUnavailable("additional_forward_args are given")
             C, HW = x.shape[1], x.shape[2] * x.shape[3]
-            seg = segs[0].reshape(C, HW)
-            if not (seg == seg[:1]).all():
-                raise _stem.StemUnavailable("the feature mask differs between channels")
-            fill = bs[0].reshape(C, HW, 1)
-            plans, tail, info = _stem_plans(self.forward_func, inp[0], x, [fill], [(seg[0].copy(), F)], [masks], (),
-                                            "auto")
+            seg = _stem.pixel_map(segs[0], C, HW)
+            plans, tail, info = _stem_plans(self.forward_func, inp[0], x, [bs[0].reshape(C, HW, 1)], [(seg, F)],
+                                            [masks], (), "auto")
         except _stem.StemUnavailable as e:
             self.stem_info = f"off: {e}"
             return None

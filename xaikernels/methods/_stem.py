@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from xaikernels._model_guard import _HOOK_DICTS
 from xaikernels.ops import perturb as P
 
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
                 nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity)
 _ELEMENTWISE_FN = (F.relu, torch.relu, torch.sigmoid, torch.tanh)
-_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs")
 
 MAX_TABLE_ELEMENTS = 1 << 24  # patch elements (rows × C × window) materialised to build a table
 MAX_INDEX_ENTRIES = 1 << 26   # (sample, position) table rows kept, int32 (256 MB)
@@ -45,7 +45,9 @@ class StemUnavailable(Exception):
 
 
 def _has_hooks(m: nn.Module) -> bool:
-    return any(getattr(m, name, None) for name in _HOOKS)
+    # every hook dictionary the model guard restores: a hook of any kind is behaviour the
+    # tables would skip
+    return any(getattr(m, name, None) for name in _HOOK_DICTS)
 
 
 @dataclass
@@ -336,6 +338,7 @@ class Windows:
 
     depth: int
     layout: list
+    pads: Tuple[Tuple[int, int], Tuple[int, int]]  # ((top, bottom), (left, right)) the windows need
     segs: np.ndarray
     pix_rank: np.ndarray
     row_macs: int
@@ -358,14 +361,14 @@ def windows(stem: Stem, depth: int, seg: np.ndarray, H: int, W: int, backend: st
     stages = stem.stages[:depth]
     row = sum(_conv_macs(st, lv_h[k + 1][1], lv_w[k + 1][1]) for k, st in enumerate(stages))
     direct = sum(_conv_macs(st, sz_h[k + 1], sz_w[k + 1]) for k, st in enumerate(stages))
-    return Windows(depth, layout, segs, pix_rank, row, direct)
+    return Windows(depth, layout, pads, segs, pix_rank, row, direct)
 
 
 @dataclass
 class StemPlan:
     """One instance's table for the first ``depth`` stages: ``gather(s0, s1, out)`` writes
-    the stem outputs of samples ``s0..s1-1`` into ``out`` (s1 - s0, Ho·Wo, C_out);
-    ``out_hwc`` is (Ho, Wo, C_out)."""
+    the stem outputs of samples ``s0..s1-1`` into ``out`` (s1 - s0, Ho·Wo, C_out)
+    (:func:`ops.perturb.stem_gatherer`); ``out_hwc`` is (Ho, Wo, C_out)."""
 
     table: torch.Tensor    # (T, C_out)
     index: np.ndarray      # (S, Q) int32
@@ -374,12 +377,12 @@ class StemPlan:
     max_segments: int
     backend: str = "auto"
 
+    def __post_init__(self):
+        self.gather = P.stem_gatherer(self.table, self.index, self.backend)  # checked once here
+
     @property
     def rows(self) -> int:
         return self.table.shape[0]
-
-    def gather(self, s0: int, s1: int, out: torch.Tensor) -> torch.Tensor:
-        return P.stem_gather(self.table, self.index[s0:s1], out, self.backend)
 
 
 def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tensor, masks: np.ndarray,
@@ -392,14 +395,13 @@ def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tens
     depth = wd.depth
     (lv_h, sz_h), (lv_w, sz_w) = wd.layout
     Ho, Wo = sz_h[-1], sz_w[-1]
-    (s0h, RH, vh), (s0w, RW, vw) = lv_h[0], lv_w[0]
+    (_, RH, vh), (_, RW, vw) = lv_h[0], lv_w[0]
     R = RH * RW
     index, row_pos, row_key = rows if rows is not None else P.stem_rows(wd.segs, masks, backend)
     T = len(row_pos)
     if T * C * R > MAX_TABLE_ELEMENTS:
         raise StemUnavailable(f"a {depth}-stage table would need {T} rows of {C}×{RH}×{RW} patches")
-    pt, pl = -s0h, -s0w
-    pb, pr_ = max(0, (Ho - 1) * vh + s0h + RH - H), max(0, (Wo - 1) * vw + s0w + RW - W)
+    (pt, pb), (pl, pr_) = wd.pads
 
     def padded_hwc(img):
         return F.pad(img, (pl, pr_, pt, pb)).permute(1, 2, 0).contiguous().numpy()
@@ -491,6 +493,15 @@ def build_plans(stem: Stem, xs: Sequence[torch.Tensor], fills: Sequence[torch.Te
         reason = reason if reason is not None and wins[0].depth > 1 else StemUnavailable(
             f"tabulating {wins[0].depth} stage(s) {why} ({cost:.3g} vs {saved:.3g} estimated multiply-adds)")
     raise reason
+
+
+def pixel_map(feature_map: np.ndarray, C: int, HW: int) -> np.ndarray:
+    """The (H·W,) segment map of a flattened (C·H·W) feature map that repeats over the
+    channels; raise :class:`StemUnavailable` when it does not."""
+    per_channel = np.asarray(feature_map).reshape(C, HW)
+    if not (per_channel == per_channel[:1]).all():
+        raise StemUnavailable("the feature map differs between channels")
+    return np.ascontiguousarray(per_channel[0])
 
 
 def check_plans(tail: fx.GraphModule, model: nn.Module, xs: Sequence[torch.Tensor], fills: Sequence[torch.Tensor],

@@ -19,7 +19,7 @@ For image models the leading convolution stages can be evaluated from coalition 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -248,11 +248,6 @@ def _kernel_shap_tables(model, x, xc, base, plans, forward_args, backend, mode):
     if xc.dim() != 4:
         raise _stem.StemUnavailable(f"the input is {xc.dim()}-D, not an image (N, C, H, W)")
     N, C, H, W = xc.shape
-    feats: List[tuple] = []
-    for seg, M, _, _, _ in plans:
-        per_channel = np.asarray(seg).reshape(C, H * W)
-        if not (per_channel == per_channel[:1]).all():
-            raise _stem.StemUnavailable("the feature map differs between channels")
-        feats.append((np.ascontiguousarray(per_channel[0]), M))
+    feats = [(_stem.pixel_map(seg, C, H * W), M) for seg, M, _, _, _ in plans]
     fills = [P.as_apb(base[n], "chw") for n in range(N)]
     return _stem_plans(model, x, xc, fills, feats, [p[2] for p in plans], forward_args, backend, mode)

@@ -658,6 +658,31 @@ def stem_rows(segs: np.ndarray, masks: np.ndarray, backend: str = "auto"):
     return _impl(OP_STEM_ROWS, backend)(segs, masks)
 
 
+def stem_gatherer(table: ArrayLike, index: np.ndarray, backend: str = "auto"):
+    """:func:`stem_gather` prepared for one table and index: checked once here, then
+    ``fn(s0, s1, out)`` gathers samples ``s0..s1-1`` with a check of ``out`` only (for a loop
+    over model batches)."""
+    tv = _np_view(table)
+    if tv.ndim != 2 or tv.dtype not in (np.float32, np.float64) or not tv.flags.c_contiguous:
+        raise ValueError(f"table must be C-contiguous (T, C) float32/float64, got {tv.shape}/{tv.dtype}")
+    if index.dtype != np.int32 or index.ndim != 2:
+        raise ValueError(f"index must be (S, Q) int32, got {index.shape}/{index.dtype}")
+    if index.size and (index.min() < 0 or index.max() >= tv.shape[0]):
+        raise ValueError(f"index must lie in [0, {tv.shape[0]})")
+    index = np.ascontiguousarray(index)
+    kernel, C = _impl(OP_STEM, backend), tv.shape[1]
+
+    def fn(s0: int, s1: int, out: ArrayLike) -> ArrayLike:
+        ov, rows = _np_view(out), index[s0:s1]
+        if ov.shape != rows.shape + (C,) or ov.dtype != tv.dtype or not ov.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous {rows.shape + (C,)} of dtype {tv.dtype}, got "
+                             f"{ov.shape}/{ov.dtype}")
+        kernel(tv, rows, ov)
+        return out
+
+    return fn
+
+
 def stem_gather(table: ArrayLike, index: np.ndarray, out: ArrayLike, backend: str = "auto") -> ArrayLike:
     """``out[s, q] = table[index[s, q]]`` in place: every sample's stem output from the table
     of :func:`stem_rows`' rows (see :mod:`xaikernels.methods._stem`).
@@ -668,18 +693,7 @@ def stem_gather(table: ArrayLike, index: np.ndarray, out: ArrayLike, backend: st
     index : (S, Q) int32 rows in ``[0, T)``.
     out : (S, Q, C) C-contiguous array or CPU tensor of ``table``'s dtype; returned.
     """
-    tv, ov = _np_view(table), _np_view(out)
-    if tv.ndim != 2 or tv.dtype not in (np.float32, np.float64) or not tv.flags.c_contiguous:
-        raise ValueError(f"table must be C-contiguous (T, C) float32/float64, got {tv.shape}/{tv.dtype}")
-    if index.dtype != np.int32 or index.ndim != 2:
-        raise ValueError(f"index must be (S, Q) int32, got {index.shape}/{index.dtype}")
-    if ov.shape != index.shape + (tv.shape[1],) or ov.dtype != tv.dtype or not ov.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous {index.shape + (tv.shape[1],)} of dtype {tv.dtype}, got "
-                         f"{ov.shape}/{ov.dtype}")
-    if index.size and (index.min() < 0 or index.max() >= tv.shape[0]):
-        raise ValueError(f"index must lie in [0, {tv.shape[0]})")
-    _impl(OP_STEM, backend)(tv, np.ascontiguousarray(index), ov)
-    return out
+    return stem_gatherer(table, index, backend)(0, index.shape[0], out)
 
 
 def stem_patches(x_pad: np.ndarray, fill_pad: np.ndarray, pix_rank: np.ndarray, row_pos: np.ndarray,
