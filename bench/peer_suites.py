@@ -9,7 +9,9 @@ tests the peer's own code passes.
 
 Peers and where their tests come from:
 
-* ``lime``: the tests shipped inside the installed ``lime`` package (default);
+* ``lime``: the tests shipped inside the installed ``lime`` package (default); the drop-in
+  mirrors lime's modules, so each ``from lime.X import ...`` is swapped to
+  ``from xaikernels.lime.X import ...`` for the names that module exports;
 * ``zennit``, ``captum``: ``--tests DIR``, a checkout of the peer's ``tests`` directory
   (zennit's conftest imports torchvision models; a stand-in from ``tests/_zennit_stub.py`` is
   registered first, since torchvision cannot be installed beside the CPU torch here).
@@ -43,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DROPIN = {"lime": "xaikernels.lime", "zennit": "xaikernels.zennit", "captum": "xaikernels.captum"}
 #: the peer's modules whose imports may be redirected
-SOURCES = {"lime": r"lime(?:\.lime_tabular|\.lime_text|\.lime_image|\.lime_base|\.explanation)",
+SOURCES = {"lime": r"lime(?:\.\w+)*",
            "zennit": r"zennit\.attribution",
            "captum": r"captum\.attr(?:\._core(?:\.\w+)*|\._utils\.lrp_rules)?"}
 ZENNIT_PRELUDE = '''import sys as _sys
@@ -56,8 +58,28 @@ for _name in ("vgg11", "vgg16", "resnet18", "resnet50", "alexnet"):
 '''
 
 
-def swap_imports(src: str, peer: str, exported: set) -> tuple:
-    """``src`` with the drop-in's names imported from the drop-in; (new source, names swapped)."""
+def dropin_module(peer: str, mod: str) -> tuple:
+    """(the drop-in module standing in for the peer's module ``mod``, the names it exports).
+
+    lime's drop-in mirrors lime's modules (``lime.discretize`` → ``xaikernels.lime.discretize``,
+    ``from lime import lime_image`` → ``from xaikernels.lime import lime_image``); the other
+    drop-ins export everything from one module."""
+    name = f"xaikernels.{mod}" if peer == "lime" else DROPIN[peer]
+    try:
+        m = importlib.import_module(name)
+    except ImportError:
+        return name, set()
+    names = set(getattr(m, "__all__", ()))
+    if peer == "lime" and mod == "lime":
+        import pkgutil
+
+        names |= {i.name for i in pkgutil.iter_modules(m.__path__) if not i.name.startswith("_")}
+    return name, names
+
+
+def swap_imports(src: str, peer: str, exported=None) -> tuple:
+    """``src`` with the drop-in's names imported from the drop-in; (new source, names swapped).
+    ``exported``: the names the drop-in exports (default: per module, :func:`dropin_module`)."""
     pat = re.compile(r"^(?P<ind>[ \t]*)from (?P<mod>%s) import (?P<names>\([^)]*\)|[^\n]*)$" % SOURCES[peer],
                      re.MULTILINE)
     swapped = []
@@ -65,13 +87,14 @@ def swap_imports(src: str, peer: str, exported: set) -> tuple:
     def repl(m):
         body = m.group("names").strip().strip("()")
         items = [s.strip() for s in re.sub(r"#[^\n]*", "", body).replace("\n", " ").split(",") if s.strip()]
-        ours = [s for s in items if s.split(" as ")[0].strip() in exported]
+        target, names = dropin_module(peer, m.group("mod")) if exported is None else (DROPIN[peer], exported)
+        ours = [s for s in items if s.split(" as ")[0].strip() in names]
         theirs = [s for s in items if s not in ours]
         if not ours:
             return m.group(0)
         swapped.extend(s.split(" as ")[0].strip() for s in ours)
         ind = m.group("ind")
-        lines = [f"{ind}from {DROPIN[peer]} import {', '.join(ours)}"]
+        lines = [f"{ind}from {target} import {', '.join(ours)}"]
         if theirs:
             lines.append(f"{ind}from {m.group('mod')} import {', '.join(theirs)}")
         return "\n".join(lines)
@@ -130,7 +153,7 @@ def main(argv=None) -> int:
         tests = Path(importlib.import_module("lime").__file__).parent / "tests"
     tests = tests.expanduser().resolve()
     files = args.files or sorted(str(p.relative_to(tests)) for p in tests.rglob("test_*.py"))
-    exported = set(importlib.import_module(DROPIN[args.peer]).__all__)
+    exported = None if args.peer == "lime" else set(importlib.import_module(DROPIN[args.peer]).__all__)
     command = shlex.join([os.path.relpath(sys.executable, ROOT), os.path.relpath(__file__, ROOT),
                           *(sys.argv[1:] if argv is None else argv)])
     rows = []
@@ -171,7 +194,8 @@ def main(argv=None) -> int:
         latest[(r["peer"], r["file"])] = r
     md = ["# Peers' own test files against the drop-ins", "",
           "Each file run twice in fresh copies: as the peer ships it, and with the names the drop-in exports "
-          "imported from the drop-in (`bench/peer_suites.py`). \"Same outcomes\" = every test passes, fails or "
+          "imported from the drop-in (`bench/peer_suites.py`; for lime module by module: `from lime.discretize "
+          "import ...` → `from xaikernels.lime.discretize import ...`). \"Same outcomes\" = every test passes, fails or "
           "skips exactly as with the peer's own code.", "",
           "Sources of the test files: lime's ship inside the installed package (0.2.0.1); Captum's `tests/attr` "
           "files are from Captum's repository (the 0.9.0 tree; in a few files the imports of attribution "
@@ -180,7 +204,9 @@ def main(argv=None) -> int:
           "from `captum.testing`, which 0.9.0 ships); Zennit's `test_attribution.py` and "
           "`helpers.py` from its repository, with its `conftest.py` trimmed to the fixtures that file uses "
           "(the six seeds marked `extended` left out). lime's text file fails the same 5 tests with both: "
-          "three need the 20-newsgroups download, two compare ragged lists with `np.array_equal`.", "",
+          "three need the 20-newsgroups download, two compare ragged lists with `np.array_equal`. lime's "
+          "scikit-image file fails one test with both: it calls scikit-image's `quickshift` with `random_seed`, "
+          "which the installed scikit-image no longer takes.", "",
           "| peer | file | names swapped | tests | peer passed | drop-in passed | outcomes differ | command |",
           "|---|---|---|---:|---:|---:|---:|---|"]
     for (peer, f), r in sorted(latest.items()):

@@ -1,5 +1,7 @@
 """LIME methods and drop-ins: backends agree, reproducibility, bad input, and parity with the
 ``lime`` package and Captum given the same coalitions (peer tests)."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -234,6 +236,81 @@ def test_image_equals_lime_given_same_masks(selection, num_features):
     assert_same_explanations(e2, e1, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(e2.score, e1.score, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(e2.local_pred, e1.local_pred, rtol=1e-6, atol=1e-9)
+
+
+def test_image_dropin_segment_ids_follow_limes_convention():
+    """Feature j hides the pixels of segment id j (lime's ``mask[segments == z]``): with ids
+    1..F a warning says so, the pixels of id F are never hidden, feature 0 covers nothing."""
+    H, W = 8, 9
+    img = np.random.RandomState(1).rand(H, W, 3)
+    seg = _grid(H, W, 2, 3) + 1  # ids 1..6, F = 6
+    F = 6
+    seen = []
+
+    def clf(b):
+        seen.append(b.copy())
+        return np.tile([[0.25, 0.75]], (len(b), 1))
+
+    masks = np.zeros((5, F), np.uint8)
+    masks[0] = 1
+    with pytest.warns(UserWarning, match="segment ids are not 0..5"):
+        exp = XL.LimeImageExplainer(random_state=0).explain_instance(
+            img, clf, top_labels=1, num_samples=5, segmentation_fn=lambda im: seg, masks=masks, hide_color=0)
+    batch = np.concatenate(seen)
+    np.testing.assert_array_equal(batch[0], img)
+    never = seg == 6
+    np.testing.assert_array_equal(batch[1][never], img[never])
+    assert np.all(batch[1][~never] == 0)
+    assert exp.segments is seg
+    # 0-based consecutive ids: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        XL.LimeImageExplainer(random_state=0).explain_instance(img, clf, top_labels=1, num_samples=5,
+                                                               segmentation_fn=lambda im: seg - 1)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("case", ["one_based", "gaps", "uint8", "float32", "gray", "uint8_hide"])
+def test_image_equals_lime_on_unusual_inputs(case):
+    lime_image_mod = pytest.importorskip("lime.lime_image")
+    rng = np.random.RandomState(0)
+    H, W = 15, 17
+    img = rng.rand(H, W, 3)
+    seg = _grid(H, W, 4, 5)
+    hide = None
+    if case == "one_based":
+        seg = seg + 1
+    elif case == "gaps":
+        seg = seg * 2 + 3
+    elif case == "uint8":
+        img = (img * 255).astype(np.uint8)
+    elif case == "uint8_hide":
+        img, hide = (img * 255).astype(np.uint8), 0.5
+    elif case == "float32":
+        img = img.astype(np.float32)
+    elif case == "gray":
+        img = img[..., 0]
+    base = _img_clf(H, W)
+
+    def clf(b):  # uint8 batches scaled to [0, 1]: the softmax would saturate on 0..255
+        return base(b / 255.0 if b.dtype == np.uint8 else b)
+
+    kw = dict(top_labels=3, num_samples=150, segmentation_fn=lambda im: seg, hide_color=hide, batch_size=7)
+    e1 = lime_image_mod.LimeImageExplainer(random_state=3).explain_instance(img, clf, random_seed=5, **kw)
+    F = len(np.unique(seg))
+    masks = np.random.RandomState(3).randint(0, 2, 150 * F).reshape(150, F)  # lime's draw, replayed
+    masks[0] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        e2 = XL.LimeImageExplainer(random_state=3).explain_instance(img, clf, masks=masks, **kw)
+    assert_same_explanations(e2, e1, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(e2.segments, e1.segments)
+    for label in e1.top_labels[:2]:
+        for pos in (True, False):
+            a = e1.get_image_and_mask(label, positive_only=pos, num_features=4, hide_rest=True)
+            b = e2.get_image_and_mask(label, positive_only=pos, num_features=4, hide_rest=True)
+            np.testing.assert_array_equal(b[0], a[0])
+            np.testing.assert_array_equal(b[1], a[1])
 
 
 @pytest.mark.peer

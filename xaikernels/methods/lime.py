@@ -454,6 +454,17 @@ def _fit_instances(mask_list, Y, targets, distance, kernel_width, alpha, feature
                       extras={"spatial": spatial})
 
 
+def entropy_edges(col: np.ndarray, labels, random_state) -> np.ndarray:
+    """lime's entropy bins of one feature: the split thresholds of a depth-3 entropy decision
+    tree (scikit-learn) fitted on the labels, sorted; the median when the tree does not split."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    dt = DecisionTreeClassifier(criterion="entropy", max_depth=3, random_state=random_state)
+    dt.fit(np.asarray(col).reshape(-1, 1), labels)
+    qts = dt.tree_.threshold[dt.tree_.children_left > -1]
+    return np.sort(qts) if qts.shape[0] else np.array([np.median(col)])
+
+
 # ------------------------------------------------------------------------------------ tabular
 @dataclass
 class Binning:
@@ -561,12 +572,7 @@ class TabularSampler:
         if discretizer == "entropy":
             if labels is None:
                 raise ValueError("the entropy discretizer needs training_labels")
-            from sklearn.tree import DecisionTreeClassifier
-
-            dt = DecisionTreeClassifier(criterion="entropy", max_depth=3, random_state=random_state)
-            dt.fit(col.reshape(-1, 1), labels)
-            qts = dt.tree_.threshold[np.where(dt.tree_.children_left > -1)]
-            return np.sort(qts) if qts.shape[0] else np.array([np.median(col)])
+            return entropy_edges(col, labels, random_state)
         raise ValueError(f"discretizer must be 'quartile', 'decile' or 'entropy', got {discretizer!r}")
 
     def discretize(self, row: np.ndarray) -> np.ndarray:

@@ -1,5 +1,12 @@
 """Drop-in replacements for the ``lime`` package's explainers (lime 0.2.0.1 API).
 
+The package mirrors lime's modules, so that changing ``lime`` to ``xaikernels.lime`` in an
+import is the whole switch: ``lime_image``, ``lime_tabular``, ``lime_text``, ``explanation``,
+``discretize`` (lime's discretizer classes), ``wrappers.scikit_image``
+(``SegmentationAlgorithm``) and ``utils.generic_utils`` (``has_arg``); every public name is
+also here at the top.  Not mirrored: ``lime_base.LimeBase``, ``submodular_pick`` and
+``RecurrentTabularExplainer``.
+
 ``LimeImageExplainer``, ``LimeTabularExplainer`` and ``LimeTextExplainer`` take lime's
 constructor and ``explain_instance`` arguments and return explanation objects with lime's
 fields (``local_exp``, ``intercept``, ``score``, ``local_pred``, ``top_labels``, ``as_list``,
@@ -47,48 +54,14 @@ import numpy as np
 from xaikernels.methods import lime as M
 from xaikernels.ops import perturb as P
 
+from ._rng import _check_random_state, _legacy_random_state  # noqa: F401  (re-exported)
+from .discretize import (BaseDiscretizer, DecileDiscretizer, EntropyDiscretizer,  # noqa: F401
+                         QuartileDiscretizer, StatsDiscretizer)
+
 __all__ = ["LimeImageExplainer", "LimeTabularExplainer", "LimeTextExplainer", "ImageExplanation",
-           "Explanation", "IndexedString", "IndexedCharacters", "TextDomainMapper"]
-
-
-class _NoEntropy(np.random.bit_generator.ISeedSequence):
-    """A seed sequence that hands MT19937 zeros at once: the state is then set by legacy
-    seeding, so the entropy that ``RandomState(seed)`` gathers and hashes first is skipped
-    (``bench/results/lime_parts.md``: 0.09 ms → 0.03 ms per explainer, on explanations of a
-    few ms)."""
-
-    _zeros = np.zeros(624, dtype=np.uint32)
-
-    def generate_state(self, n_words, dtype=np.uint32):
-        if n_words == 624 and np.dtype(dtype) == np.uint32:
-            return self._zeros
-        return np.zeros(n_words, dtype=dtype)
-
-
-_NO_ENTROPY = _NoEntropy()
-
-
-def _legacy_random_state(seed):
-    """``np.random.RandomState(seed)`` for an int seed — the same state (tested), built
-    without the entropy of a throw-away seeding; plain ``RandomState(seed)`` where NumPy
-    lacks the legacy-seeding hook."""
-    try:
-        bg = np.random.MT19937(_NO_ENTROPY)
-        legacy = bg._legacy_seeding
-    except (AttributeError, TypeError):  # pragma: no cover - other NumPy versions
-        return np.random.RandomState(seed)
-    legacy(seed)
-    return np.random.RandomState(bg)
-
-
-def _check_random_state(seed):
-    if seed is None or seed is np.random:
-        return np.random.mtrand._rand
-    if isinstance(seed, (int, np.integer)):
-        return _legacy_random_state(int(seed))
-    if isinstance(seed, np.random.RandomState):
-        return seed
-    raise ValueError(f"random_state must be None, an int or a numpy RandomState, got {seed!r}")
+           "Explanation", "DomainMapper", "TableDomainMapper", "IndexedString", "IndexedCharacters",
+           "TextDomainMapper", "BaseDiscretizer", "StatsDiscretizer", "QuartileDiscretizer", "DecileDiscretizer",
+           "EntropyDiscretizer"]
 
 
 def _default_kernel(d, kernel_width):
@@ -146,9 +119,44 @@ def _rank_ids(segments):
         ids = flat.astype(np.int64)
         F = int(ids.max()) + 1
         if F <= flat.size and np.count_nonzero(np.bincount(ids, minlength=F)) == F:
-            return ids, F
+            return ids, F, True
     uniq, inv = np.unique(segments, return_inverse=True)
-    return inv.reshape(-1).astype(np.int64), len(uniq)
+    return inv.reshape(-1).astype(np.int64), len(uniq), False
+
+
+def _narrow_float_mean_fill(x_apb, seg_ids, F):
+    """Segment-mean fill of a float32 / float16 image as lime computes it: NumPy's mean of
+    each segment's pixels per channel, in the image's precision (pairwise summation, pixels
+    in row-major order), where :func:`segment_fill`'s float64 sums would round differently
+    in the last bit.  One ``np.mean`` per segment and channel on a stably sorted copy."""
+    order = np.argsort(seg_ids, kind="stable")
+    px = x_apb[0][order]  # (P, C) grouped by segment, row-major within each
+    ends = np.cumsum(np.bincount(seg_ids, minlength=F))
+    means = np.empty((F, px.shape[1]), dtype=x_apb.dtype)
+    start = 0
+    for f in range(F):
+        grp = px[start:ends[f]]
+        for c in range(px.shape[1]):
+            means[f, c] = np.mean(grp[:, c])
+        start = ends[f]
+    return means[seg_ids][None]
+
+
+def _lime_feature_map(segments, F):
+    """lime's feature ↔ pixel map for segment ids that are not 0..F-1: feature j is the
+    pixels whose id equals j, and pixels of any other id belong to no feature (index F, never
+    hidden).  This is what lime does (``mask[segments == z]`` for the zero entries z of a
+    coalition of F = the number of distinct ids), so the explanations stay lime's."""
+    flat = segments.reshape(-1)
+    ok = (flat >= 0) & (flat < F) & (flat == np.floor(flat)) if flat.dtype.kind == "f" else (flat >= 0) & (flat < F)
+    ids = np.where(ok, flat, F).astype(np.int64)
+    dead = F - np.unique(ids[ids < F]).size
+    stray = int(np.count_nonzero(~ok))
+    warnings.warn(
+        f"the segment ids are not 0..{F - 1}: as lime, feature j is the segment whose id is j, so {dead} "
+        f"feature(s) cover no pixel and {stray} pixel(s) (ids outside 0..{F - 1}) are never hidden; number the "
+        "segments from 0 (e.g. slic(..., start_label=0)) to explain every segment", UserWarning, stacklevel=3)
+    return ids
 
 
 class _SurrogateFitter:
@@ -322,11 +330,13 @@ class LimeImageExplainer:
         H, W, C = image.shape
         if segments.shape != (H, W):
             raise ValueError(f"the segmentation must give one id per pixel, shape {(H, W)}; got {segments.shape}")
-        # lime numbers features by their rank among the unique ids
-        seg_ids, F = _rank_ids(segments)
+        # F = the number of distinct ids; the fill's means are per distinct id (lime's
+        # fudged image); the feature map is lime's: feature j = the pixels of id j
+        seg_ids, F, consecutive = _rank_ids(segments)
         x_apb = P.as_apb(np.ascontiguousarray(image), "hwc")
         if hide_color is None:
-            fill = M.segment_fill(x_apb, seg_ids, F, "mean")
+            fill = (M.segment_fill(x_apb, seg_ids, F, "mean") if image.dtype.kind != "f" or image.dtype.itemsize >= 8
+                    else _narrow_float_mean_fill(x_apb, seg_ids, F))
         else:
             fill = np.ascontiguousarray(np.broadcast_to(np.asarray(hide_color, dtype=image.dtype), image.shape)
                                         ).reshape(x_apb.shape)
@@ -343,7 +353,13 @@ class LimeImageExplainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=num_samples)
-        fill_rows = P.PerturbedBuilder(x_apb, fill, seg_ids, backend=self.backend).batches(data)
+        if consecutive:
+            fill_rows = P.PerturbedBuilder(x_apb, fill, seg_ids, backend=self.backend).batches(data)
+        else:
+            feat = _lime_feature_map(segments, F)
+            # pixels of no feature take a last mask column that is always 1 (never hidden)
+            cols = np.hstack([data, np.ones((num_samples, 1), np.uint8)]) if feat.max() == F else data
+            fill_rows = P.PerturbedBuilder(x_apb, fill, feat, backend=self.backend).batches(cols)
         dt = image.dtype
         # One buffer for every batch (the builder rewrites all of it each time, so a classifier
         # that scribbles on its input changes nothing), unless classifier_fn kept a reference to
@@ -371,10 +387,8 @@ class LimeImageExplainer:
         yss = _check_outputs(np.concatenate(preds), num_samples, backend=self.backend)
         if distance_metric not in ("cosine", "euclidean"):
             raise ValueError(f"distance metric must be 'cosine' or 'euclidean', got {distance_metric!r}")
-        # consecutive ids (identical to the input for skimage segmentations), so that feature f
-        # is exactly the pixels where segments == f
-        exp = ImageExplanation(image, seg_ids.reshape(H, W).astype(segments.dtype if segments.dtype.kind in "iu"
-                                                                   else np.int64))
+        # the segmentation as given (lime's): feature f is the pixels where segments == f
+        exp = ImageExplanation(image, segments)
         top = labels
         if top_labels:
             top = np.argsort(yss[0])[-top_labels:]
@@ -384,7 +398,7 @@ class LimeImageExplainer:
 
 
 # ------------------------------------------------------------------------------- explanation
-class _DomainMapper:
+class DomainMapper:
     def map_exp_ids(self, exp, **kwargs):
         return exp
 
@@ -446,7 +460,7 @@ class Explanation:
 
 
 # ----------------------------------------------------------------------------------- tabular
-class TableDomainMapper(_DomainMapper):
+class TableDomainMapper(DomainMapper):
     def __init__(self, feature_names, feature_values, scaled_row, categorical_features,
                  discretized_feature_names=None, feature_indexes=None):
         self.exp_feature_names = feature_names
@@ -474,39 +488,7 @@ def _is_sparse(a) -> bool:
 _STAT_KEYS = ("means", "mins", "maxs", "stds", "feature_values", "feature_frequencies")
 
 
-def _bin_names(name, qts):
-    """lime's bin labels for one feature with edges ``qts``."""
-    lst = ["%s <= %.2f" % (name, qts[0])]
-    for i in range(len(qts) - 1):
-        lst.append("%.2f < %s <= %.2f" % (qts[i], name, qts[i + 1]))
-    lst.append("%s > %.2f" % (name, qts[-1]))
-    return lst
-
-
-class _Discretizer:
-    """lime's discretizer attributes (``to_discretize``, ``names``, ``lambdas``, ``means``,
-    ``stds``, ``mins``, ``maxs``, ``discretize``) over bin edges and per-bin statistics."""
-
-    def __init__(self, edges, stats, feature_names):
-        self.to_discretize = sorted(edges)
-        self.names = {d: _bin_names(feature_names[d], q) for d, q in edges.items()}
-        self.lambdas = {d: (lambda x, qts=np.asarray(q): np.searchsorted(qts, x)) for d, q in edges.items()}
-        self.means = {d: list(st[0]) for d, st in stats.items()}
-        self.stds = {d: list(st[1]) for d, st in stats.items()}
-        self.mins = {d: list(st[2]) for d, st in stats.items()}
-        self.maxs = {d: list(st[3]) for d, st in stats.items()}
-
-    def discretize(self, data):
-        ret = np.array(data, copy=True)
-        for d, f in self.lambdas.items():
-            if ret.ndim == 1:
-                ret[d] = int(f(ret[d]))
-            else:
-                ret[:, d] = f(ret[:, d]).astype(int)
-        return ret
-
-
-def _stats_discretizer(stats, to_discretize, feature_names):
+def _stats_discretizer(stats, to_discretize, feature_names, random_state):
     """lime's ``StatsDiscretizer``: bin edges and per-bin statistics from
     ``training_data_stats`` (edges paired with the features to discretise in order, as lime's
     ``zip``)."""
@@ -519,7 +501,10 @@ def _stats_discretizer(stats, to_discretize, feature_names):
             raise ValueError(f"training_data_stats: feature {d} has no bin edges")
         edges[d] = qts
         st[d] = tuple(np.asarray(stats[k][d], dtype=np.float64) for k in ("means", "stds", "mins", "maxs"))
-    return _Discretizer(edges, st, feature_names)
+    return StatsDiscretizer._adopt(edges, st, feature_names, random_state=random_state, data_stats=stats)
+
+
+_DISCRETIZERS = {"quartile": QuartileDiscretizer, "decile": DecileDiscretizer, "entropy": EntropyDiscretizer}
 
 
 def _binning_of(disc) -> "M.Binning":
@@ -655,7 +640,8 @@ class LimeTabularExplainer:
         if discretize_continuous and not sparse:
             to_disc = [d for d in range(D) if d not in self.categorical_features]
             if training_data_stats:
-                disc_obj = _stats_discretizer(training_data_stats, to_disc, self.feature_names)
+                disc_obj = _stats_discretizer(training_data_stats, to_disc, self.feature_names,
+                                              self.random_state)
             elif not isinstance(discretizer, str):
                 if not all(hasattr(discretizer, a) for a in ("lambdas", "names", "means", "stds", "mins", "maxs",
                                                             "discretize")):
@@ -686,8 +672,8 @@ class LimeTabularExplainer:
                                                             else vals)]
                 self.feature_frequencies[d] = np.asarray(freq, dtype=np.float64)
             if discretize_continuous:
-                self.discretizer = disc_obj if disc_obj is not None else _Discretizer(
-                    self.sampler.bins, self.sampler.bin_stats, self.feature_names)
+                self.discretizer = disc_obj if disc_obj is not None else _DISCRETIZERS[discretizer]._adopt(
+                    self.sampler.bins, self.sampler.bin_stats, self.feature_names, random_state=self.random_state)
         self._disc_seeded = disc_obj is not None and disc_obj is discretizer and isinstance(
             getattr(disc_obj, "random_state", None), np.random.RandomState)
         if kernel_width is None:
@@ -1043,7 +1029,7 @@ class IndexedCharacters(_IndexedText):
         self._index_words(self.as_np.tolist(), lambda piece: False)
 
 
-class TextDomainMapper(_DomainMapper):
+class TextDomainMapper(DomainMapper):
     """lime's ``TextDomainMapper``: feature ids -> words of ``indexed_string``.
 
     Parameters

@@ -1,0 +1,293 @@
+"""``xaikernels.lime`` mirrors lime's modules: the discretizers, the scikit-image wrapper,
+``has_arg`` and the per-module names (``from lime import lime_image`` → ``from
+xaikernels.lime import lime_image``)."""
+import importlib
+import math
+
+import numpy as np
+import pytest
+
+from xaikernels import lime as XL
+from xaikernels.lime import discretize as XD
+from xaikernels.lime.utils.generic_utils import has_arg
+from xaikernels.lime.wrappers.scikit_image import BaseWrapper, SegmentationAlgorithm
+
+
+@pytest.fixture(scope="module")
+def iris():
+    from sklearn.datasets import load_iris
+
+    d = load_iris()
+    return d.data, d.target, list(d.feature_names)
+
+
+# ---------------------------------------------------------------------------- module layout
+@pytest.mark.parametrize("mod, names", [
+    ("lime_image", ["LimeImageExplainer", "ImageExplanation"]),
+    ("lime_tabular", ["LimeTabularExplainer", "TableDomainMapper", "QuartileDiscretizer"]),
+    ("lime_text", ["LimeTextExplainer", "IndexedString", "IndexedCharacters", "TextDomainMapper"]),
+    ("explanation", ["Explanation", "DomainMapper"]),
+    ("discretize", ["BaseDiscretizer", "StatsDiscretizer", "QuartileDiscretizer", "DecileDiscretizer",
+                    "EntropyDiscretizer"]),
+    ("wrappers.scikit_image", ["BaseWrapper", "SegmentationAlgorithm"]),
+    ("utils.generic_utils", ["has_arg"]),
+])
+def test_modules_mirror_lime(mod, names):
+    m = importlib.import_module(f"xaikernels.lime.{mod}")
+    assert set(names) <= set(m.__all__)
+    for n in names:
+        # one class per name: the module's name is the package's
+        if hasattr(XL, n):
+            assert getattr(m, n) is getattr(XL, n)
+
+
+def test_from_package_import_module():
+    from xaikernels.lime import lime_image, lime_tabular
+
+    assert lime_image.LimeImageExplainer is XL.LimeImageExplainer
+    assert issubclass(lime_tabular.TableDomainMapper, XL.DomainMapper)
+
+
+# ------------------------------------------------------------------------------ discretizers
+def _bin_stats(col, qts):
+    idx = np.searchsorted(qts, col)
+    return ([col[idx == k].mean() if np.any(idx == k) else 0.0 for k in range(len(qts) + 1)],
+            [(col[idx == k].std() if np.any(idx == k) else 0.0) + 1e-11 for k in range(len(qts) + 1)])
+
+
+@pytest.mark.parametrize("cls, pct", [(XD.QuartileDiscretizer, [25, 50, 75]),
+                                      (XD.DecileDiscretizer, list(range(10, 100, 10)))])
+def test_percentile_discretizers(iris, cls, pct):
+    X, y, names = iris
+    disc = cls(X, [1], names, y, random_state=3)
+    assert disc.to_discretize == [0, 2, 3]
+    assert sorted(disc.lambdas) == [0, 2, 3] and 1 not in disc.names
+    for d in disc.to_discretize:
+        qts = np.unique(np.percentile(X[:, d], pct))
+        assert disc.names[d][0] == "%s <= %.2f" % (names[d], qts[0])
+        assert disc.names[d][-1] == "%s > %.2f" % (names[d], qts[-1])
+        assert len(disc.names[d]) == len(qts) + 1
+        means, stds = _bin_stats(X[:, d], qts)
+        np.testing.assert_allclose(disc.means[d], means, rtol=1e-12)
+        np.testing.assert_allclose(disc.stds[d], stds, rtol=1e-12)
+        assert disc.mins[d] == [X[:, d].min()] + qts.tolist()
+        assert disc.maxs[d] == qts.tolist() + [X[:, d].max()]
+        np.testing.assert_array_equal(disc.lambdas[d](X[:, d]), np.searchsorted(qts, X[:, d]))
+    Xd = disc.discretize(X)
+    np.testing.assert_array_equal(Xd[:, 1], X[:, 1])
+    np.testing.assert_array_equal(disc.discretize(X[7]), Xd[7])
+    assert Xd[:, [0, 2, 3]].max() <= len(pct)
+
+
+def test_entropy_discretizer_needs_labels_and_splits_on_them(iris):
+    X, y, names = iris
+    with pytest.raises(ValueError, match="Labels must be not None"):
+        XD.EntropyDiscretizer(X, [], names)
+    disc = XD.EntropyDiscretizer(X, [], names, y, random_state=0)
+    # petal length separates setosa perfectly at 2.45 (the tree's first split)
+    assert "petal length (cm) <= 2.45" == disc.names[2][0]
+    assert all(len(v) <= 8 for v in disc.names.values())
+
+
+def test_undiscretize_draws_inside_the_bins_reproducibly(iris):
+    X, y, names = iris
+    for cls in (XD.QuartileDiscretizer, XD.DecileDiscretizer, XD.EntropyDiscretizer):
+        a = cls(X, [], names, y, random_state=10)
+        Xd = a.discretize(X)
+        x1 = a.undiscretize(Xd)
+        x2 = cls(X, [], names, y, random_state=10).undiscretize(Xd)
+        x3 = cls(X, [], names, y, random_state=20).undiscretize(Xd)
+        np.testing.assert_array_equal(x1, x2)
+        assert not np.array_equal(x1, x3)
+        # the generator is consumed: a second call draws anew
+        assert not np.array_equal(a.undiscretize(Xd), x1)
+        for d in a.to_discretize:
+            k = Xd[:, d].astype(int)
+            lo = np.asarray(a.mins[d])[k]
+            hi = np.asarray(a.maxs[d])[k]
+            assert np.all((x1[:, d] >= lo) & (x1[:, d] <= hi))
+        # one row (1-D) as lime: the same per-feature draws
+        r = a.undiscretize(Xd[3])
+        assert r.shape == (4,) and np.all(np.isfinite(r))
+
+
+def _truncnorm_mean(mu, sd, lo, hi):
+    a, b = (lo - mu) / sd, (hi - mu) / sd
+    pdf = lambda t: math.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)  # noqa: E731
+    cdf = lambda t: 0.5 * math.erfc(-t / math.sqrt(2))  # noqa: E731
+    return mu + sd * (pdf(a) - pdf(b)) / (cdf(b) - cdf(a))
+
+
+@pytest.mark.parametrize("mu, sd, lo, hi", [(0.0, 1.0, -0.5, 2.0), (5.0, 0.3, 5.4, 6.0), (1.0, 2.0, -9.0, -1.0),
+                                            (0.0, 1.0, 3.0, 4.0)])
+def test_undiscretize_statistics_are_the_truncated_normals(mu, sd, lo, hi):
+    X = np.zeros((2, 1))
+    disc = XD.BaseDiscretizer.__new__(XD.QuartileDiscretizer)
+    disc.random_state = np.random.RandomState(0)
+    disc.means, disc.stds, disc.mins, disc.maxs = {0: [mu]}, {0: [sd]}, {0: [lo]}, {0: [hi]}
+    n = 40000
+    x = disc.get_undiscretize_values(0, np.zeros(n, dtype=int))
+    assert np.all((x >= lo) & (x <= hi))
+    m = _truncnorm_mean(mu, sd, lo, hi)
+    assert abs(x.mean() - m) < 5 * x.std() / math.sqrt(n) + 1e-12
+    # the median of the draws maps back to the middle of the bin's probability mass
+    cdf = lambda t: 0.5 * math.erfc(-t / math.sqrt(2))  # noqa: E731
+    pa, pb = cdf((lo - mu) / sd), cdf((hi - mu) / sd)
+    frac = np.mean([(cdf((v - mu) / sd) - pa) / (pb - pa) for v in x[:4000]])
+    assert abs(frac - 0.5) < 0.02
+    del X
+
+
+def test_zero_width_bin_gives_its_edge():
+    disc = XD.BaseDiscretizer.__new__(XD.BaseDiscretizer)
+    disc.random_state = np.random.RandomState(0)
+    disc.means, disc.stds, disc.mins, disc.maxs = {0: [2.0, 3.0]}, {0: [1e-11, 1.0]}, {0: [2.0, 2.0]}, {0: [2.0, 4.0]}
+    x = disc.get_undiscretize_values(0, np.array([0, 0, 1]))
+    assert x[0] == 2.0 and x[1] == 2.0 and 2.0 <= x[2] <= 4.0
+
+
+def test_stats_discretizer_and_custom_bins(iris):
+    X, y, names = iris
+    stats = dict(bins={0: [5.0, 6.0], 3: [1.0]}, means={0: [4.5, 5.5, 6.5], 3: [0.5, 2.0]},
+                 stds={0: [0.2, 0.3, 0.4], 3: [0.1, 0.2]}, mins={0: [4.0, 5.0, 6.0], 3: [0.0, 1.0]},
+                 maxs={0: [5.0, 6.0, 8.0], 3: [1.0, 3.0]})
+    disc = XD.StatsDiscretizer(X, [1, 2], names, data_stats=stats, random_state=0)
+    assert disc.to_discretize == [0, 3] and disc.means is stats["means"]
+    assert disc.names[0] == ["%s <= 5.00" % names[0], "5.00 < %s <= 6.00" % names[0], "%s > 6.00" % names[0]]
+    assert list(disc.discretize(np.array([5.5, 9.0, 9.0, 2.0]))) == [1.0, 9.0, 9.0, 1.0]
+
+    class Halves(XD.BaseDiscretizer):
+        def bins(self, data, labels):
+            return [np.median(data[:, d])[None] for d in self.to_discretize]
+
+    h = Halves(X, [], names, random_state=0)
+    assert all(len(v) == 2 for v in h.names.values())
+    with pytest.raises(NotImplementedError):
+        XD.BaseDiscretizer(X, [], names)
+
+
+@pytest.mark.parametrize("kind, cls", [("quartile", XD.QuartileDiscretizer), ("decile", XD.DecileDiscretizer),
+                                       ("entropy", XD.EntropyDiscretizer)])
+def test_explainer_discretizer_is_the_class(iris, kind, cls):
+    X, y, names = iris
+    ex = XL.LimeTabularExplainer(X, feature_names=names, training_labels=y, discretizer=kind, random_state=1)
+    assert type(ex.discretizer) is cls and isinstance(ex.discretizer, XD.BaseDiscretizer)
+    assert ex.discretizer.random_state is ex.random_state
+    # the class computed directly gives the explainer's bins and names
+    if kind != "entropy":
+        direct = cls(X, [], names, y)
+        assert direct.names == ex.discretizer.names
+        for d in direct.means:
+            np.testing.assert_allclose(direct.means[d], ex.discretizer.means[d], rtol=1e-12)
+    # an instance of the class passed in is used as given
+    own = cls(X, [], names, y, random_state=4)
+    ex2 = XL.LimeTabularExplainer(X, feature_names=names, discretizer=own, random_state=1)
+    assert ex2.discretizer is own
+
+
+def test_explainer_stats_discretizer(iris):
+    X, y, names = iris
+    D = X.shape[1]
+    qd = XD.QuartileDiscretizer(X, [], names)
+    stats = dict(means=qd.means, stds=qd.stds, mins=qd.mins, maxs=qd.maxs,
+                 bins={d: np.percentile(X[:, d], [25, 50, 75]) for d in range(D)},
+                 feature_values={d: [0, 1, 2, 3] for d in range(D)},
+                 feature_frequencies={d: [0.25] * 4 for d in range(D)})
+    ex = XL.LimeTabularExplainer(X, feature_names=names, training_data_stats=stats, random_state=0)
+    assert type(ex.discretizer) is XD.StatsDiscretizer and ex.discretizer.names == qd.names
+
+
+@pytest.mark.peer
+def test_discretizers_equal_limes(iris):
+    ld = pytest.importorskip("lime.discretize")
+    X, y, names = iris
+    for ours, theirs in ((XD.QuartileDiscretizer, ld.QuartileDiscretizer), (XD.DecileDiscretizer, ld.DecileDiscretizer),
+                         (XD.EntropyDiscretizer, ld.EntropyDiscretizer)):
+        a = ours(X, [1], names, y, random_state=10)
+        b = theirs(X, [1], names, y, random_state=10)
+        assert a.to_discretize == b.to_discretize and a.names == b.names
+        for k in ("means", "stds", "mins", "maxs"):
+            for d in b.means:
+                np.testing.assert_allclose(getattr(a, k)[d], getattr(b, k)[d], rtol=1e-12)
+        np.testing.assert_array_equal(a.discretize(X), b.discretize(X))
+        np.testing.assert_array_equal(a.discretize(X[5]), b.discretize(X[5]))
+        # lime's draws (scipy's truncnorm) fall in the same bins as ours
+        Xd = b.discretize(X)
+        np.testing.assert_array_equal(b.discretize(b.undiscretize(Xd))[:, [0, 2, 3]], Xd[:, [0, 2, 3]])
+        np.testing.assert_array_equal(a.discretize(a.undiscretize(Xd))[:, [0, 2, 3]], Xd[:, [0, 2, 3]])
+
+
+# ---------------------------------------------------------------------------- has_arg
+def test_has_arg():
+    def f(a, b=1, *args, c, **kw):
+        return a
+
+    class C:
+        def __call__(self, message):
+            return message
+
+    assert has_arg(f, "a") and has_arg(f, "b") and has_arg(f, "c")
+    assert not has_arg(f, "args") and not has_arg(f, "kw") and not has_arg(f, "d")
+    assert has_arg(C(), "message") and not has_arg(C(), "self")
+    assert not has_arg(len, "x")
+
+
+@pytest.mark.peer
+def test_has_arg_equals_limes():
+    lg = pytest.importorskip("lime.utils.generic_utils")
+
+    def f(a, /, b, *args, c=2, **kw):
+        return a
+
+    for name in ("a", "b", "args", "c", "kw", "zz"):
+        assert has_arg(f, name) == lg.has_arg(f, name)
+
+
+# ------------------------------------------------------------------- scikit-image wrapper
+def test_base_wrapper_checks():
+    def bar(a):
+        return str(a)
+
+    w = BaseWrapper(bar, a=10, b="m")
+    assert w.target_params == {"a": 10, "b": "m"} and w.target_fn(1) == "1"
+    w._check_params(["a"])
+    with pytest.raises(ValueError, match="c is not a valid parameter"):
+        w._check_params(["c"])
+    with pytest.raises(TypeError):
+        w._check_params("a")
+    with pytest.raises(TypeError):
+        w._check_params(None)
+    with pytest.raises(AttributeError):
+        BaseWrapper([1, 2])._check_params(["x"])
+    with pytest.raises(TypeError, match="not callable"):
+        BaseWrapper()._check_params(["x"])
+    assert w.filter_params(bar) == {"a": 10}
+    assert w.filter_params(bar, override={"z": 1}) == {"a": 10, "z": 1}
+    w.set_params(a=3)
+    assert w.target_params == {"a": 3}
+    with pytest.raises(ValueError):
+        w.set_params(q=3)
+
+
+@pytest.mark.parametrize("algo, params", [
+    ("quickshift", dict(kernel_size=3, max_dist=6, ratio=0.5, not_a_param=1)),
+    ("slic", dict(n_segments=30, compactness=10.0, start_label=0, random_seed=3)),
+    ("felzenszwalb", dict(scale=50, sigma=0.5, min_size=20)),
+])
+def test_segmentation_algorithm_is_scikit_images(algo, params):
+    from skimage import data, segmentation
+    from skimage.util import img_as_float
+
+    img = img_as_float(data.astronaut()[::8, ::8])
+    fn = SegmentationAlgorithm(algo, **params)
+    assert fn.algo_type == algo
+    fn_sk = getattr(segmentation, algo)
+    kept = {k: v for k, v in params.items() if has_arg(fn_sk, k)}
+    assert fn.target_params == kept and "not_a_param" not in fn.target_params
+    np.testing.assert_array_equal(fn(img), fn_sk(img, **kept))
+    # and it is a segmentation_fn for the explainer
+    seg = fn(img)
+    exp = XL.LimeImageExplainer(random_state=0).explain_instance(
+        img, lambda b: np.tile([[0.3, 0.7]], (len(b), 1)) + 0 * b[:, :1, 0, 0], num_samples=20,
+        segmentation_fn=fn, top_labels=1)
+    np.testing.assert_array_equal(np.unique(exp.segments), np.unique(seg) - seg.min())

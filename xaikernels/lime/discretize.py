@@ -1,0 +1,202 @@
+"""lime's discretizers (``lime.discretize``): bin edges per continuous feature, lime's bin
+names, per-bin statistics, and ``undiscretize`` drawing values from each bin's truncated normal.
+
+``QuartileDiscretizer``, ``DecileDiscretizer``, ``EntropyDiscretizer`` (a depth-3 entropy tree
+per feature; needs scikit-learn, as lime) and ``StatsDiscretizer`` (edges and statistics from
+``data_stats``) subclass ``BaseDiscretizer``, whose ``bins(data, labels)`` a custom
+discretizer overrides.  Attributes as lime: ``to_discretize``, ``names``, ``lambdas``,
+``means``, ``stds``, ``mins``, ``maxs``, ``random_state``, ``data_stats``.
+
+``undiscretize`` draws by inverse CDF (one uniform per value from ``random_state``, mapped
+onto the bin's ``[Φ(a), Φ(b)]``), not with scipy's ``truncnorm``: reproducible for a seed,
+but not lime's numbers.  A bin of zero width gives its edge value, where lime returns the
+z-score of the edge (a lime bug: ``minz`` is returned unscaled).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from xaikernels.methods.lime import entropy_edges
+
+from ._rng import _check_random_state
+
+__all__ = ["BaseDiscretizer", "StatsDiscretizer", "QuartileDiscretizer", "DecileDiscretizer",
+           "EntropyDiscretizer"]
+
+
+def _bin_names(name, qts):
+    """lime's bin labels for one feature with edges ``qts``."""
+    lst = ["%s <= %.2f" % (name, qts[0])]
+    for i in range(len(qts) - 1):
+        lst.append("%.2f < %s <= %.2f" % (qts[i], name, qts[i + 1]))
+    lst.append("%s > %.2f" % (name, qts[-1]))
+    return lst
+
+
+def _per_bin_stats(col, qts):
+    """(means, stds + 1e-11, mins, maxs) of the training column's values in each bin of
+    ``searchsorted(qts, ·)``; an empty bin has mean 0 and std 1e-11 (lime's values)."""
+    idx = np.searchsorted(qts, col)
+    means, stds = [], []
+    for k in range(len(qts) + 1):
+        sel = col[idx == k]
+        means.append(float(np.mean(sel)) if sel.size else 0)
+        stds.append((float(np.std(sel)) if sel.size else 0) + 1e-11)
+    return means, stds, [np.min(col)] + qts.tolist(), qts.tolist() + [np.max(col)]
+
+
+def _truncnorm_draws(u, mean, std, lo, hi):
+    """``mean + std·Φ⁻¹(Φ(a) + u·(Φ(b) − Φ(a)))`` with ``a, b`` the edges in z-units, clipped
+    to ``[lo, hi]`` against rounding; an interval above the mean is drawn mirrored (on
+    ``[-b, -a]``, negated) so that its probabilities stay away from 1.  Zero width → ``lo``."""
+    import torch
+
+    a = (lo - mean) / std
+    b = (hi - mean) / std
+    flip = a > 0
+    a2 = np.where(flip, -b, a)
+    b2 = np.where(flip, -a, b)
+    pa = torch.special.ndtr(torch.from_numpy(a2)).numpy()
+    pb = torch.special.ndtr(torch.from_numpy(b2)).numpy()
+    z = torch.special.ndtri(torch.from_numpy(pa + u * (pb - pa))).numpy()
+    x = mean + std * np.where(flip, -z, z)
+    x = np.minimum(np.maximum(x, lo), hi)
+    return np.where(a == b, lo, x)
+
+
+class BaseDiscretizer:
+    """lime's ``BaseDiscretizer(data, categorical_features, feature_names, labels=None,
+    random_state=None, data_stats=None)``: subclasses define ``bins(data, labels)``, the
+    inner edges of every feature in ``to_discretize`` (the columns not in
+    ``categorical_features``).  ``data_stats`` (``means``, ``stds``, ``mins``, ``maxs``, by
+    feature) replaces the per-bin statistics of ``data``."""
+
+    def __init__(self, data, categorical_features, feature_names, labels=None, random_state=None,
+                 data_stats=None):
+        data = np.asarray(data)
+        if data.ndim != 2:
+            raise ValueError(f"data must be (n_rows, n_features), got shape {data.shape}")
+        categorical = set(int(c) for c in categorical_features)
+        self.to_discretize = [d for d in range(data.shape[1]) if d not in categorical]
+        self.data_stats = data_stats
+        self.names, self.lambdas = {}, {}
+        self.means, self.stds, self.mins, self.maxs = {}, {}, {}, {}
+        self.random_state = _check_random_state(random_state)
+        edges = [np.unique(np.asarray(q, dtype=np.float64)) for q in self.bins(data, labels)]
+        if data_stats:
+            self.means = data_stats.get("means")
+            self.stds = data_stats.get("stds")
+            self.mins = data_stats.get("mins")
+            self.maxs = data_stats.get("maxs")
+        # edges pair with the features to discretise in order (lime's zip: a bins() that
+        # returns fewer lists leaves the last features undiscretised)
+        for d, qts in zip(self.to_discretize, edges):
+            if qts.size == 0:
+                raise ValueError(f"feature {d}: bins() gave no edges")
+            self.names[d] = _bin_names(feature_names[d], qts)
+            self.lambdas[d] = partial(np.searchsorted, qts)
+            if not data_stats:
+                self.means[d], self.stds[d], self.mins[d], self.maxs[d] = _per_bin_stats(data[:, d], qts)
+
+    @classmethod
+    def _adopt(cls, edges, stats, feature_names, random_state=None, data_stats=None):
+        """An instance over edges and per-bin statistics computed elsewhere (the explainer's
+        sampler), without ``bins()``: ``edges`` {feature: edges}, ``stats`` {feature: (means,
+        stds, mins, maxs)}."""
+        self = cls.__new__(cls)
+        self.to_discretize = sorted(int(d) for d in edges)
+        self.data_stats = data_stats
+        self.random_state = _check_random_state(random_state)
+        self.names = {d: _bin_names(feature_names[d], q) for d, q in edges.items()}
+        self.lambdas = {d: partial(np.searchsorted, np.asarray(q, dtype=np.float64)) for d, q in edges.items()}
+        self.means = {d: list(st[0]) for d, st in stats.items()}
+        self.stds = {d: list(st[1]) for d, st in stats.items()}
+        self.mins = {d: list(st[2]) for d, st in stats.items()}
+        self.maxs = {d: list(st[3]) for d, st in stats.items()}
+        return self
+
+    def bins(self, data, labels):
+        """The inner bin edges of every feature in ``to_discretize``, in order (to override)."""
+        raise NotImplementedError("Must override bins() method")
+
+    def discretize(self, data):
+        """``data`` (1-D row or 2-D rows) with every discretised feature replaced by its bin
+        index (as the data's dtype)."""
+        ret = np.array(data, copy=True)
+        for d, f in self.lambdas.items():
+            if ret.ndim == 1:
+                ret[d] = int(f(ret[d]))
+            else:
+                ret[:, d] = f(ret[:, d]).astype(int)
+        return ret
+
+    def get_undiscretize_values(self, feature, values):
+        """Draws for bin indices ``values`` of ``feature``: each from its bin's normal
+        truncated to the bin (one uniform per value from ``random_state``)."""
+        values = np.asarray(values).astype(np.int64)
+        mean = np.asarray(self.means[feature], dtype=np.float64)[values]
+        std = np.asarray(self.stds[feature], dtype=np.float64)[values]
+        lo = np.asarray(self.mins[feature], dtype=np.float64)[values]
+        hi = np.asarray(self.maxs[feature], dtype=np.float64)[values]
+        u = self.random_state.random_sample(values.shape)
+        return _truncnorm_draws(u, mean, std, lo, hi)
+
+    def undiscretize(self, data):
+        """Bin indices back to values: every discretised feature's bins drawn from."""
+        ret = np.array(data, dtype=np.float64 if np.asarray(data).dtype.kind in "iub" else None, copy=True)
+        for d in self.means:
+            if ret.ndim == 1:
+                ret[d] = self.get_undiscretize_values(d, np.asarray(ret[d]).reshape(-1, 1)).reshape(-1)[0]
+            else:
+                ret[:, d] = self.get_undiscretize_values(d, ret[:, d])
+        return ret
+
+
+class StatsDiscretizer(BaseDiscretizer):
+    """Edges from ``data_stats["bins"]`` ({feature: edges}) and per-bin statistics from
+    ``data_stats`` (lime's, for ``training_data_stats``)."""
+
+    def __init__(self, data, categorical_features, feature_names, labels=None, random_state=None,
+                 data_stats=None):
+        super().__init__(data, categorical_features, feature_names, labels=labels, random_state=random_state,
+                         data_stats=data_stats)
+
+    def bins(self, data, labels):
+        by_feature = (self.data_stats or {}).get("bins")
+        if by_feature is None:
+            return []
+        return [np.array(by_feature[d]) for d in self.to_discretize if by_feature.get(d) is not None]
+
+
+class QuartileDiscretizer(BaseDiscretizer):
+    """Edges at the training data's 25th, 50th and 75th percentiles."""
+
+    def __init__(self, data, categorical_features, feature_names, labels=None, random_state=None):
+        super().__init__(data, categorical_features, feature_names, labels=labels, random_state=random_state)
+
+    def bins(self, data, labels):
+        return [np.percentile(data[:, d], [25, 50, 75]) for d in self.to_discretize]
+
+
+class DecileDiscretizer(BaseDiscretizer):
+    """Edges at the training data's deciles."""
+
+    def __init__(self, data, categorical_features, feature_names, labels=None, random_state=None):
+        super().__init__(data, categorical_features, feature_names, labels=labels, random_state=random_state)
+
+    def bins(self, data, labels):
+        return [np.percentile(data[:, d], [10, 20, 30, 40, 50, 60, 70, 80, 90]) for d in self.to_discretize]
+
+
+class EntropyDiscretizer(BaseDiscretizer):
+    """Edges from a depth-3 entropy tree per feature, fitted on ``labels`` (required)."""
+
+    def __init__(self, data, categorical_features, feature_names, labels=None, random_state=None):
+        if labels is None:
+            raise ValueError("Labels must be not None when using EntropyDiscretizer")
+        super().__init__(data, categorical_features, feature_names, labels=labels, random_state=random_state)
+
+    def bins(self, data, labels):
+        return [entropy_edges(data[:, d], labels, self.random_state) for d in self.to_discretize]
