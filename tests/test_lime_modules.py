@@ -27,6 +27,7 @@ def iris():
     ("lime_tabular", ["LimeTabularExplainer", "TableDomainMapper", "QuartileDiscretizer"]),
     ("lime_text", ["LimeTextExplainer", "IndexedString", "IndexedCharacters", "TextDomainMapper"]),
     ("explanation", ["Explanation", "DomainMapper"]),
+    ("lime_base", ["LimeBase"]),
     ("discretize", ["BaseDiscretizer", "StatsDiscretizer", "QuartileDiscretizer", "DecileDiscretizer",
                     "EntropyDiscretizer"]),
     ("wrappers.scikit_image", ["BaseWrapper", "SegmentationAlgorithm"]),
@@ -291,3 +292,87 @@ def test_segmentation_algorithm_is_scikit_images(algo, params):
         img, lambda b: np.tile([[0.3, 0.7]], (len(b), 1)) + 0 * b[:, :1, 0, 0], num_samples=20,
         segmentation_fn=fn, top_labels=1)
     np.testing.assert_array_equal(np.unique(exp.segments), np.unique(seg) - seg.min())
+
+
+# ------------------------------------------------------------------------------- LimeBase
+def _neighbourhood(seed=0, S=400, F=9, K=3):
+    rng = np.random.RandomState(seed)
+    Z = (rng.rand(S, F) < 0.5).astype(np.float64)
+    Z[0] = 1
+    Y = Z @ rng.randn(F, K) * 0.2 + 0.05 * rng.randn(S, K)
+    d = np.sqrt(((Z - Z[0]) ** 2).sum(1))
+    return Z, Y, d
+
+
+def _kernel(d):
+    return np.sqrt(np.exp(-(d ** 2) / 2.0 ** 2))
+
+
+@pytest.mark.parametrize("method, k", [("none", 4), ("forward_selection", 3), ("highest_weights", 4),
+                                       ("lasso_path", 4), ("auto", 3), ("auto", 8)])
+def test_lime_base_is_the_weighted_ridge(method, k):
+    from xaikernels.lime.lime_base import LimeBase
+
+    Z, Y, d = _neighbourhood()
+    base = LimeBase(_kernel, random_state=0)
+    icpt, exp, score, local_pred = base.explain_instance_with_data(Z, Y, d, 1, k, feature_selection=method)
+    feats = [f for f, _ in exp]
+    assert len(feats) == (Z.shape[1] if method == "none" else k)
+    assert sorted(feats) == sorted(base.feature_selection(Z, Y[:, 1], _kernel(d), k, method))
+    w = np.abs([v for _, v in exp])
+    assert np.all(np.diff(w) <= 0)  # sorted by |weight|
+    # the closed-form weighted ridge (α = 1, intercept unpenalised) on those features
+    X = Z[:, feats]
+    sw = _kernel(d)
+    xm = np.average(X, axis=0, weights=sw)
+    ym = np.average(Y[:, 1], weights=sw)
+    Xc = (X - xm) * np.sqrt(sw)[:, None]
+    yc = (Y[:, 1] - ym) * np.sqrt(sw)
+    beta = np.linalg.solve(Xc.T @ Xc + np.eye(len(feats)), Xc.T @ yc)
+    np.testing.assert_allclose([v for _, v in exp], beta, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(icpt, ym - xm @ beta, rtol=1e-9, atol=1e-12)
+    pred = ym + (X - xm) @ beta
+    r2 = 1 - np.sum(sw * (Y[:, 1] - pred) ** 2) / np.sum(sw * (Y[:, 1] - ym) ** 2)
+    np.testing.assert_allclose(score, r2, rtol=1e-9)
+    np.testing.assert_allclose(local_pred, [pred[0]], rtol=1e-9)
+    assert isinstance(local_pred, np.ndarray) and local_pred.shape == (1,)
+
+
+def test_lime_base_with_a_regressor_and_bad_method():
+    from sklearn.linear_model import LinearRegression
+
+    from xaikernels.lime.lime_base import LimeBase
+
+    Z, Y, d = _neighbourhood(1)
+    reg = LinearRegression()
+    icpt, exp, score, local_pred = LimeBase(_kernel).explain_instance_with_data(Z, Y, d, 0, 4, "forward_selection",
+                                                                                model_regressor=reg)
+    assert reg.coef_.shape == (4,) and icpt == reg.intercept_  # fitted in place, as lime
+    assert dict(exp) == dict(zip(LimeBase(_kernel).forward_selection(Z, Y[:, 0], _kernel(d), 4), reg.coef_))
+    with pytest.raises(ValueError, match="feature_selection"):
+        LimeBase(_kernel).explain_instance_with_data(Z, Y, d, 0, 4, "greedy")
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("method, k", [("none", 4), ("forward_selection", 3), ("highest_weights", 4),
+                                       ("lasso_path", 4), ("auto", 3), ("auto", 8)])
+def test_lime_base_equals_limes(method, k):
+    lb = pytest.importorskip("lime.lime_base")
+    from xaikernels.lime.lime_base import LimeBase
+
+    Z, Y, d = _neighbourhood(2)
+    a = LimeBase(_kernel, random_state=0).explain_instance_with_data(Z, Y, d, 2, k, feature_selection=method)
+    b = lb.LimeBase(_kernel, random_state=0).explain_instance_with_data(Z, Y, d, 2, k, feature_selection=method)
+    assert [f for f, _ in a[1]] == [f for f, _ in b[1]]
+    np.testing.assert_allclose([v for _, v in a[1]], [v for _, v in b[1]], rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(a[2], b[2], rtol=1e-6)
+    np.testing.assert_allclose(a[3], b[3], rtol=1e-6)
+    w = _kernel(d)
+    if method != "none":
+        np.testing.assert_array_equal(sorted(LimeBase(_kernel).feature_selection(Z, Y[:, 2], w, k, method)),
+                                      sorted(lb.LimeBase(_kernel).feature_selection(Z, Y[:, 2], w, k, method)))
+    al, cf = LimeBase.generate_lars_path(Z * 0.5, Y[:, 0])
+    al2, cf2 = lb.LimeBase.generate_lars_path(Z * 0.5, Y[:, 0])
+    np.testing.assert_allclose(al, al2)
+    np.testing.assert_allclose(cf, cf2)
