@@ -28,6 +28,7 @@ def iris():
     ("lime_text", ["LimeTextExplainer", "IndexedString", "IndexedCharacters", "TextDomainMapper"]),
     ("explanation", ["Explanation", "DomainMapper"]),
     ("lime_base", ["LimeBase"]),
+    ("submodular_pick", ["SubmodularPick"]),
     ("discretize", ["BaseDiscretizer", "StatsDiscretizer", "QuartileDiscretizer", "DecileDiscretizer",
                     "EntropyDiscretizer"]),
     ("wrappers.scikit_image", ["BaseWrapper", "SegmentationAlgorithm"]),
@@ -376,3 +377,69 @@ def test_lime_base_equals_limes(method, k):
     al2, cf2 = lb.LimeBase.generate_lars_path(Z * 0.5, Y[:, 0])
     np.testing.assert_allclose(al, al2)
     np.testing.assert_allclose(cf, cf2)
+
+
+# ------------------------------------------------------------------------- submodular pick
+class _FixedExplainer:
+    """explain_instance returns a canned explanation per row (row = its index)."""
+
+    def __init__(self, table, mode="classification"):
+        self.table, self.mode, self.calls = table, mode, []
+
+    def explain_instance(self, row, predict_fn, num_features=10, top_labels=1, **kw):
+        self.calls.append((int(row[0]), num_features, top_labels, kw))
+        e = XL.Explanation(XL.DomainMapper(), mode=self.mode)
+        e.local_exp = {lab: [(f, w) for f, w in feats] for lab, feats in self.table[int(row[0])].items()}
+        if self.mode == "classification":
+            e.top_labels = list(e.local_exp)
+        else:
+            e.local_exp = {1: e.local_exp[next(iter(e.local_exp))]}
+        return e
+
+
+def test_submodular_pick_greedy_coverage():
+    from xaikernels.lime.submodular_pick import SubmodularPick
+
+    # features: 0 weighs most overall; row 2 covers {0, 1}; row 0 covers {2}; row 1 {0}; row 3 nothing new
+    table = {0: {0: [(2, 0.5)]}, 1: {0: [(0, 2.0)]}, 2: {0: [(0, -3.0), (1, 0.2)]}, 3: {0: [(1, 0.1)]}}
+    data = np.arange(4)[:, None].astype(float)
+    ex = _FixedExplainer(table)
+    sp = SubmodularPick(ex, data, None, method="full", num_exps_desired=2, num_features=3, foo=1)
+    # importance: f0 = sqrt(5), f1 = sqrt(0.3), f2 = sqrt(0.5); row 2 covers f0 + f1 best, then
+    # row 0 adds f2
+    assert sp.V == [2, 0]
+    assert sp.sp_explanations[0] is sp.explanations[2]
+    assert ex.calls[0] == (0, 3, 1, {"foo": 1})
+    with pytest.warns(UserWarning, match="larger than total"):
+        sp = SubmodularPick(_FixedExplainer(table), data, None, method="full", num_exps_desired=9)
+    assert sorted(sp.V) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="'sample' or 'full'"):
+        SubmodularPick(ex, data, None, method="all")
+    np.random.seed(0)
+    with pytest.warns(UserWarning, match="sample size larger"):
+        sp = SubmodularPick(_FixedExplainer(table, "regression"), data, None, sample_size=10, num_exps_desired=1)
+    assert sp.V == [sp.explanations.index(sp.sp_explanations[0])] and len(sp.explanations) == 4
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("method", ["full", "sample"])
+def test_submodular_pick_equals_limes(method, iris):
+    lsp = pytest.importorskip("lime.submodular_pick")
+    from xaikernels.lime.submodular_pick import SubmodularPick
+
+    X, y, names = iris
+    Wm = np.random.RandomState(0).randn(4, 3)
+
+    def pf(Z):
+        z = Z @ Wm
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    picks = []
+    for cls in (SubmodularPick, lsp.SubmodularPick):
+        ex = XL.LimeTabularExplainer(X, feature_names=names, random_state=5)
+        np.random.seed(3)
+        sp = cls(ex, X[::5], pf, method=method, sample_size=12, num_exps_desired=4, num_features=3, num_samples=500,
+                 top_labels=2)
+        picks.append((sp.V, [e.as_list(label=e.available_labels()[0]) for e in sp.sp_explanations]))
+    assert picks[0] == picks[1]

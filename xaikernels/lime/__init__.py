@@ -4,8 +4,9 @@ The package mirrors lime's modules, so that changing ``lime`` to ``xaikernels.li
 import is the whole switch: ``lime_image``, ``lime_tabular``, ``lime_text``, ``explanation``,
 ``discretize`` (lime's discretizer classes), ``lime_base`` (``LimeBase``, the surrogate fit
 custom explainers build on), ``wrappers.scikit_image`` (``SegmentationAlgorithm``) and
-``utils.generic_utils`` (``has_arg``); the explainers and explanation classes are also here
-at the top.  Not mirrored: ``submodular_pick`` and ``RecurrentTabularExplainer``.
+``utils.generic_utils`` (``has_arg``) and ``submodular_pick`` (SP-LIME's
+``SubmodularPick``); the explainers and explanation classes are also here at the top.  Not
+mirrored: ``lime_tabular.RecurrentTabularExplainer``.
 
 ``LimeImageExplainer``, ``LimeTabularExplainer`` and ``LimeTextExplainer`` take lime's
 constructor and ``explain_instance`` arguments and return explanation objects with lime's
