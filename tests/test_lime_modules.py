@@ -443,3 +443,57 @@ def test_submodular_pick_equals_limes(method, iris):
                  top_labels=2)
         picks.append((sp.V, [e.as_list(label=e.available_labels()[0]) for e in sp.sp_explanations]))
     assert picks[0] == picks[1]
+
+
+# -------------------------------------------------------------- recurrent tabular explainer
+def _sequences(seed=0, n=200, T=4, D=3):
+    rng = np.random.RandomState(seed)
+    X = rng.randn(n, T, D)
+    Wm = rng.randn(T, D, 2)
+
+    def clf(B):
+        assert B.ndim == 3 and B.shape[1:] == (T, D)
+        z = np.einsum("ntd,tdk->nk", B, Wm)
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    return X, clf
+
+
+def test_recurrent_tabular_is_tabular_on_flattened_rows():
+    from xaikernels.lime.lime_tabular import RecurrentTabularExplainer
+
+    X, clf = _sequences()
+    n, T, D = X.shape
+    names = ["a", "b", "c"]
+    rt = RecurrentTabularExplainer(X, feature_names=names, random_state=3)
+    assert rt.feature_names[:T] == ["a_t-3", "a_t-2", "a_t-1", "a_t-0"] and len(rt.feature_names) == T * D
+    e1 = rt.explain_instance(X[7], clf, num_samples=800, top_labels=1)
+    # the same explainer on the flattened data, the classifier reshaping itself
+    flat = X.transpose(0, 2, 1).reshape(n, D * T)
+    lt = XL.LimeTabularExplainer(flat, feature_names=rt.feature_names, random_state=3)
+    e2 = lt.explain_instance(flat[7], lambda Z: clf(Z.reshape(len(Z), D, T).transpose(0, 2, 1)), num_samples=800,
+                             top_labels=1)
+    assert e1.as_list(label=e1.top_labels[0]) == e2.as_list(label=e2.top_labels[0])
+    assert RecurrentTabularExplainer(X).feature_names[0] == "0_t-3"
+    with pytest.raises(ValueError, match="n_timesteps, n_features"):
+        rt.explain_instance(X[7].T, clf)
+    with pytest.raises(ValueError, match="n_samples, n_timesteps, n_features"):
+        RecurrentTabularExplainer(X[0])
+
+
+@pytest.mark.peer
+def test_recurrent_tabular_matches_limes_structure():
+    lt = pytest.importorskip("lime.lime_tabular")
+    from xaikernels.lime.lime_tabular import RecurrentTabularExplainer
+
+    X, clf = _sequences(1)
+    names = ["a", "b", "c"]
+    a = RecurrentTabularExplainer(X, feature_names=names, random_state=0)
+    b = lt.RecurrentTabularExplainer(X, feature_names=names, random_state=0)
+    assert a.feature_names == b.feature_names
+    assert a.discretizer.names == b.discretizer.names
+    ea = a.explain_instance(X[3], clf, num_samples=3000, num_features=5, labels=(0, 1))
+    eb = b.explain_instance(X[3], clf, num_samples=3000, num_features=5, labels=(0, 1))
+    assert ea.available_labels() == eb.available_labels()
+    np.testing.assert_allclose(ea.predict_proba, eb.predict_proba)

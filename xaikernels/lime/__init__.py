@@ -5,8 +5,8 @@ import is the whole switch: ``lime_image``, ``lime_tabular``, ``lime_text``, ``e
 ``discretize`` (lime's discretizer classes), ``lime_base`` (``LimeBase``, the surrogate fit
 custom explainers build on), ``wrappers.scikit_image`` (``SegmentationAlgorithm``) and
 ``utils.generic_utils`` (``has_arg``) and ``submodular_pick`` (SP-LIME's
-``SubmodularPick``); the explainers and explanation classes are also here at the top.  Not
-mirrored: ``lime_tabular.RecurrentTabularExplainer``.
+``SubmodularPick``); the explainers and explanation classes are also here at the top.  Everything
+lime 0.2.0.1 exports is here.
 
 ``LimeImageExplainer``, ``LimeTabularExplainer`` and ``LimeTextExplainer`` take lime's
 constructor and ``explain_instance`` arguments and return explanation objects with lime's
@@ -60,7 +60,7 @@ from .discretize import (BaseDiscretizer, DecileDiscretizer, EntropyDiscretizer,
                          QuartileDiscretizer, StatsDiscretizer)
 
 __all__ = ["LimeImageExplainer", "LimeTabularExplainer", "LimeTextExplainer", "ImageExplanation",
-           "Explanation", "DomainMapper", "TableDomainMapper", "IndexedString", "IndexedCharacters",
+           "Explanation", "DomainMapper", "TableDomainMapper", "RecurrentTabularExplainer", "IndexedString", "IndexedCharacters",
            "TextDomainMapper", "BaseDiscretizer", "StatsDiscretizer", "QuartileDiscretizer", "DecileDiscretizer",
            "EntropyDiscretizer"]
 
@@ -805,6 +805,54 @@ class LimeTabularExplainer:
             exp.local_exp[1] = list(exp.local_exp[0])
             exp.local_exp[0] = [(i, -1 * j) for i, j in exp.local_exp[1]]
         return exp
+
+
+class RecurrentTabularExplainer(LimeTabularExplainer):
+    """lime's ``RecurrentTabularExplainer``: tabular LIME for sequence models whose input is
+    (n_samples, n_timesteps, n_features).  Training data and rows are flattened feature-major
+    (``f0_t-2, f0_t-1, f0_t-0, f1_t-2, ...``, lime's names) and the perturbed rows are handed
+    to the classifier reshaped back to (n, n_timesteps, n_features).  ``feature_names``
+    defaults to ``"0", "1", ...`` (lime requires them)."""
+
+    def __init__(self, training_data, mode="classification", training_labels=None, feature_names=None,
+                 categorical_features=None, categorical_names=None, kernel_width=None, kernel=None,
+                 verbose=False, class_names=None, feature_selection="auto", discretize_continuous=True,
+                 discretizer="quartile", random_state=None, *, backend: str = "auto"):
+        training_data = np.asarray(training_data)
+        if training_data.ndim != 3:
+            raise ValueError(f"training_data must be (n_samples, n_timesteps, n_features), got shape "
+                             f"{training_data.shape}")
+        n, T, D = training_data.shape
+        self.n_timesteps, self.n_features = T, D
+        names = [str(i) for i in range(D)] if feature_names is None else list(feature_names)
+        flat_names = [f"{nm}_t-{T - 1 - t}" for nm in names for t in range(T)]
+        super().__init__(training_data.transpose(0, 2, 1).reshape(n, D * T), mode=mode,
+                         training_labels=training_labels, feature_names=flat_names,
+                         categorical_features=categorical_features, categorical_names=categorical_names,
+                         kernel_width=kernel_width, kernel=kernel, verbose=verbose, class_names=class_names,
+                         feature_selection=feature_selection, discretize_continuous=discretize_continuous,
+                         discretizer=discretizer, random_state=random_state, backend=backend)
+
+    def _make_predict_proba(self, func):
+        """``func`` on flattened rows: each (n, D·T) batch reshaped to (n, T, D) first."""
+        T, D = self.n_timesteps, self.n_features
+
+        def predict_proba(X):
+            return func(np.asarray(X).reshape(X.shape[0], D, T).transpose(0, 2, 1))
+
+        return predict_proba
+
+    def explain_instance(self, data_row, classifier_fn, labels=(1,), top_labels=None, num_features=10,
+                         num_samples=5000, distance_metric="euclidean", model_regressor=None):
+        """Explain ``classifier_fn`` on one sequence ``data_row`` (n_timesteps, n_features)."""
+        data_row = np.asarray(data_row)
+        if data_row.shape != (self.n_timesteps, self.n_features):
+            raise ValueError(f"data_row must be (n_timesteps, n_features) = {(self.n_timesteps, self.n_features)}, "
+                             f"got shape {data_row.shape}")
+        return super().explain_instance(data_row.T.reshape(-1), self._make_predict_proba(classifier_fn),
+                                        labels=labels, top_labels=top_labels, num_features=num_features,
+                                        num_samples=num_samples, distance_metric=distance_metric,
+                                        model_regressor=model_regressor)
 
 
 # -------------------------------------------------------------------------------------- text

@@ -1,8 +1,9 @@
-"""lime's ``lime.lime_tabular``: ``LimeTabularExplainer`` and ``TableDomainMapper`` (see
-:mod:`xaikernels.lime`), and the discretizers lime's module imports."""
-from . import LimeTabularExplainer, TableDomainMapper
+"""lime's ``lime.lime_tabular``: ``LimeTabularExplainer``, ``RecurrentTabularExplainer`` and
+``TableDomainMapper`` (see :mod:`xaikernels.lime`), and the discretizers lime's module
+imports."""
+from . import LimeTabularExplainer, RecurrentTabularExplainer, TableDomainMapper
 from .discretize import (BaseDiscretizer, DecileDiscretizer, EntropyDiscretizer, QuartileDiscretizer,
                          StatsDiscretizer)
 
-__all__ = ["LimeTabularExplainer", "TableDomainMapper", "BaseDiscretizer", "StatsDiscretizer",
+__all__ = ["LimeTabularExplainer", "RecurrentTabularExplainer", "TableDomainMapper", "BaseDiscretizer", "StatsDiscretizer",
            "QuartileDiscretizer", "DecileDiscretizer", "EntropyDiscretizer"]
