@@ -388,10 +388,13 @@ class Lime(LimeBase):
     the same in every channel, the network's leading convolution stages are evaluated from
     coalition tables (:mod:`xaikernels.methods._stem`; the same numbers up to float rounding,
     checked before use).  Set ``stem = "off"`` on the instance to evaluate the model as is;
-    ``stem_info`` says what the last call did."""
+    ``stem_info`` says what the last call did.  Without tables, a CPU conv net on one float32
+    image input runs its batches channels-last where that reproduces its outputs on the first
+    batch (faster oneDNN kernels); ``layout_info`` says which layout the last call used."""
 
     stem = "auto"
     stem_info = "off"
+    layout_info = "contiguous"
 
     def __init__(self, forward_func: Callable, interpretable_model=None, similarity_func: Optional[Callable] = None,
                  perturb_func: Optional[Callable] = None) -> None:
@@ -554,6 +557,12 @@ class Lime(LimeBase):
         tables = self._stem_tables(inp, xs, bs, segs, F, masks, args) if w is not None else None
         builders = [P.PerturbedBuilder(_flat(x), _flat(b), seg) for x, b, seg in zip(xs, bs, segs)] \
             if tables is None else []
+        # one image input to a CPU conv net: its batches run channels-last where that gives the
+        # model's own outputs (checked on the first batch; LayoutProbe)
+        from xaikernels.methods.lime import LayoutProbe, channels_last_candidate
+
+        probe = LayoutProbe(self.forward_func, (), len(xs) == 1 and channels_last_candidate(
+            self.forward_func, tuple(xs[0].shape[1:]), xs[0].dtype, device)) if tables is None else None
         outs: List[Tensor] = []
         sims: List[float] = []
         bar = _progress(math.ceil(n / per_eval), f"{self.get_name()} attribution") if show_progress else None
@@ -587,11 +596,12 @@ class Lime(LimeBase):
                     sims.append(float(s.flatten()[0]) if isinstance(s, Tensor) else float(s))
             a = exp_args if k == per_eval else _expand_args(args, k)
             t = exp_target if k == per_eval else _expand_target(target, k)
-            outs.append(self._evaluate_batch_tuple(tuple(batch), k, t, a, device))
+            outs.append(self._evaluate_batch_tuple(tuple(batch), k, t, a, device, probe))
             if bar is not None:
                 bar.update()
         if bar is not None:
             bar.close()
+        self.layout_info = "channels_last (the tables' tail)" if tables is not None else (probe.layout or "contiguous")
         y = _as_float_tensor(outs)
         wt = torch.tensor(np.asarray(sims if w is None else w), dtype=torch.float32)
         return self._train(torch.from_numpy(masks.astype(np.float32)), y, wt, n)
@@ -623,8 +633,8 @@ class Lime(LimeBase):
         self.stem_info = info
         return plans[0], tail
 
-    def _evaluate_batch_tuple(self, batch, k, target, args, device) -> Tensor:
-        out = _run_forward(self.forward_func, batch, target, args)
+    def _evaluate_batch_tuple(self, batch, k, target, args, device, probe=None) -> Tensor:
+        out = _run_forward(self.forward_func if probe is None else probe, batch, target, args)
         if isinstance(out, Tensor):
             assert out.numel() == k, "Number of outputs is not appropriate, must return one output per perturbed input"
             return out.flatten()

@@ -14,7 +14,8 @@ constraint is imposed exactly (a Lagrange multiplier), not by a large weight.
 
 For image models the leading convolution stages can be evaluated from coalition tables
 (:mod:`xaikernels.methods._stem`, shared with :func:`~xaikernels.methods.lime.lime_image`):
-``stem="auto"`` (default) | ``"on"`` | ``"off"``; the result's ``extras["stem"]`` says which ran.
+``stem="auto"`` (default) | ``"on"`` | ``"off"``; the result's ``extras["stem"]`` says which ran,
+``extras["layout"]`` whether the model ran channels-last.
 """
 from __future__ import annotations
 
@@ -204,6 +205,7 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
             streamer = _Streamer(model, inner, xc.dtype, x.device, batch_size, output, forward_args, progress,
                                  "kernel_shap")
         Y = streamer.run(int(starts[-1]), fill_rows).numpy()
+        layout = "channels_last (the tables' tail)" if tables is not None else streamer.layout
     finally:
         if guard is not None:
             guard.__exit__(None, None, None)
@@ -237,7 +239,7 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
         rss = (w[:, None] * res ** 2).sum(0)
         score[n] = np.where(tss > 0, 1 - rss / np.where(tss > 0, tss, 1), np.where(rss <= 0, 1.0, 0.0))
     return KernelShapResult(phis, fb, fx, score, targets, np.array([p[4] for p in plans]), [p[0] for p in plans],
-                            inner, int(starts[-1]) // max(N, 1), extras={"stem": stem_info})
+                            inner, int(starts[-1]) // max(N, 1), extras={"stem": stem_info, "layout": layout})
 
 
 def _kernel_shap_tables(model, x, xc, base, plans, forward_args, backend, mode):

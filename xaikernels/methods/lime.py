@@ -99,9 +99,68 @@ def _resolve_targets(target, first_out: torch.Tensor, top_labels: Optional[int])
     return _validate.resolve_target(target, first_out).cpu().numpy().reshape(n, 1)
 
 
+def channels_last_candidate(model, sample_shape, dtype, device) -> bool:
+    """Whether a model's batches might run faster in channels-last layout: a CPU
+    ``nn.Module`` in eval mode (the probe's extra call must not move BatchNorm statistics)
+    with a 2-d convolution, on (C, H, W) float32 / bfloat16 / float16 samples
+    (oneDNN's convolutions and PyTorch's CPU pooling are 1.5-2.7× faster on channels-last
+    float32 input: ``bench/results/layout.md``; float64 has no such kernels)."""
+    return (isinstance(model, nn.Module) and not model.training and len(sample_shape) == 3
+            and torch.device(device).type == "cpu"
+            and dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and any(isinstance(m, nn.Conv2d) for m in model.modules()))
+
+
+class LayoutProbe:
+    """Runs a model's batches channels-last when that gives the model's own outputs.
+
+    The first batch runs channels-last, and the model is run on its first two samples in the
+    ordinary contiguous layout; channels-last is kept when the outputs agree to float rounding
+    (``rtol=1e-3``, ``atol=1e-4·max|output|``).  A model that raises on channels-last input
+    (a ``.view`` of a permuted activation), or whose outputs differ (a custom op reading raw
+    memory), runs contiguous from then on, that batch included.  ``layout`` says which ran
+    and why."""
+
+    def __init__(self, model, forward_args=(), enabled: bool = True):
+        self.model = model
+        self.forward_args = tuple(forward_args)
+        self.layout = None if enabled else "contiguous"
+
+    def __call__(self, batch: torch.Tensor, *rest) -> torch.Tensor:
+        """``model(batch, *forward_args, *rest)``; ``rest`` tensors whose first dimension is
+        the batch's are sliced with it for the contiguous reference run."""
+        args = self.forward_args + rest
+        if self.layout == "channels_last":
+            return self.model(batch.contiguous(memory_format=torch.channels_last), *args)
+        if self.layout is not None:
+            return self.model(batch, *args)
+        try:
+            out = self.model(batch.contiguous(memory_format=torch.channels_last), *args)
+        except RuntimeError as e:
+            self.layout = f"contiguous (channels-last input raised: {str(e).splitlines()[0][:80]})"
+            return self.model(batch, *args)
+        B = batch.shape[0]
+        k = min(2, B)
+        ref = self.model(batch[:k], *(a[:k] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == B else a
+                                      for a in args))
+        if (isinstance(out, torch.Tensor) and isinstance(ref, torch.Tensor) and out.dim() and ref.dim()
+                and out.shape[0] == B and ref.shape[0] == k and out.shape[1:] == ref.shape[1:]
+                and out.dtype == ref.dtype and out.is_floating_point()):
+            got = out[:k].float()
+            want = ref.float()
+            tol = 1e-4 * float(want.abs().max()) if want.numel() else 0.0
+            if bool(torch.isfinite(want).all()) and torch.allclose(got, want, rtol=1e-3, atol=tol):
+                self.layout = "channels_last"
+                return out
+        self.layout = "contiguous (channels-last outputs differ from the model's)"
+        return self.model(batch, *args)
+
+
 class _Streamer:
     """Evaluate the model on perturbed copies, ``batch_size`` rows at a time, written into
-    one preallocated buffer (rows of several instances may share a batch)."""
+    one preallocated buffer (rows of several instances may share a batch).  A CPU conv net
+    on float32 samples runs channels-last where that reproduces its outputs
+    (:class:`LayoutProbe`; ``layout`` says which ran)."""
 
     def __init__(self, model: Callable, sample_shape, dtype, device, batch_size: int,
                  output, forward_args: Sequence = (), progress: bool = False, desc: str = "lime"):
@@ -115,6 +174,12 @@ class _Streamer:
         self.forward_args = tuple(forward_args)
         self.progress = progress
         self.desc = desc
+        self.probe = LayoutProbe(model, self.forward_args,
+                                 channels_last_candidate(model, sample_shape, dtype, device))
+
+    @property
+    def layout(self) -> str:
+        return self.probe.layout or "contiguous"
 
     def run(self, n_rows: int, fill_rows: Callable[[torch.Tensor, int, int], None]) -> torch.Tensor:
         """``fill_rows(buf_view, start, stop)`` writes global rows start..stop-1."""
@@ -130,7 +195,7 @@ class _Streamer:
             fill_rows(view, start, stop)
             inp = view.to(self.device, non_blocking=True) if self.device.type != "cpu" else view
             with torch.no_grad():
-                out = self.model(inp, *self.forward_args)
+                out = self.probe(inp)
             if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != stop - start:
                 raise ValueError(
                     f"the model must return (batch, outputs) for a batch of {stop - start}, got "
@@ -273,7 +338,9 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
         network.  The same numbers up to float rounding,
         checked on the instance before use.  "auto" uses them where they save work and
         evaluates the model as is otherwise; "on" raises when they cannot be used; the
-        result's ``extras["stem"]`` says which ran and why.
+        result's ``extras["stem"]`` says which ran and why.  Without tables, a CPU conv net
+        on float32 input runs its batches channels-last where that reproduces its outputs on
+        the first batch (:class:`LayoutProbe`); ``extras["layout"]`` says which ran.
     backend : "auto" | "numba" | "reference".
 
     Returns
@@ -336,12 +403,14 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
             streamer = _Streamer(model, (C, H, W), xc.dtype, x.device, batch_size, output, forward_args,
                                  progress, "lime_image")
         Y = streamer.run(N * n_samples, fill_rows).numpy().reshape(N, n_samples, -1)
+        layout = "channels_last (the tables' tail)" if plans is not None else streamer.layout
     finally:
         if guard is not None:
             guard.__exit__(None, None, None)
     res = _fit_instances(mask_list, Y, targets, distance, kernel_width, alpha, feature_selection,
                          num_features, backend, [f[0] for f in feats], (H, W), n_samples)
     res.extras["stem"] = stem_info
+    res.extras["layout"] = layout
     return res
 
 
