@@ -269,6 +269,84 @@ def test_image_dropin_segment_ids_follow_limes_convention():
                                                                segmentation_fn=lambda im: seg - 1)
 
 
+def test_image_dropin_draws_are_limes_replayed():
+    """draws='lime': the coalitions are RandomState(seed).randint(0, 2, n·F) after lime's
+    random_seed draw, row 0 all ones; data_labels gives the same; draws='counter' differs."""
+    H, W = 10, 12
+    img = np.random.RandomState(2).rand(H, W, 3)
+    seg = _grid(H, W, 3, 4)
+    F = 12
+    got = []
+
+    def clf(b):
+        got.append(b.copy())
+        return np.tile([[0.4, 0.6]], (len(b), 1))
+
+    XL.LimeImageExplainer(random_state=9).explain_instance(img, clf, num_samples=30, segmentation_fn=lambda i: seg,
+                                                           batch_size=7, hide_color=0)
+    rs = np.random.RandomState(9)
+    rs.randint(0, high=1000)  # lime's random_seed draw
+    want = rs.randint(0, 2, 30 * F).reshape(30, F)
+    want[0] = 1
+    batch = np.concatenate(got)
+    hidden = want[:, seg] == 0  # (30, H, W)
+    np.testing.assert_array_equal(batch == 0, np.repeat(hidden[..., None], 3, -1) & (img[None] != 0))
+    ex = XL.LimeImageExplainer(random_state=9)
+    data, labels = ex.data_labels(img, np.zeros_like(img), seg, clf, 30, batch_size=4)
+    np.testing.assert_array_equal(data, np.vstack([np.ones((1, F), int),
+                                                   np.random.RandomState(9).randint(0, 2, 30 * F).reshape(30, F)[1:]]))
+    assert labels.shape == (30, 2)
+    a = XL.LimeImageExplainer(random_state=9, draws="counter").explain_instance(
+        img, clf, num_samples=30, segmentation_fn=lambda i: seg)
+    b = XL.LimeImageExplainer(random_state=9, draws="counter").explain_instance(
+        img, clf, num_samples=30, segmentation_fn=lambda i: seg)
+    assert a.local_exp == b.local_exp
+    with pytest.raises(ValueError, match="draws"):
+        XL.LimeImageExplainer(draws="numpy")
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("seed", [0, 11])
+@pytest.mark.parametrize("kw", [dict(), dict(hide_color=0, top_labels=2, num_features=4),
+                                dict(segmentation_fn="slic", feature_selection="lasso_path", num_features=3),
+                                dict(distance_metric="euclidean", batch_size=17, random_seed=4)])
+def test_image_dropin_is_lime_for_the_same_random_state(seed, kw):
+    """No masks given: lime's own draws and segmentation, so the same explanation."""
+    lime_image_mod = pytest.importorskip("lime.lime_image")
+    from skimage import data as skdata
+    from skimage.transform import resize
+
+    img = resize(skdata.astronaut(), (40, 44), anti_aliasing=True)
+    clf = _img_clf(40, 44, K=6)
+    kw = dict(kw)
+    sel = kw.pop("feature_selection", "auto")
+    if kw.get("segmentation_fn") == "slic":
+        from xaikernels.lime.wrappers.scikit_image import SegmentationAlgorithm
+
+        kw["segmentation_fn"] = SegmentationAlgorithm("slic", n_segments=12, compactness=10, start_label=0)
+    e1 = lime_image_mod.LimeImageExplainer(random_state=seed, feature_selection=sel).explain_instance(
+        img, clf, num_samples=150, **kw)
+    e2 = XL.LimeImageExplainer(random_state=seed, feature_selection=sel).explain_instance(img, clf, num_samples=150,
+                                                                                          **kw)
+    np.testing.assert_array_equal(e2.segments, e1.segments)
+    assert_same_explanations(e2, e1, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(e2.score, e1.score, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.peer
+def test_image_data_labels_is_limes():
+    lime_image_mod = pytest.importorskip("lime.lime_image")
+    H, W = 12, 13
+    img = np.random.RandomState(0).rand(H, W, 3)
+    seg = _grid(H, W, 3, 3)
+    fudged = np.random.RandomState(1).rand(H, W, 3)
+    clf = _img_clf(H, W)
+    d1, l1 = lime_image_mod.LimeImageExplainer(random_state=5).data_labels(img, fudged, seg, clf, 40, batch_size=6)
+    d2, l2 = XL.LimeImageExplainer(random_state=5).data_labels(img, fudged, seg, clf, 40, batch_size=6)
+    np.testing.assert_array_equal(d2, d1)
+    np.testing.assert_allclose(l2, l1, rtol=1e-12)
+
+
 @pytest.mark.peer
 @pytest.mark.parametrize("case", ["one_based", "gaps", "uint8", "float32", "gray", "uint8_hide"])
 def test_image_equals_lime_on_unusual_inputs(case):
