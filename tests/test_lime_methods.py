@@ -392,6 +392,30 @@ def test_image_equals_lime_on_unusual_inputs(case):
 
 
 @pytest.mark.peer
+@pytest.mark.parametrize("seed", [0, 5])
+@pytest.mark.parametrize("kw", [dict(), dict(bow=False), dict(char_level=True), dict(mask_string="___", bow=False)])
+def test_text_dropin_is_lime_for_the_same_random_state(seed, kw):
+    """No masks given: lime's own draws, so the same explanation (and the same stream after)."""
+    lime_text = pytest.importorskip("lime.lime_text")
+    text = "the cat sat on the mat, and the dog ate the cat's food; a bird watched"
+    rng = np.random.RandomState(1)
+    wv = {w: rng.randn(3) for w in set(text.replace(",", " ").replace(";", " ").replace("'", " ").split())}
+
+    def clf(docs):
+        z = np.array([sum((wv.get(w, np.zeros(3)) for w in d.replace(",", " ").replace(";", " ").replace("'", " ")
+                           .split()), np.zeros(3)) for d in docs])
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    a = lime_text.LimeTextExplainer(random_state=seed, **kw)
+    b = XL.LimeTextExplainer(random_state=seed, **kw)
+    e1 = a.explain_instance(text, clf, top_labels=2, num_samples=400)
+    e2 = b.explain_instance(text, clf, top_labels=2, num_samples=400)
+    assert_same_explanations(e2, e1, rtol=1e-6, atol=1e-9)
+    assert a.random_state.randint(0, 10**9) == b.random_state.randint(0, 10**9)
+
+
+@pytest.mark.peer
 @pytest.mark.parametrize("bow", [True, False])
 def test_text_equals_lime_given_same_masks(bow):
     lime_text = pytest.importorskip("lime.lime_text")

@@ -588,3 +588,50 @@ def test_tabular_neighbourhood_chunking_and_threads():
         np.testing.assert_array_equal(big[i][:700], whole[i])
 
 
+
+
+# --------------------------------------------------------------- lime's text draws, replayed
+def _lime_loop(rs, n, F):
+    """lime's own calls (lime_text.__data_labels_distances), written out."""
+    data = np.ones((n, F))
+    for i, size in enumerate(rs.randint(1, F + 1, n - 1), start=1):
+        data[i, rs.choice(range(F), size, replace=False)] = 0
+    return data
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n, F, seed", [(1, 5, 0), (2, 1, 1), (40, 7, 2), (300, 94, 3), (9, 1500, 4), (700, 2, 5),
+                                        (64, 33, 2**32 - 1)])
+def test_lime_text_draws_replay_numpys_stream(backend, n, F, seed):
+    a = np.random.RandomState(seed)
+    b = np.random.RandomState(seed)
+    a.randint(0, 7, 1000)  # a state part-way through its 624-word block
+    b.randint(0, 7, 1000)
+    m = P.lime_text_draws(a, n, F, backend=backend)
+    assert m.dtype == np.uint8 and m.shape == (n, F)
+    np.testing.assert_array_equal(m, _lime_loop(b, n, F))
+    sa, sb = a.get_state(), b.get_state()
+    np.testing.assert_array_equal(sa[1], sb[1])
+    assert sa[2:] == sb[2:]
+    assert a.randint(0, 2**31 - 1) == b.randint(0, 2**31 - 1)  # the stream continues as lime's
+
+
+@needs_numba
+def test_lime_text_draws_statistics_and_other_generators():
+    rs = np.random.RandomState(0)
+    F = 20
+    m = P.lime_text_draws(rs, 20001, F)
+    removed = (m[1:] == 0).sum(1)
+    # sizes uniform on 1..F, the removed words a uniform subset of that size
+    counts = np.bincount(removed, minlength=F + 1)[1:]
+    assert counts.min() > 0.8 * 20000 / F and counts.max() < 1.2 * 20000 / F
+    per_word = (m[1:] == 0).mean(0)
+    np.testing.assert_allclose(per_word, (F + 1) / (2 * F), atol=0.02)
+    # a RandomState over another bit generator: lime's calls themselves (the reference)
+    pcg = np.random.RandomState(np.random.PCG64(3))
+    pcg2 = np.random.RandomState(np.random.PCG64(3))
+    np.testing.assert_array_equal(P.lime_text_draws(pcg, 30, 9), _lime_loop(pcg2, 30, 9))
+    with pytest.raises(TypeError):
+        P.lime_text_draws(np.random.default_rng(0), 5, 5)
+    with pytest.raises(ValueError):
+        P.lime_text_draws(rs, 0, 5)

@@ -16,10 +16,11 @@ kernel weights, feature selection and the ridge fits run in the Numba kernels of
 :mod:`xaikernels.ops.perturb`; only ``classifier_fn`` is called from Python, once per batch.
 
 Given the same coalitions (``masks=``), the numbers equal lime's (Ridge α=1, same kernel
-width) to rounding.  The image explainer draws lime's own coalitions from ``random_state``
-(``draws="lime"``, the default), so for the same ``random_state`` its explanations are
-lime's; the tabular and text explainers draw from a counter-based generator seeded from
-``random_state``: reproducible, but not lime's draws.  Differences from lime, on purpose:
+width) to rounding.  The image and text explainers draw lime's own coalitions from
+``random_state`` (``draws="lime"``, the default), so for the same ``random_state`` their
+explanations are lime's; the tabular explainer draws from a counter-based generator seeded
+from ``random_state`` (lime's tabular draws go through scipy's ``truncnorm``):
+reproducible, but not lime's draws.  Differences from lime, on purpose:
 
 * lime keeps ``score`` and ``local_pred`` of the last explained label only; so do we, and
   ``score_per_label`` / ``local_pred_per_label`` add every label's values.
@@ -1218,11 +1219,21 @@ class LimeTextExplainer:
         Features are characters (:class:`IndexedCharacters`).
     backend : str, default 'auto'
         Keyword only, not in lime: the kernels' backend.
+    draws : str, default 'lime'
+        Keyword only, not in lime.  ``'lime'``: lime's own draws from ``random_state`` (the
+        removal sizes, then each text's removed words; NumPy's MT19937 stream replayed in a
+        Numba kernel, :func:`xaikernels.ops.perturb.lime_text_draws`), so for the same
+        ``random_state`` the explanation is lime's.  ``'counter'``: the package's
+        counter-based generator (the same size law, ~6 ms less per 5000 × 94-word draws;
+        not lime's draws).
     """
 
     def __init__(self, kernel_width=25, kernel=None, verbose=False, class_names=None, feature_selection="auto",
                  split_expression=r"\W+", bow=True, mask_string=None, random_state=None, char_level=False, *,
-                 backend: str = "auto"):
+                 backend: str = "auto", draws: str = "lime"):
+        if draws not in ("lime", "counter"):
+            raise ValueError(f"draws must be 'lime' or 'counter', got {draws!r}")
+        self.draws = draws
         self.random_state = _check_random_state(random_state)
         self.base = _fitter(kernel, kernel_width, feature_selection, verbose, backend)
         self.class_names = class_names
@@ -1270,7 +1281,9 @@ class LimeTextExplainer:
         F = idx.num_words()
         if F == 0:
             raise ValueError("the text has no tokens to explain (check split_expression)")
-        if masks is None:
+        if masks is None and self.draws == "lime":
+            data = P.lime_text_draws(self.random_state, num_samples, F, backend=self.backend)
+        elif masks is None:
             seed = int(self.random_state.randint(0, 2**31 - 1))
             data = P.sample_masks(num_samples, F, seed, size_cdf=P.lime_text_size_cdf(F), first_row_ones=True,
                                   backend=self.backend)

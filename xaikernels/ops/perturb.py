@@ -60,8 +60,34 @@ OP_STEM_PATCHES = _define("stem_patches", _ref.stem_patches)
 OP_STEM_WINDOWS = _define("stem_windows", _ref.stem_windows)
 
 
+def _mt_launcher(*args, **kwargs):
+    from xaikernels.kernels.numba import mt19937 as k
+
+    return k.lime_text_draws(*args, **kwargs)
+
+
+OP_LIME_TEXT_DRAWS = _backend.define_op("perturb_lime_text_draws", auto_order=_ORDER)
+OP_LIME_TEXT_DRAWS.register("numba", _mt_launcher)
+OP_LIME_TEXT_DRAWS.register("reference", _ref.lime_text_draws)
+
+
 def _impl(op, backend):
     return op.launcher(_CPU, backend)[1]
+
+
+def lime_text_draws(random_state: np.random.RandomState, n_samples: int, n_words: int,
+                    backend: str = "auto") -> np.ndarray:
+    """lime's text coalitions drawn from ``random_state`` exactly as lime draws them, the
+    generator advanced as lime advances it: (n_samples, n_words) uint8, row 0 all ones.  The
+    Numba kernel replays NumPy's legacy MT19937 stream (:mod:`xaikernels.kernels.numba.mt19937`);
+    a ``RandomState`` over another bit generator takes the reference (lime's own calls)."""
+    if n_samples < 1 or n_words < 1:
+        raise ValueError(f"need n_samples >= 1 and n_words >= 1, got {n_samples}, {n_words}")
+    if not isinstance(random_state, np.random.RandomState):
+        raise TypeError(f"random_state must be a numpy RandomState, got {type(random_state).__name__}")
+    if backend == "auto" and not isinstance(random_state._bit_generator, np.random.MT19937):
+        backend = "reference"
+    return _impl(OP_LIME_TEXT_DRAWS, backend)(random_state, int(n_samples), int(n_words))
 
 
 # ----------------------------------------------------------------------------------- sampling

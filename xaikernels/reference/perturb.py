@@ -908,3 +908,18 @@ def stem_windows(seg_pad: np.ndarray, n_rows: int, n_cols: int, window: tuple, s
     for q, v in enumerate(lists):
         segs[q, :len(v)] = v
     return segs, ranks
+
+
+def lime_text_draws(random_state: np.random.RandomState, n_samples: int, n_words: int) -> np.ndarray:
+    """lime's text coalitions, drawn exactly as lime draws them from ``random_state`` (and
+    advancing it as lime does): (n_samples, n_words) uint8, row 0 all ones; row i ≥ 1 removes
+    ``size_i`` distinct words, the sizes drawn first by ``randint(1, n_words + 1,
+    n_samples - 1)``, then the words of each row by ``choice(range(n_words), size_i,
+    replace=False)``."""
+    masks = np.ones((int(n_samples), int(n_words)), dtype=np.uint8)
+    if n_samples <= 1:
+        return masks
+    words = range(int(n_words))
+    for i, size in enumerate(random_state.randint(1, n_words + 1, n_samples - 1), start=1):
+        masks[i, random_state.choice(words, size, replace=False)] = 0
+    return masks
