@@ -18,9 +18,11 @@ kernel weights, feature selection and the ridge fits run in the Numba kernels of
 Given the same coalitions (``masks=``), the numbers equal lime's (Ridge α=1, same kernel
 width) to rounding.  The image and text explainers draw lime's own coalitions from
 ``random_state`` (``draws="lime"``, the default), so for the same ``random_state`` their
-explanations are lime's; the tabular explainer draws from a counter-based generator seeded
-from ``random_state`` (lime's tabular draws go through scipy's ``truncnorm``):
-reproducible, but not lime's draws.  Differences from lime, on purpose:
+explanations are lime's.  The tabular explainer draws from one fused kernel on a
+counter-based generator seeded from ``random_state`` by default (reproducible, lime's
+sampling law, not lime's draws); with ``draws="lime"`` it makes lime's own draws and gives
+lime's explanation to rounding, at about 15× the library time.  Differences from lime, on
+purpose:
 
 * lime keeps ``score`` and ``local_pred`` of the last explained label only; so do we, and
   ``score_per_label`` / ``local_pred_per_label`` add every label's values.
@@ -657,18 +659,30 @@ class LimeTabularExplainer:
     categorical_features, categorical_names, kernel_width, kernel, verbose, class_names,
     feature_selection, discretize_continuous, discretizer`` ('quartile' | 'decile' |
     'entropy' | a lime discretizer object), ``sample_around_instance, random_state,
-    training_data_stats``; plus ``backend``.  Attributes as lime: ``feature_names``,
-    ``categorical_features``, ``feature_values``, ``feature_frequencies``, ``discretizer``,
-    ``class_names``, ``random_state``.
+    training_data_stats``; plus ``backend`` and ``draws``.  Attributes as lime:
+    ``feature_names``, ``categorical_features``, ``feature_values``, ``feature_frequencies``,
+    ``discretizer``, ``class_names``, ``random_state``.
+
+    ``draws="counter"`` (default): the neighbourhood comes from one fused Numba kernel on the
+    package's counter-based generator (lime's sampling law; reproducible, not lime's draws).
+    ``draws="lime"``: lime's own draws from ``random_state`` (the normals, the training-value
+    choices, then each bin's truncated normal through the discretizer's generator), so for
+    the same ``random_state`` a dense row's explanation is lime's to rounding (the
+    truncated normals by inverse CDF instead of scipy's; not for the entropy discretizer,
+    whose tree lime fits with the explainer's generator); 7.7 ms of library time against
+    0.5 ms for ``"counter"`` and lime's 26 ms at 5000 × 20 (one thread).
     """
 
     def __init__(self, training_data, mode="classification", training_labels=None, feature_names=None,
                  categorical_features=None, categorical_names=None, kernel_width=None, kernel=None,
                  verbose=False, class_names=None, feature_selection="auto", discretize_continuous=True,
                  discretizer="quartile", sample_around_instance=False, random_state=None,
-                 training_data_stats=None, *, backend: str = "auto"):
+                 training_data_stats=None, *, backend: str = "auto", draws: str = "counter"):
         if mode not in ("classification", "regression"):
             raise ValueError(f"mode must be 'classification' or 'regression', got {mode!r}")
+        if draws not in ("lime", "counter"):
+            raise ValueError(f"draws must be 'lime' or 'counter', got {draws!r}")
+        self.draws = draws
         self.random_state = _check_random_state(random_state)
         self.mode = mode
         self.backend = backend
@@ -761,11 +775,13 @@ class LimeTabularExplainer:
         """Explain ``predict_fn``'s output on ``data_row`` (1-D, or a sparse row).  Arguments as lime."""
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
-        seed = int(self.random_state.randint(0, 2**31 - 1))
-        # a discretizer object of the user's draws with its own generator in lime: its state
-        # selects the stream, so both seeds matter
-        stream = int(self.discretizer.random_state.randint(0, 2**31 - 1)) + 1 if self._disc_seeded else 0
         row_sparse = _is_sparse(data_row)
+        lime_draws = self.draws == "lime" and self._sparse is None and not row_sparse
+        if not lime_draws:
+            seed = int(self.random_state.randint(0, 2**31 - 1))
+            # a discretizer object of the user's draws with its own generator in lime: its
+            # state selects the stream, so both seeds matter
+            stream = int(self.discretizer.random_state.randint(0, 2**31 - 1)) + 1 if self._disc_seeded else 0
         feature_indexes = None
         default_kernel = self.base.kernel_fn is None
         weights = gram = None
@@ -789,6 +805,14 @@ class LimeTabularExplainer:
             else:
                 values = ["%.2f" % v for v in data_row]
                 dense_row = data_row
+        elif lime_draws:
+            data_row = np.asarray(data_row, dtype=np.float64).reshape(-1)
+            plan = self.sampler.plan(data_row)
+            scaled, inverse = self._lime_neighbourhood(data_row, num_samples)
+            distances = _row_distances(scaled, distance_metric)
+            scaled_row = scaled[0]
+            values = ["%.2f" % v for v in data_row]
+            dense_row = data_row
         else:
             data_row = np.asarray(data_row, dtype=np.float64).reshape(-1)
             # sampling, standardisation, distances and (lime's default kernel) the weights in
@@ -860,6 +884,33 @@ class LimeTabularExplainer:
             exp.local_exp[1] = list(exp.local_exp[0])
             exp.local_exp[0] = [(i, -1 * j) for i, j in exp.local_exp[1]]
         return exp
+
+
+    def _lime_neighbourhood(self, row, n):
+        """lime's ``__data_inverse`` for a dense row, drawing from ``random_state`` exactly as
+        lime does: (standardised surrogate rows, the rows handed to the model)."""
+        rs, smp = self.random_state, self.sampler
+        D = row.shape[0]
+        if self.discretizer is None:
+            data = rs.normal(0, 1, n * D).reshape(n, D)
+            data = data * smp.scale + (row if self.sample_around_instance else smp.means)
+            cats, first = self.categorical_features, row
+        else:
+            data = np.zeros((n, D))
+            cats, first = range(D), self.discretizer.discretize(row)
+        data[0] = row
+        inverse = data.copy()
+        for c in cats:
+            col = rs.choice(self.feature_values[c], size=n, replace=True, p=self.feature_frequencies[c])
+            binary = (col == first[c]).astype(int)
+            binary[0] = 1
+            col[0] = data[0, c]
+            data[:, c] = binary
+            inverse[:, c] = col
+        if self.discretizer is not None:
+            inverse[1:] = self.discretizer.undiscretize(inverse[1:])
+        inverse[0] = row
+        return (data - smp.surrogate_mean) / smp.surrogate_scale, inverse
 
 
 class RecurrentTabularExplainer(LimeTabularExplainer):

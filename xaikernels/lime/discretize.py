@@ -7,10 +7,11 @@ per feature; needs scikit-learn, as lime) and ``StatsDiscretizer`` (edges and st
 discretizer overrides.  Attributes as lime: ``to_discretize``, ``names``, ``lambdas``,
 ``means``, ``stds``, ``mins``, ``maxs``, ``random_state``, ``data_stats``.
 
-``undiscretize`` draws by inverse CDF (one uniform per value from ``random_state``, mapped
-onto the bin's ``[Φ(a), Φ(b)]``), not with scipy's ``truncnorm``: reproducible for a seed,
-but not lime's numbers.  A bin of zero width gives its edge value, where lime returns the
-z-score of the edge (a lime bug: ``minz`` is returned unscaled).
+``undiscretize`` draws by inverse CDF, one ``random_state.uniform`` per value of a bin of
+non-zero width mapped onto the bin's ``[Φ(a), Φ(b)]`` — what scipy's ``truncnorm.rvs`` does
+for lime, so the generator advances as lime's and the values equal lime's to rounding
+(without scipy).  A bin of zero width gives its edge value, where lime returns the z-score of
+the edge (a lime bug: ``minz`` is returned unscaled).
 """
 from __future__ import annotations
 
@@ -134,23 +135,66 @@ class BaseDiscretizer:
 
     def get_undiscretize_values(self, feature, values):
         """Draws for bin indices ``values`` of ``feature``: each from its bin's normal
-        truncated to the bin (one uniform per value from ``random_state``)."""
+        truncated to the bin, by inverse CDF of ``random_state.uniform`` — one uniform per
+        value of a bin of non-zero width, in order, as lime's ``truncnorm.rvs`` consumes them,
+        so the generator advances as lime's and the draws equal lime's to rounding."""
         values = np.asarray(values).astype(np.int64)
         mean = np.asarray(self.means[feature], dtype=np.float64)[values]
         std = np.asarray(self.stds[feature], dtype=np.float64)[values]
         lo = np.asarray(self.mins[feature], dtype=np.float64)[values]
         hi = np.asarray(self.maxs[feature], dtype=np.float64)[values]
-        u = self.random_state.random_sample(values.shape)
-        return _truncnorm_draws(u, mean, std, lo, hi)
+        ret = lo.copy()
+        wide = (lo - mean) / std != (hi - mean) / std
+        u = self.random_state.uniform(size=int(np.count_nonzero(wide)))
+        ret[wide] = _truncnorm_draws(u, mean[wide], std[wide], lo[wide], hi[wide])
+        return ret
 
     def undiscretize(self, data):
         """Bin indices back to values: every discretised feature's bins drawn from."""
         ret = np.array(data, dtype=np.float64 if np.asarray(data).dtype.kind in "iub" else None, copy=True)
+        if ret.ndim == 2 and type(self).get_undiscretize_values is BaseDiscretizer.get_undiscretize_values:
+            return self._undiscretize_rows(ret)
         for d in self.means:
             if ret.ndim == 1:
                 ret[d] = self.get_undiscretize_values(d, np.asarray(ret[d]).reshape(-1, 1)).reshape(-1)[0]
             else:
                 ret[:, d] = self.get_undiscretize_values(d, ret[:, d])
+        return ret
+
+    def _undiscretize_rows(self, ret):
+        """:meth:`get_undiscretize_values` for every feature at once: Φ of the bins' edges
+        computed per bin (not per value), the uniforms of all features drawn by one
+        ``uniform`` call (the same stream as one call per feature, in feature order), one
+        inverse-CDF pass."""
+        import torch
+
+        feats = list(self.means)
+        if not feats:
+            return ret
+        cols = []
+        for d in feats:
+            mean, std, lo, hi = (np.asarray(getattr(self, k)[d], dtype=np.float64)
+                                 for k in ("means", "stds", "mins", "maxs"))
+            a = (lo - mean) / std
+            b = (hi - mean) / std
+            flip = a > 0  # a bin above the mean is drawn mirrored (probabilities away from 1)
+            pa = torch.special.ndtr(torch.from_numpy(np.where(flip, -b, a))).numpy()
+            pb = torch.special.ndtr(torch.from_numpy(np.where(flip, -a, b))).numpy()
+            v = ret[:, d].astype(np.int64)
+            cols.append((v, mean, std, lo, hi, flip, pa, pb, a != b))
+        wide = np.stack([c[8][c[0]] for c in cols])  # (features, rows), feature-major as drawn
+        u = self.random_state.uniform(size=int(np.count_nonzero(wide)))
+        k = 0
+        for j, (v, mean, std, lo, hi, flip, pa, pb, _) in enumerate(cols):
+            w = wide[j]
+            vw = v[w]
+            uj = u[k:k + vw.size]
+            k += vw.size
+            z = torch.special.ndtri(torch.from_numpy(pa[vw] + uj * (pb[vw] - pa[vw]))).numpy()
+            x = mean[vw] + std[vw] * np.where(flip[vw], -z, z)
+            col = lo[v]
+            col[w] = np.minimum(np.maximum(x, lo[vw]), hi[vw])
+            ret[:, feats[j]] = col
         return ret
 
 
