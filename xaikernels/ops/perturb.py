@@ -593,8 +593,9 @@ def fit_lime_gram(Z: np.ndarray, Y: np.ndarray, labels, w: np.ndarray, g: np.nda
     if Y.ndim != 2 or Y.shape[0] != S or w.shape != (S,) or g.shape != (F + 1, F + 1):
         raise ValueError(f"shapes disagree: Z {Z.shape}, Y {Y.shape}, w {w.shape}, g {g.shape}")
     labels = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
-    if labels.size and (labels.min() < 0 or labels.max() >= Y.shape[1]):
-        raise IndexError(f"labels {labels.tolist()} out of range for {Y.shape[1]} model outputs")
+    lab = labels.tolist()  # a few labels: Python's min / max, not two NumPy reductions
+    if lab and (min(lab) < 0 or max(lab) >= Y.shape[1]):
+        raise IndexError(f"labels {lab} out of range for {Y.shape[1]} model outputs")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     k = F if num_features is None else int(num_features)

@@ -9,11 +9,14 @@ Importing this module imports numba; the op layer imports it lazily.
 from __future__ import annotations
 
 import math
+import sys
 import types
 
 import numba
 import numpy as np
+from llvmlite import ir as llvm_ir
 from numba import njit, prange
+from numba.core import cgutils
 from numba.core import types as nbtypes
 from numba.extending import intrinsic
 
@@ -1117,11 +1120,19 @@ def _gram_by_counts(X, cnt, wk, g):
         for f in range(F):
             row[f] |= np.uint64(X[r, f] != 0) << sh
         row[F] |= _ONE << sh
+    _gram_of_pieces(bits, start, wk, F, g)
+
+
+@njit(cache=True)
+def _gram_of_pieces(bits, start, wk, F, g):
+    """``g = Σ_k wk[k] Σ_{rows of class k} z' z'ᵀ`` from the rows' column bitmaps ``bits``
+    (64-row words; column F all ones) with the rows sorted by class (``start``: class
+    boundaries): popcounts of 64-row pieces, added in piece order, then mirrored."""
+    E = F + 1
     g[:, :] = 0.0
-    acc = np.empty(E)
     for k in range(F + 1):
-        a = start[k]
-        e = start[k + 1]
+        a = np.int64(start[k])
+        e = np.int64(start[k + 1])
         if a == e:
             continue
         w = wk[k]
@@ -1134,11 +1145,9 @@ def _gram_by_counts(X, cnt, wk, g):
                 bi = row[i] & piece
                 if bi == 0:
                     continue
-                for j in range(i + 1):
-                    acc[j] = np.float64(_popcount(bi & row[j]))
                 gi = g[i]
                 for j in range(i + 1):
-                    gi[j] += w * acc[j]
+                    gi[j] += w * np.float64(_popcount(bi & row[j]))
     for i in range(E):
         for j in range(i):
             g[j, i] = g[i, j]
@@ -1554,7 +1563,7 @@ _EXP_BIAS = np.uint64(2048 - 1023)
 _HALF_M52 = 0.5 / 4503599627370496.0
 _P_MIN = 1e-300
 _P_MAX = 1.0 - 1.1102230246251565e-16
-_SELECT_MAX_V = 6  # up to this many bins per feature, per-bin select passes instead of gathers
+_SELECT_MAX_V = 6  # up to this many bins per feature, selects on the uniform instead of gathers
 
 
 @njit(cache=True, inline="always")
@@ -1570,24 +1579,27 @@ def _as241_central(q):
 
 
 @njit(cache=True, inline="always")
-def _as241_tail(r):
-    # AS241 outside the central range: |Φ⁻¹(p)| from r = sqrt(-log(min(p, 1-p))); both
-    # branches computed and selected
+def _as241_z1(r):
+    # AS241 outside the central range, r = sqrt(-log(min(p, 1-p))) <= 5
     r1 = r - 1.6
-    z1 = ((((((((7.7454501427834140764e-4 * r1 + 0.0227238449892691845833) * r1 + 0.24178072517745061177) * r1
-               + 1.27045825245236838258) * r1 + 3.64784832476320460504) * r1 + 5.7694972214606914055) * r1
-            + 4.6303378461565452959) * r1 + 1.42343711074968357734)
-          / (((((((1.05075007164441684324e-9 * r1 + 5.475938084995344946e-4) * r1 + 0.0151986665636164571966) * r1
-                 + 0.14810397642748007459) * r1 + 0.68976733498510000455) * r1 + 1.6763848301838038494) * r1
-              + 2.05319162663775882187) * r1 + 1.0))
+    return ((((((((7.7454501427834140764e-4 * r1 + 0.0227238449892691845833) * r1 + 0.24178072517745061177) * r1
+                 + 1.27045825245236838258) * r1 + 3.64784832476320460504) * r1 + 5.7694972214606914055) * r1
+              + 4.6303378461565452959) * r1 + 1.42343711074968357734)
+            / (((((((1.05075007164441684324e-9 * r1 + 5.475938084995344946e-4) * r1 + 0.0151986665636164571966) * r1
+                   + 0.14810397642748007459) * r1 + 0.68976733498510000455) * r1 + 1.6763848301838038494) * r1
+                + 2.05319162663775882187) * r1 + 1.0))
+
+
+@njit(cache=True, inline="always")
+def _as241_z2(r):
+    # ... and r > 5 (min(p, 1-p) below about 1.4e-11)
     r2 = r - 5.0
-    z2 = ((((((((2.01033439929228813265e-7 * r2 + 2.71155556874348757815e-5) * r2 + 0.0012426609473880784386) * r2
-               + 0.026532189526576123093) * r2 + 0.29656057182850489123) * r2 + 1.7848265399172913358) * r2
-            + 5.4637849111641143699) * r2 + 6.6579046435011037772)
-          / (((((((2.04426310338993978564e-15 * r2 + 1.4215117583164458887e-7) * r2 + 1.8463183175100546818e-5) * r2
-                 + 7.868691311456132591e-4) * r2 + 0.0148753612908506148525) * r2 + 0.13692988092273580531) * r2
-              + 0.59983220655588793769) * r2 + 1.0))
-    return z1 if r <= 5.0 else z2
+    return ((((((((2.01033439929228813265e-7 * r2 + 2.71155556874348757815e-5) * r2 + 0.0012426609473880784386) * r2
+                 + 0.026532189526576123093) * r2 + 0.29656057182850489123) * r2 + 1.7848265399172913358) * r2
+              + 5.4637849111641143699) * r2 + 6.6579046435011037772)
+            / (((((((2.04426310338993978564e-15 * r2 + 1.4215117583164458887e-7) * r2 + 1.8463183175100546818e-5) * r2
+                   + 7.868691311456132591e-4) * r2 + 0.0148753612908506148525) * r2 + 0.13692988092273580531) * r2
+                + 0.59983220655588793769) * r2 + 1.0))
 
 
 @njit(cache=True, inline="always")
@@ -1608,7 +1620,8 @@ def _tails(tp, tb, mb, mf, eb, ef, n):
     """``tp[:n]`` (p outside AS241's central range, in [_P_MIN, _P_MAX]) becomes |Φ⁻¹(p)|.
     ``tb`` is ``tp`` viewed as uint64, ``mf``/``ef`` views of the scratch ``mb``/``eb``: the
     logarithm works on the float's bits (mantissa in [sqrt(2)/2, sqrt(2)), exponent + 2048
-    turned into a float by the 2^52 magic number), so every loop vectorises."""
+    turned into a float by the 2^52 magic number), so every loop vectorises.  The rational
+    for r > 5 (p below about 1.4e-11) is evaluated afterwards for the elements that need it."""
     for i in range(n):
         p = tp[i]
         tp[i] = min(p, 1.0 - p)
@@ -1618,9 +1631,18 @@ def _tails(tp, tb, mb, mf, eb, ef, n):
         big = mant > _MANT_SQRT2
         mb[i] = mant | (_EXP_HALF if big else _EXP_ONE)
         eb[i] = _MAGIC52 | ((bits >> _S52) + _EXP_BIAS + (_ONE if big else _U64_0))
+    far = 0
     for i in range(n):
         dk = ef[i] - 4503599627372544.0  # 2^52 + 2048
-        tp[i] = _as241_tail(math.sqrt(-_log1p_parts(mf[i] - 1.0, dk)))
+        r = math.sqrt(-_log1p_parts(mf[i] - 1.0, dk))
+        tp[i] = _as241_z1(r)
+        mf[i] = r
+        far += np.int64(not (r <= 5.0))
+    if far:
+        for i in range(n):
+            r = mf[i]
+            if not (r <= 5.0):
+                tp[i] = _as241_z2(r)
 
 
 @njit(cache=True, error_model="numpy")
@@ -1695,122 +1717,399 @@ def _wgram_block(zb, w, m, g):
             g[D, D] += s
 
 
-# lime's tabular neighbourhood, structured for SIMD.  Element (r, d) draws one uniform u in
-# (0, 1) (52 bits of its hash).  A categorical / discretised feature picks bin k = the number
-# of CDF steps at or below u; the position of u inside the bin's share of the CDF is itself
-# uniform, and maps linearly onto [Φ(a), Φ(b)] of the bin's normal (a, b the bin's edges in
-# its z-units): p = ia[d, k] + ib[d, k]·u, x = mean + std·Φ⁻¹(p), clipped to the bin (rounding;
-# a zero-width bin gives its edge).  That is the truncated normal by inverse CDF, without
-# rejection.  A continuous feature takes p = u.  Per block of rows and feature, flat passes
-# with no data-dependent control flow; Φ⁻¹ is AS241's central rational for every element and
-# its tail branch (a log) for the compacted few outside the central range.  The block's
-# columns are then written out, and its distances and (width > 0) lime's kernel weights
-# computed.
-@njit(cache=True, parallel=True, error_model="numpy")
-def _neighbourhood_v(scaled, inv, dist, wts, width, base, row_offset, kind, cdf, values, inst, center, scale, smean,
-                     sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, s0, row0, cosine, gpart):
-    n, D = scaled.shape
-    n0 = 0.0
+@intrinsic
+def _bits_f64(typingctx, x):
+    """The float64 whose bits are the uint64 ``x``."""
+    if not (isinstance(x, nbtypes.Integer) and x.bitwidth == 64 and not x.signed):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.DoubleType())
+
+    return nbtypes.float64(x), codegen
+
+
+@intrinsic
+def _ctz(typingctx, x):
+    """Trailing zero bits of a non-zero uint64 (LLVM's cttz)."""
+    if not (isinstance(x, nbtypes.Integer) and x.bitwidth == 64 and not x.signed):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], llvm_ir.Constant(llvm_ir.IntType(1), 1))
+
+    return nbtypes.uint64(x), codegen
+
+
+def _c2d(a, dtype):
+    return isinstance(a, nbtypes.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == dtype
+
+
+@intrinsic
+def _t4x4(typingctx, src, sr, sc, dst, dr, dc):
+    """``dst[dr + j, dc + i] = src[sr + i, sc + j]`` for i, j < 4: a 4×4 transpose of float64
+    by four loads, eight shuffles and four stores (C-contiguous 2-D arrays; the indices are in
+    range, not checked).  Generic LLVM vectors: any target lowers them."""
+    if not (_c2d(src, nbtypes.float64) and _c2d(dst, nbtypes.float64)
+            and all(isinstance(t, nbtypes.Integer) for t in (sr, sc, dr, dc))):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ts = signature.args
+        sa = context.make_array(ts[0])(context, builder, args[0])
+        da = context.make_array(ts[3])(context, builder, args[3])
+        i64 = llvm_ir.IntType(64)
+        vp = llvm_ir.VectorType(llvm_ir.DoubleType(), 4).as_pointer()
+        sr_, sc_, dr_, dc_ = (context.cast(builder, args[k], ts[k], nbtypes.int64) for k in (1, 2, 4, 5))
+        a = [builder.load(builder.bitcast(cgutils.get_item_pointer(context, builder, ts[0], sa,
+                                                                   [builder.add(sr_, i64(i)), sc_]), vp), align=8)
+             for i in range(4)]
+
+        def sh(x, y, idx):
+            return builder.shuffle_vector(x, y, llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 4), idx))
+
+        t0, t1 = sh(a[0], a[1], [0, 4, 2, 6]), sh(a[0], a[1], [1, 5, 3, 7])
+        t2, t3 = sh(a[2], a[3], [0, 4, 2, 6]), sh(a[2], a[3], [1, 5, 3, 7])
+        out = (sh(t0, t2, [0, 1, 4, 5]), sh(t1, t3, [0, 1, 4, 5]), sh(t0, t2, [2, 3, 6, 7]), sh(t1, t3, [2, 3, 6, 7]))
+        for j in range(4):
+            p = cgutils.get_item_pointer(context, builder, ts[3], da, [builder.add(dr_, i64(j)), dc_])
+            builder.store(out[j], builder.bitcast(p, vp), align=8)
+        return context.get_dummy_value()
+
+    return nbtypes.void(src, sr, sc, dst, dr, dc), codegen
+
+
+@intrinsic
+def _store8(typingctx, dst, r, c, v):
+    """The 8 bytes of the uint64 ``v`` (in memory order) to ``dst[r, c:c + 8]``: one unaligned
+    store into a C-contiguous uint8 2-D array (in range, not checked)."""
+    if not (_c2d(dst, nbtypes.uint8) and isinstance(r, nbtypes.Integer) and isinstance(c, nbtypes.Integer)
+            and isinstance(v, nbtypes.Integer) and v.bitwidth == 64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ts = signature.args
+        da = context.make_array(ts[0])(context, builder, args[0])
+        r_, c_ = (context.cast(builder, args[k], ts[k], nbtypes.int64) for k in (1, 2))
+        p = cgutils.get_item_pointer(context, builder, ts[0], da, [r_, c_])
+        builder.store(args[3], builder.bitcast(p, llvm_ir.IntType(64).as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return nbtypes.void(dst, r, c, v), codegen
+
+
+@intrinsic
+def _far64(typingctx, src, off):
+    """Bit i = ``abs(src[off + i] - 0.5) > 0.425`` for i < 64 (``src`` a C-contiguous float64
+    1-D array with 64 elements from ``off``, not checked): the elements outside AS241's
+    central range, by one vector compare and its mask.  Generic LLVM vectors."""
+    if not (isinstance(src, nbtypes.Array) and src.ndim == 1 and src.layout == "C" and src.dtype == nbtypes.float64
+            and isinstance(off, nbtypes.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ts = signature.args
+        sa = context.make_array(ts[0])(context, builder, args[0])
+        vt = llvm_ir.VectorType(llvm_ir.DoubleType(), 64)
+        p = cgutils.get_item_pointer(context, builder, ts[0], sa, [context.cast(builder, args[1], ts[1], nbtypes.int64)])
+        x = builder.load(builder.bitcast(p, vt.as_pointer()), align=8)
+        q = builder.fsub(x, llvm_ir.Constant(vt, [0.5] * 64))
+        fabs = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vt, [vt]), "llvm.fabs.v64f64")
+        m = builder.fcmp_ordered(">", builder.call(fabs, [q]), llvm_ir.Constant(vt, [0.425] * 64))
+        return builder.bitcast(m, llvm_ir.IntType(64))
+
+    return nbtypes.uint64(src, off), codegen
+
+
+_LITTLE = sys.byteorder == "little"
+_REP8 = np.uint64(0x0101010101010101)
+_DIAG8 = np.uint64(0x8040201008040201)
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+_HIGH8 = np.uint64(0x8080808080808080)
+_S7 = np.uint64(7)
+_BYTE = np.uint64(0xFF)
+_BLK = 1024  # rows per block of the tabular kernel
+_GRAM_BLK = 256  # rows per partial Gram (the sums' grouping, so fixed)
+
+
+@njit(cache=True, inline="always")
+def _spread8(b):
+    # the low 8 bits of b as 8 bytes 0/1, bit j → byte j (little-endian): the byte repeated,
+    # bit j kept in byte j, then each byte's non-zero test carried into its top bit
+    x = ((b & _BYTE) * _REP8) & _DIAG8
+    return ((x + _LOW7) & _HIGH8) >> _S7
+
+
+@njit(cache=True, inline="always")
+def _u_of(key, step):
+    # element's uniform in (0, 1): the top 52 bits of its hash as the mantissa of a double in
+    # [1, 2), minus 1, plus 2^-53
+    return (_bits_f64((_mix(key + step) >> _S12) | _EXP_ONE) - 1.0) + _HALF_M52
+
+
+# per-feature constants of the selects (_bin_table): the CDF steps padded with +inf (never
+# reached) to 5, then ia, ib, bin mean, std, min, max and the values, each padded to 6 bins
+_CT_A, _CT_B, _CT_M, _CT_S, _CT_L, _CT_H, _CT_V, _CT_W = 5, 11, 17, 23, 29, 35, 41, 47
+
+
+@njit(cache=True, inline="always")
+def _chain(NV, u, c0, c1, c2, c3, c4, t0, t1, t2, t3, t4, t5):
+    """t_k for bin k = the number of CDF steps c_j at or below u, NV (a constant, 4 or 6) bins,
+    the steps nondecreasing (so the steps at or below u are the first k): a running select.
+    The t_j are scalars loaded before the loop; selects between loads would become a gather."""
+    v = t0
+    v = t1 if u >= c0 else v
+    v = t2 if u >= c1 else v
+    v = t3 if u >= c2 else v
+    if NV > 4:
+        v = t4 if u >= c3 else v
+        v = t5 if u >= c4 else v
+    return v
+
+
+@njit(cache=True, inline="always")
+def _few_s(BM, m, keys, step, u, lo_c, hi_c, ss, bm, bit):
+    # the uniforms, and whether each drew the instance's bin (u in [lo_c, hi_c)): a bit of the
+    # row's mask (BM) or a 0/1 column
+    bv = _ONE << bit
+    for r in range(m):
+        uu = _u_of(keys[r], step)
+        u[r] = uu
+        s = (uu >= lo_c) & (uu < hi_c)
+        if BM:
+            bm[r] |= bv if s else _U64_0
+        else:
+            ss[r] = 1.0 if s else 0.0
+
+
+@njit(cache=True, inline="always")
+def _few_p(NV, m, u, pp, cd):
+    # discretised feature: p = ia + ib·u of the drawn bin.  Hash, p and Φ⁻¹ each in a pass of
+    # their own: their dependency chains overlap better across iterations alone
+    c0, c1, c2, c3, c4 = cd[0], cd[1], cd[2], cd[3], cd[4]
+    a0, a1, a2, a3, a4, a5 = cd[_CT_A], cd[_CT_A + 1], cd[_CT_A + 2], cd[_CT_A + 3], cd[_CT_A + 4], cd[_CT_A + 5]
+    b0, b1, b2, b3, b4, b5 = cd[_CT_B], cd[_CT_B + 1], cd[_CT_B + 2], cd[_CT_B + 3], cd[_CT_B + 4], cd[_CT_B + 5]
+    for r in range(m):
+        uu = u[r]
+        a = _chain(NV, uu, c0, c1, c2, c3, c4, a0, a1, a2, a3, a4, a5)
+        b = _chain(NV, uu, c0, c1, c2, c3, c4, b0, b1, b2, b3, b4, b5)
+        pp[r] = min(max(a + b * uu, _P_MIN), _P_MAX)
+
+
+@njit(cache=True, inline="always")
+def _central(m, pp, zz):
+    # Φ⁻¹(p)'s central part for every element (the tail branch redoes the few outside)
+    for r in range(m):
+        zz[r] = _as241_central(pp[r] - 0.5)
+
+
+@njit(cache=True, inline="always")
+def _few_x(NV, m, u, zz, xs, cd):
+    # discretised feature: x = the drawn bin's mean + std·z, clipped to the bin
+    c0, c1, c2, c3, c4 = cd[0], cd[1], cd[2], cd[3], cd[4]
+    m0, m1, m2, m3, m4, m5 = cd[_CT_M], cd[_CT_M + 1], cd[_CT_M + 2], cd[_CT_M + 3], cd[_CT_M + 4], cd[_CT_M + 5]
+    s0, s1, s2, s3, s4, s5 = cd[_CT_S], cd[_CT_S + 1], cd[_CT_S + 2], cd[_CT_S + 3], cd[_CT_S + 4], cd[_CT_S + 5]
+    l0, l1, l2, l3, l4, l5 = cd[_CT_L], cd[_CT_L + 1], cd[_CT_L + 2], cd[_CT_L + 3], cd[_CT_L + 4], cd[_CT_L + 5]
+    h0, h1, h2, h3, h4, h5 = cd[_CT_H], cd[_CT_H + 1], cd[_CT_H + 2], cd[_CT_H + 3], cd[_CT_H + 4], cd[_CT_H + 5]
+    for r in range(m):
+        uu = u[r]
+        mu = _chain(NV, uu, c0, c1, c2, c3, c4, m0, m1, m2, m3, m4, m5)
+        sg = _chain(NV, uu, c0, c1, c2, c3, c4, s0, s1, s2, s3, s4, s5)
+        lo = _chain(NV, uu, c0, c1, c2, c3, c4, l0, l1, l2, l3, l4, l5)
+        hi = _chain(NV, uu, c0, c1, c2, c3, c4, h0, h1, h2, h3, h4, h5)
+        xs[r] = min(max(mu + sg * zz[r], lo), hi)
+
+
+@njit(cache=True, inline="always")
+def _few_v(NV, m, u, xs, cd):
+    # categorical feature: the drawn value
+    c0, c1, c2, c3, c4 = cd[0], cd[1], cd[2], cd[3], cd[4]
+    v0, v1, v2, v3, v4, v5 = cd[_CT_V], cd[_CT_V + 1], cd[_CT_V + 2], cd[_CT_V + 3], cd[_CT_V + 4], cd[_CT_V + 5]
+    for r in range(m):
+        xs[r] = _chain(NV, u[r], c0, c1, c2, c3, c4, v0, v1, v2, v3, v4, v5)
+
+
+@njit(cache=True, inline="always")
+def _columns_out(blk, r0, m, D, out):
+    # out[r0 + r, d] = blk[d, r]: 4×4 tiles by shuffles, the rest element by element
+    m4 = m & ~3
+    D4 = D & ~3
+    for r in range(0, m4, 4):
+        for d in range(0, D4, 4):
+            _t4x4(blk, d, r, out, r0 + r, d)
+    for r in range(m4):
+        for d in range(D4, D):
+            out[r0 + r, d] = blk[d, r]
+    for r in range(m4, m):
+        for d in range(D):
+            out[r0 + r, d] = blk[d, r]
+
+
+@njit(cache=True)
+def _bin_table(kind, cdf, values, inst, ia, ib, bin_mean, bin_std, bin_min, bin_max):
+    """Per feature: the padded constants of the selects (cst, columns _CT_*); whether they
+    apply (few: 2..6 bins, CDF steps nondecreasing and not NaN, so that the steps at or below
+    u are the first k); the instance's value index (the first match: padding repeats the last
+    value but is never drawn; V when the value is not a training value) and the u range
+    [lo_c, hi_c) of its bin."""
+    D, V = cdf.shape
+    cst = np.zeros((D, _CT_W))
+    few = np.zeros(D, dtype=np.bool_)
+    jst = np.empty(D, dtype=np.int64)
+    loc = np.empty(D)
+    hic = np.empty(D)
     for d in range(D):
-        n0 += s0[d] * s0[d]
-    n0 = math.sqrt(n0)
-    # all surrogate features binary: the distance accumulators are small integers, and the
-    # kernel weight of each (acc1, acc2) pair is computed once
-    binary = True
-    for d in range(D):
-        binary &= kind[d] != 0
-    tab = np.full((D + 1) * (D + 1), -1.0) if binary and width > 0 else np.empty(0)
-    w2 = width * width
+        js = V
+        for j in range(V - 1, -1, -1):
+            if values[d, j] == inst[d]:
+                js = j
+        jst[d] = js
+        ok = 2 <= V <= _SELECT_MAX_V
+        for j in range(V - 1):
+            ok &= not math.isnan(cdf[d, j])
+            if j + 1 < V - 1:
+                ok &= cdf[d, j] <= cdf[d, j + 1]
+        few[d] = ok
+        loc[d] = np.inf if js >= V else (-np.inf if js == 0 else cdf[d, js - 1])
+        hic[d] = cdf[d, js] if js < V - 1 else np.inf
+        if not ok:
+            continue
+        for j in range(5):
+            cst[d, j] = cdf[d, j] if j < V - 1 else np.inf
+        for j in range(V):
+            cst[d, _CT_A + j] = ia[d, j]
+            cst[d, _CT_B + j] = ib[d, j]
+            cst[d, _CT_M + j] = bin_mean[d, j]
+            cst[d, _CT_S + j] = bin_std[d, j]
+            cst[d, _CT_L + j] = bin_min[d, j]
+            cst[d, _CT_H + j] = bin_max[d, j]
+            cst[d, _CT_V + j] = values[d, j]
+    return cst, few, jst, loc, hic
+
+
+@njit(cache=True, error_model="numpy")
+def _nb_chunk(c, nch, scaled, scaled8, inv, bm, dist, wts, width, base, row_offset, kind, cdf, values, center, scale,
+              smean, sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, row0, cosine, gpart, s0, n0, tab, dtab,
+              wtab, cst, few, jst, loc, hic):
+    """Blocks ``c·nb/nch .. (c+1)·nb/nch - 1`` of :func:`_neighbourhood_v` with one scratch
+    set (one compiled body for the serial and the parallel kernel)."""
+    n, D = inv.shape
     V = cdf.shape[1]
-    blk = 256
-    for b in prange((n + blk - 1) // blk):
+    usebm = bm.shape[0] > 0
+    w2 = width * width
+    allb = _U64_ALL >> np.uint64(64 - D) if usebm and D > 0 else _U64_0
+    blk = _BLK
+    nb = (n + blk - 1) // blk
+    # scratch rows carved from one buffer with starts spread over 4 KiB (rows streamed side
+    # by side whose addresses agree in the low 12 bits stall the loads)
+    S = blk + 64
+    scr = np.empty(11 * S)
+    keys = scr[0:blk].view(np.uint64)
+    hb = scr[S:S + blk].view(np.uint64)
+    uf = scr[S:S + blk]
+    u = scr[2 * S:2 * S + blk]
+    kb = scr[3 * S:3 * S + blk].view(np.uint64)
+    pp = scr[4 * S:4 * S + blk]
+    zz = scr[5 * S:5 * S + blk]
+    tl = scr[6 * S:6 * S + blk].view(np.int64)
+    tp = scr[7 * S:7 * S + blk]
+    tb = tp.view(np.uint64)
+    mf = scr[8 * S:8 * S + blk]
+    mb = mf.view(np.uint64)
+    ef = scr[9 * S:9 * S + blk]
+    eb = ef.view(np.uint64)
+    bmb = scr[10 * S:10 * S + blk].view(np.uint64)
+    acc1 = np.empty(blk)
+    acc2 = np.empty(blk)
+    iad = np.empty(V)
+    ibd = np.empty(V)
+    # the block's columns (feature-major), written out row by row at the end; rows padded
+    # off a multiple of 4 KiB (the columns of one row would share cache sets)
+    xblk = np.empty((D, blk + 8))
+    sblk = np.empty((D, blk + 8))
+    gz = np.empty((D, _GRAM_BLK + 8) if gpart.shape[0] else (0, 0))
+    for b in range(c * nb // nch, (c + 1) * nb // nch):
         r0 = b * blk
         r1 = min(n, r0 + blk)
         m = r1 - r0
-        keys = np.empty(m, dtype=np.uint64)
         for r in range(m):
             keys[r] = _row_key(base, row_offset + r0 + r)
-        hb = np.empty(m, dtype=np.uint64)
-        uf = hb.view(np.float64)
-        u = np.empty(m)
-        kb = np.empty(m, dtype=np.uint64)
-        pp = np.empty(m)
-        zz = np.empty(m)
-        fl = np.empty(m, dtype=np.uint8)
-        tl = np.empty(m, dtype=np.int64)
-        tp = np.empty(m)
-        tb = tp.view(np.uint64)
-        mb = np.empty(m, dtype=np.uint64)
-        mf = mb.view(np.float64)
-        eb = np.empty(m, dtype=np.uint64)
-        ef = eb.view(np.float64)
-        iad = np.empty(V)
-        ibd = np.empty(V)
-        # the block's columns (feature-major), written out row by row at the end: contiguous
-        # stores instead of a stride-D store per element
-        xblk = np.empty((D, m))
-        sblk = np.empty((D, m))
-        acc1 = np.zeros(m)
-        acc2 = np.zeros(m)
+            acc1[r] = 0.0
+            acc2[r] = 0.0
+            bmb[r] = _U64_0
         for d in range(D):
             kd = kind[d]
             xs = xblk[d]
             ss = sblk[d]
+            sd = s0[d]
             step = (np.uint64(d) + _ONE) * _GOLDEN
-            for r in range(m):
-                # the top 52 bits as the mantissa of a double in [1, 2)
-                hb[r] = (_mix(keys[r] + step) >> _S12) | _EXP_ONE
-            for r in range(m):
-                u[r] = (uf[r] - 1.0) + _HALF_M52
-            if kd != 0:
+            bit = np.uint64(d & 63)
+            tails = kd != 1
+            if kd == 0:
+                for r in range(m):
+                    pp[r] = _u_of(keys[r], step)
+            elif few[d] and kd == 2:
+                if usebm:
+                    _few_s(True, m, keys, step, u, loc[d], hic[d], ss, bmb, bit)
+                else:
+                    _few_s(False, m, keys, step, u, loc[d], hic[d], ss, bmb, bit)
+                if V <= 4:
+                    _few_p(4, m, u, pp, cst[d])
+                else:
+                    _few_p(6, m, u, pp, cst[d])
+            elif few[d]:  # categorical
+                if usebm:
+                    _few_s(True, m, keys, step, u, loc[d], hic[d], ss, bmb, bit)
+                else:
+                    _few_s(False, m, keys, step, u, loc[d], hic[d], ss, bmb, bit)
+                if V <= 4:
+                    _few_v(4, m, u, xs, cst[d])
+                else:
+                    _few_v(6, m, u, xs, cst[d])
+            else:
+                # any number of bins, any CDF: the bin index by counting, then gathers
+                for r in range(m):
+                    hb[r] = (_mix(keys[r] + step) >> _S12) | _EXP_ONE
+                for r in range(m):
+                    u[r] = (uf[r] - 1.0) + _HALF_M52
                 for r in range(m):
                     kb[r] = _U64_0
                 for j in range(V - 1):
                     cj = cdf[d, j]
                     for r in range(m):
                         kb[r] += np.uint64(u[r] >= cj)
-                vd = values[d]
-                ins = inst[d]
-                # the instance's value index (the first match: padding repeats the last value
-                # but is never drawn; V when the value is not a training value)
-                jstar = np.uint64(V)
-                for j in range(V - 1, -1, -1):
-                    if vd[j] == ins:
-                        jstar = np.uint64(j)
-                for r in range(m):
-                    ss[r] = 1.0 if kb[r] == jstar else 0.0
+                jstar = np.uint64(jst[d])
+                if usebm:
+                    bv = _ONE << bit
+                    for r in range(m):
+                        bmb[r] |= bv if kb[r] == jstar else _U64_0
+                else:
+                    for r in range(m):
+                        ss[r] = 1.0 if kb[r] == jstar else 0.0
                 if kd == 1:
+                    vd = values[d]
                     for r in range(m):
                         xs[r] = vd[kb[r]]
                 else:
-                    if V <= _SELECT_MAX_V:
-                        # few bins: one vectorised select pass per bin beats a gather
-                        for j in range(V):
-                            aj = ia[d, j]
-                            bj = ib[d, j]
-                            jj = np.uint64(j)
-                            for r in range(m):
-                                v = min(max(aj + bj * u[r], _P_MIN), _P_MAX)
-                                pp[r] = v if kb[r] == jj else pp[r]
-                    else:
-                        for j in range(V):
-                            iad[j] = ia[d, j]
-                            ibd[j] = ib[d, j]
-                        for r in range(m):
-                            k = kb[r]
-                            pp[r] = min(max(iad[k] + ibd[k] * u[r], _P_MIN), _P_MAX)
-            else:
-                for r in range(m):
-                    pp[r] = u[r]
-            if kd != 1:
-                for r in range(m):
-                    q = pp[r] - 0.5
-                    zz[r] = _as241_central(q)
-                    fl[r] = abs(q) > 0.425
+                    for j in range(V):
+                        iad[j] = ia[d, j]
+                        ibd[j] = ib[d, j]
+                    for r in range(m):
+                        k = kb[r]
+                        pp[r] = min(max(iad[k] + ibd[k] * u[r], _P_MIN), _P_MAX)
+            if tails:
+                _central(m, pp, zz)
+                # Φ⁻¹'s tail branch for the elements outside the central range: their
+                # indices from 64-element masks, lowest bit first
                 nt = 0
-                for r in range(m):
-                    tl[nt] = r
-                    nt += np.int64(fl[r])
+                for w0 in range(0, m, 64):
+                    word = _far64(pp, w0)
+                    if m - w0 < 64:
+                        word &= ~(_U64_ALL << np.uint64(m - w0))
+                    while word != _U64_0:
+                        tl[nt] = w0 + np.int64(_ctz(word))
+                        nt += 1
+                        word &= word - _ONE
                 for i in range(nt):
                     tp[i] = pp[tl[i]]
                 _tails(tp, tb, mb, mf, eb, ef, nt)
@@ -1818,48 +2117,85 @@ def _neighbourhood_v(scaled, inv, dist, wts, width, base, row_offset, kind, cdf,
                     r = tl[i]
                     zz[r] = -tp[i] if pp[r] < 0.5 else tp[i]
                 if kd == 0:
-                    c = center[d]
+                    cc = center[d]
                     sc = scale[d]
                     sm = smean[d]
                     ssc = sscale[d]
                     for r in range(m):
-                        x = c + sc * zz[r]
+                        x = cc + sc * zz[r]
                         xs[r] = x
                         ss[r] = (x - sm) / ssc
+                elif few[d]:
+                    if V <= 4:
+                        _few_x(4, m, u, zz, xs, cst[d])
+                    else:
+                        _few_x(6, m, u, zz, xs, cst[d])
                 else:
                     mu = bin_mean[d]
                     sg = bin_std[d]
                     lo = bin_min[d]
                     hi = bin_max[d]
-                    if V <= _SELECT_MAX_V:
-                        for j in range(V):
-                            mj = mu[j]
-                            sj = sg[j]
-                            lj = lo[j]
-                            hj = hi[j]
-                            jj = np.uint64(j)
-                            for r in range(m):
-                                v = min(max(mj + sj * zz[r], lj), hj)
-                                xs[r] = v if kb[r] == jj else xs[r]
-                    else:
-                        for r in range(m):
-                            k = kb[r]
-                            xs[r] = min(max(mu[k] + sg[k] * zz[r], lo[k]), hi[k])
-            sd = s0[d]
-            if row_offset + r0 == 0:
-                xs[0] = row0[d]
-                ss[0] = sd
-            if cosine:
+                    for r in range(m):
+                        k = kb[r]
+                        xs[r] = min(max(mu[k] + sg[k] * zz[r], lo[k]), hi[k])
+            if not usebm:
+                if cosine:
+                    for r in range(m):
+                        acc1[r] += ss[r] * sd
+                        acc2[r] += ss[r] * ss[r]
+                else:
+                    for r in range(m):
+                        acc1[r] += (ss[r] - sd) * (ss[r] - sd)
+        if row_offset + r0 == 0:
+            # global row 0 is the instance: its columns, and its sums again in feature order
+            a1 = 0.0
+            a2 = 0.0
+            for d in range(D):
+                sd = s0[d]
+                xblk[d, 0] = row0[d]
+                sblk[d, 0] = sd
+                if cosine:
+                    a1 += sd * sd
+                    a2 += sd * sd
+                else:
+                    a1 += (sd - sd) * (sd - sd)
+            acc1[0] = a1
+            acc2[0] = a2
+            bmb[0] = allb
+        _columns_out(xblk, r0, m, D, inv)
+        if usebm:
+            for r in range(m):
+                v = bmb[r]
+                bm[r0 + r] = v
+                c = np.int64(_popcount(v))
+                dist[r0 + r] = dtab[c]
+            if width > 0:
                 for r in range(m):
-                    acc1[r] += ss[r] * sd
-                    acc2[r] += ss[r] * ss[r]
+                    wts[r0 + r] = wtab[np.int64(_popcount(bmb[r]))]
+            if scaled8.shape[0] and D >= 8 and _LITTLE:
+                # eight features per store: the row's bits spread to bytes
+                for r in range(m):
+                    v = bmb[r]
+                    for d in range(0, D - 8, 8):
+                        _store8(scaled8, r0 + r, d, _spread8(v >> np.uint64(d)))
+                    _store8(scaled8, r0 + r, D - 8, _spread8(v >> np.uint64(D - 8)))
+            elif scaled8.shape[0]:
+                for r in range(m):
+                    v = bmb[r]
+                    for d in range(D):
+                        scaled8[r0 + r, d] = np.uint8((v >> np.uint64(d)) & _ONE)
             else:
                 for r in range(m):
-                    acc1[r] += (ss[r] - sd) * (ss[r] - sd)
-        for r in range(m):
-            for d in range(D):
-                scaled[r0 + r, d] = sblk[d, r]
-                inv[r0 + r, d] = xblk[d, r]
+                    v = bmb[r]
+                    for d in range(D):
+                        scaled[r0 + r, d] = np.float64((v >> np.uint64(d)) & _ONE)
+            continue
+        if scaled8.shape[0]:
+            for r in range(m):
+                for d in range(D):
+                    scaled8[r0 + r, d] = np.uint8(sblk[d, r])
+        else:
+            _columns_out(sblk, r0, m, D, scaled)
         for r in range(m):
             if cosine:
                 den = math.sqrt(acc2[r]) * n0
@@ -1877,7 +2213,74 @@ def _neighbourhood_v(scaled, inv, dist, wts, width, base, row_offset, kind, cdf,
                 else:
                     wts[r0 + r] = _lime_weight(dd, w2)
         if gpart.shape[0]:
-            _wgram_block(sblk, wts[r0:r1], m, gpart[b])
+            # the weighted Gram in 256-row groups (a group's sums are reassociated: the
+            # grouping is part of the result), each group's columns copied contiguous
+            for h in range(0, m, _GRAM_BLK):
+                mh = min(_GRAM_BLK, m - h)
+                for d in range(D):
+                    for r in range(mh):
+                        gz[d, r] = sblk[d, h + r]
+                _wgram_block(gz, wts[r0 + h:r0 + h + mh], mh, gpart[(r0 + h) // _GRAM_BLK])
+
+
+# lime's tabular neighbourhood, structured for SIMD.  Element (r, d) draws one uniform u in
+# (0, 1) (52 bits of its hash).  A categorical / discretised feature picks bin k = the number
+# of CDF steps at or below u; the position of u inside the bin's share of the CDF is itself
+# uniform, and maps linearly onto [Φ(a), Φ(b)] of the bin's normal (a, b the bin's edges in
+# its z-units): p = ia[d, k] + ib[d, k]·u, x = mean + std·Φ⁻¹(p), clipped to the bin (rounding;
+# a zero-width bin gives its edge).  That is the truncated normal by inverse CDF, without
+# rejection.  A continuous feature takes p = u.  Per block of rows and feature, flat passes
+# with no data-dependent control flow; Φ⁻¹ is AS241's central rational for every element and
+# its tail branch (a log) for the compacted few outside the central range.  The block's
+# columns are then written out, and its distances and (width > 0) lime's kernel weights
+# computed.
+#
+# With up to _SELECT_MAX_V bins and nondecreasing CDF steps (lime's quartile and categorical
+# tables), a feature's bin constants come by selects on u against the steps (_few_*; passes
+# specialised for 4 and 6 padded bins); otherwise by the bin index and gathers.  All surrogate
+# features binary and D <= 64 (bm non-empty): each row's surrogate features are the bits of
+# one word (bm), its distance and weight those of its count of ones, and uint8 rows (scaled8
+# non-empty) are written from the bits.  Results do not depend on the blocking, nor on nch
+# (the number of chunks of blocks, one scratch set each).
+@njit(cache=True, parallel=True, error_model="numpy")
+def _neighbourhood_v(scaled, scaled8, inv, bm, dist, wts, width, base, row_offset, nch, kind, cdf, values, inst,
+                     center, scale, smean, sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, row0, cosine, gpart):
+    n, D = inv.shape
+    usebm = bm.shape[0] > 0
+    # the instance's surrogate row (standardised for kind 0, 1 otherwise) and its norm
+    s0 = np.empty(D)
+    n0 = 0.0
+    binary = True
+    for d in range(D):
+        s0[d] = (row0[d] - smean[d]) / sscale[d] if kind[d] == 0 else 1.0
+        n0 += s0[d] * s0[d]
+        binary &= kind[d] != 0
+    n0 = math.sqrt(n0)
+    w2 = width * width
+    # all surrogate features binary: the distance accumulators are small integers, and the
+    # kernel weight of each (acc1, acc2) pair is computed once
+    tab = np.full((D + 1) * (D + 1), -1.0) if binary and width > 0 and not usebm else np.empty(0)
+    # rows as bits: a row with c ones has acc1 = D - c (euclidean), acc1 = acc2 = c (cosine),
+    # exact, so its distance and weight are those of c, computed once as for any row
+    dtab = np.empty(D + 1 if usebm else 0)
+    wtab = np.empty(D + 1 if usebm and width > 0 else 0)
+    for c in range(dtab.shape[0]):
+        if cosine:
+            den = math.sqrt(np.float64(c)) * n0
+            dd = 1.0 - (np.float64(c) / den if den > 0 else 0.0)
+            dd = min(max(dd, 0.0), 2.0)
+        else:
+            dd = math.sqrt(np.float64(D - c))
+        dtab[c] = dd
+        if width > 0:
+            wtab[c] = _lime_weight(dd, w2)
+    cst, few, jst, loc, hic = _bin_table(kind, cdf, values, inst, ia, ib, bin_mean, bin_std, bin_min, bin_max)
+    nch = max(1, min((n + _BLK - 1) // _BLK, nch))
+    for c in prange(nch):
+        # int64 chunk index: the serial twin's type, so both share one compiled _nb_chunk
+        _nb_chunk(np.int64(c), nch, scaled, scaled8, inv, bm, dist, wts, width, base, row_offset, kind, cdf, values, center,
+                  scale, smean, sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, row0, cosine, gpart, s0, n0, tab,
+                  dtab, wtab, cst, few, jst, loc, hic)
 
 
 _neighbourhood_v_serial = _serial_twin(_neighbourhood_v, error_model="numpy")
@@ -1891,27 +2294,35 @@ def tabular_neighbourhood(n_rows, seed, stream, row_offset, kind, cdf, values, i
         raise ValueError(f"unknown metric {metric!r}")
     D = kind.shape[0]
     n = int(n_rows)
+    binary = bool(kind.all())
     # all surrogate features binary: uint8 rows on request (an eighth of the memory traffic)
-    small = binary_uint8 and bool(np.all(kind != 0))
+    small = binary_uint8 and binary
     scaled = np.empty((n, D), dtype=np.uint8 if small else np.float64)
     inv = np.empty((n, D))
     dist = np.empty(n)
     wts = np.empty(n if width > 0 else 0)
     gram = bool(gram and width > 0)
-    # all surrogate features binary (0/1 rows, uint8 or float): the Gram afterwards by class
-    # popcounts, a row's weight depending only on its count of ones (of the instance's bins)
-    by_class = gram and n > 0 and bool(np.all(kind != 0))
-    gpart = np.zeros(((n + 255) // 256 if gram and not by_class else 0, D + 1, D + 1))
-    s0 = np.where(kind == 0, (row0 - smean) / sscale, 1.0)
+    # all surrogate features binary, at most 64: each row's features as the bits of a word
+    bm = np.empty(n if binary and D <= 64 else 0, dtype=np.uint64)
+    # binary rows: the Gram afterwards by class popcounts, a row's weight depending only on
+    # its count of ones
+    by_class = gram and n > 0 and binary
+    gpart = np.zeros(((n + _GRAM_BLK - 1) // _GRAM_BLK if gram and not by_class else 0, D + 1, D + 1))
     base = np.uint64(_stream_base(np.uint64(seed % 2**64), np.uint64(stream % 2**64)))
-    _pick(_neighbourhood_v, _neighbourhood_v_serial, scaled.size)(
-        scaled, inv, dist, wts, float(width), base, np.int64(row_offset), kind, cdf, values, inst, center, scale, smean,
-        sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, s0, row0, metric == "cosine", gpart)
+    threads = numba.get_num_threads()
+    par = inv.size >= _PAR_MIN_WORK and threads > 1  # as _pick
+    kernel = _neighbourhood_v if par else _neighbourhood_v_serial
+    nch = threads if par else 1
+    kernel(scaled if not small else np.empty((0, D)), scaled if small else np.empty((0, D), dtype=np.uint8), inv, bm,
+           dist, wts, float(width), base, np.int64(row_offset), np.int64(nch), kind, cdf, values, inst, center, scale,
+           smean, sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, row0, metric == "cosine", gpart)
     if not gram:
         return scaled, inv, dist, wts
     if by_class:
         g = np.empty((D + 1, D + 1))
-        if not _class_gram_rows(scaled, wts, g):  # the kernel's weights are a table of the count
+        if bm.shape[0]:
+            _class_gram_masks(bm, wts, D, g)
+        elif not _class_gram_rows(scaled, wts, g):  # the kernel's weights are a table of the count
             raise RuntimeError("tabular_neighbourhood: binary rows whose weights are not a function of their count")
         return scaled, inv, dist, wts, g
     return scaled, inv, dist, wts, _fold_gram(gpart)
@@ -1938,6 +2349,69 @@ def _class_gram_rows(X, w, g):
     return True
 
 
+@intrinsic
+def _ballot64(typingctx, src, off, f):
+    """Bit i = bit f of ``src[off + i]`` for i < 64 (``src`` a C-contiguous uint64 1-D array,
+    in range, not checked): one vector test of 64 words and its mask as a uint64.  Generic
+    LLVM vectors: any target lowers them."""
+    if not (isinstance(src, nbtypes.Array) and src.ndim == 1 and src.layout == "C" and src.dtype == nbtypes.uint64
+            and isinstance(off, nbtypes.Integer) and isinstance(f, nbtypes.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ts = signature.args
+        sa = context.make_array(ts[0])(context, builder, args[0])
+        i64 = llvm_ir.IntType(64)
+        vt = llvm_ir.VectorType(i64, 64)
+        p = cgutils.get_item_pointer(context, builder, ts[0], sa, [context.cast(builder, args[1], ts[1], nbtypes.int64)])
+        x = builder.load(builder.bitcast(p, vt.as_pointer()), align=8)
+        one = builder.shl(i64(1), context.cast(builder, args[2], ts[2], nbtypes.uint64))
+        sp = builder.insert_element(llvm_ir.Constant(vt, llvm_ir.Undefined), one, llvm_ir.IntType(32)(0))
+        sp = builder.shuffle_vector(sp, llvm_ir.Constant(vt, llvm_ir.Undefined),
+                                    llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 64), [0] * 64))
+        m = builder.icmp_unsigned("!=", builder.and_(x, sp), llvm_ir.Constant(vt, None))
+        return builder.bitcast(m, i64)
+
+    return nbtypes.uint64(src, off, f), codegen
+
+
+@njit(cache=True)
+def _class_gram_masks(bm, w, F, g):
+    """:func:`_class_gram_rows` for rows given as bit masks ``bm`` (S,) of F <= 64 features
+    whose weights ``w`` are a function of their count of ones (the sampler's): the same
+    pieces, sums and order as :func:`_gram_by_counts`, so the same g.  The masks are grouped
+    by count (stable; unsigned indices, no wraparound checks), and each 64-row word's
+    columns taken by :func:`_ballot64`."""
+    S = bm.shape[0]
+    E = F + 1
+    NW = (S + 63) >> 6
+    cnt = np.empty(S, dtype=np.uint64)
+    for r in range(S):
+        cnt[r] = _popcount(bm[r])
+    wk = np.zeros(F + 1)
+    st = np.zeros(F + 2, dtype=np.uint64)
+    for r in range(S):
+        c = cnt[r]
+        st[c + _ONE] += _ONE
+        wk[c] = w[r]
+    for k in range(F + 1):
+        st[k + 1] += st[k]
+    pos = st.copy()
+    sm = np.zeros(NW << 6, dtype=np.uint64)
+    for r in range(S):
+        c = cnt[r]
+        p = pos[c]
+        sm[p] = bm[r]
+        pos[c] = p + _ONE
+    bits = np.empty((NW, E), dtype=np.uint64)
+    for q in range(NW):
+        row = bits[q]
+        for f in range(F):
+            row[f] = _ballot64(sm, q << 6, f)
+        row[F] = _U64_ALL >> np.uint64(64 - min(64, S - (q << 6)))
+    _gram_of_pieces(bits, st, wk, F, g)
+
+
 @njit(cache=True)
 def _fold_gram(gpart):
     # the blocks' lower triangles summed in block order, then mirrored
@@ -1951,6 +2425,25 @@ def _fold_gram(gpart):
         for j in range(i):
             g[j, i] = g[i, j]
     return g
+
+
+@njit(cache=True, error_model="numpy")
+def _xy_rows(Z, wy, xy):
+    # xy[f] += Z[r, f]·wy[r] row after row, in row order (no fastmath: never reassociated),
+    # four rows per pass over xy
+    S, F = Z.shape
+    S4 = S & ~3
+    for r in range(0, S4, 4):
+        a0 = wy[r]
+        a1 = wy[r + 1]
+        a2 = wy[r + 2]
+        a3 = wy[r + 3]
+        for f in range(F):
+            xy[f] = (((xy[f] + Z[r, f] * a0) + Z[r + 1, f] * a1) + Z[r + 2, f] * a2) + Z[r + 3, f] * a3
+    for r in range(S4, S):
+        a = wy[r]
+        for f in range(F):
+            xy[f] += Z[r, f] * a
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
@@ -1993,10 +2486,7 @@ def _fit_lime_gram(Z, Y, labels, w, g, alpha, select, num_features, coef, icpt, 
         if not math.isfinite(yy):
             return 1
         xy = np.zeros(F)
-        for r in range(S):
-            a = wy[r]
-            for f in range(F):
-                xy[f] += Z[r, f] * a
+        _xy_rows(Z, wy, xy)
         for f in range(F):
             XY[f, t] = xy[f]
     x0 = np.empty(F)
