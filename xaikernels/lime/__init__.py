@@ -160,7 +160,7 @@ def _lime_feature_map(segments, F):
     warnings.warn(
         f"the segment ids are not 0..{F - 1}: as lime, feature j is the segment whose id is j, so {dead} "
         f"feature(s) cover no pixel and {stray} pixel(s) (ids outside 0..{F - 1}) are never hidden; number the "
-        "segments from 0 (e.g. slic(..., start_label=0)) to explain every segment", UserWarning, stacklevel=3)
+        "segments from 0 (e.g. slic(..., start_label=0)) to explain every segment", UserWarning, stacklevel=4)
     return ids
 
 
