@@ -69,6 +69,11 @@ def main(argv=None):
                  _med(lambda: idx._render(m, "numba"), max(5, r // 20))))
     rows.append(("text: same, the Python reference twin",
                  _med(lambda: idx._render(m, "reference"), max(5, r // 20))))
+    rs = np.random.RandomState(0)
+    rows.append((f"text: lime's draws replayed (lime_text_draws, 5000 × {idx.num_words()} words)",
+                 _med(lambda: P.lime_text_draws(rs, 5000, idx.num_words()), max(5, r // 20))))
+    rows.append(("text: same, lime's own RandomState calls (the reference)",
+                 _med(lambda: P.lime_text_draws(rs, 5000, idx.num_words(), backend="reference"), max(5, r // 20))))
 
     # tabular: sampler kernel vs whole explanation (library time)
     Xtr = rng.randn(1000, 20)
@@ -84,20 +89,24 @@ def main(argv=None):
         return out
 
     ex = XL.LimeTabularExplainer(Xtr, random_state=0)
+    ex_lime = XL.LimeTabularExplainer(Xtr, random_state=0, draws="lime")
     plan = ex.sampler.plan(Xtr[0])
 
-    def explain():
+    def explain(e=ex):
         spent[0] = 0.0
         t0 = time.perf_counter()
-        ex.explain_instance(Xtr[0], pf, num_samples=5000)
+        e.explain_instance(Xtr[0], pf, num_samples=5000)
         return time.perf_counter() - t0 - spent[0]
 
     explain()
     lib = 1e3 * statistics.median([explain() for _ in range(r)])
+    explain(ex_lime)
+    lib_lime = 1e3 * statistics.median([explain(ex_lime) for _ in range(max(5, r // 10))])
     rows.append(("tabular, 5000 × 20: the sampler kernel (neighbourhood, weights, Gram)",
                  _med(lambda: P.tabular_neighbourhood(5000, 3, plan, kernel_width=ex.base.kernel_width, gram=True,
                                                       binary_uint8=True), r)))
     rows.append(("tabular, same: a whole explanation's library time", lib))
+    rows.append(("tabular, same with draws='lime' (lime's own draws): library time", lib_lime))
 
     cmd = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *(argv or sys.argv[1:])])
     lines = [f"# LIME parts ({time.strftime('%Y-%m-%d %H:%M')})", "",

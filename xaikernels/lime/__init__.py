@@ -21,7 +21,7 @@ width) to rounding.  The image and text explainers draw lime's own coalitions fr
 explanations are lime's.  The tabular explainer draws from one fused kernel on a
 counter-based generator seeded from ``random_state`` by default (reproducible, lime's
 sampling law, not lime's draws); with ``draws="lime"`` it makes lime's own draws and gives
-lime's explanation to rounding, at about 15× the library time.  Differences from lime, on
+lime's explanation to rounding, at about 10× the library time.  Differences from lime, on
 purpose:
 
 * lime keeps ``score`` and ``local_pred`` of the last explained label only; so do we, and
@@ -67,6 +67,11 @@ __all__ = ["LimeImageExplainer", "LimeTabularExplainer", "LimeTextExplainer", "I
            "Explanation", "DomainMapper", "TableDomainMapper", "RecurrentTabularExplainer", "IndexedString", "IndexedCharacters",
            "TextDomainMapper", "BaseDiscretizer", "StatsDiscretizer", "QuartileDiscretizer", "DecileDiscretizer",
            "EntropyDiscretizer"]
+
+
+def _check_draws(draws):
+    if draws not in ("lime", "counter"):
+        raise ValueError(f"draws must be 'lime' or 'counter', got {draws!r}")
 
 
 def _default_kernel(d, kernel_width):
@@ -312,8 +317,7 @@ class LimeImageExplainer:
 
     def __init__(self, kernel_width=0.25, kernel=None, verbose=False, feature_selection="auto",
                  random_state=None, *, backend: str = "auto", draws: str = "lime"):
-        if draws not in ("lime", "counter"):
-            raise ValueError(f"draws must be 'lime' or 'counter', got {draws!r}")
+        _check_draws(draws)
         self.random_state = _check_random_state(random_state)
         self.feature_selection = feature_selection
         self.backend = backend
@@ -669,8 +673,9 @@ class LimeTabularExplainer:
     choices, then each bin's truncated normal through the discretizer's generator), so for
     the same ``random_state`` a dense row's explanation is lime's to rounding (the
     truncated normals by inverse CDF instead of scipy's; not for the entropy discretizer,
-    whose tree lime fits with the explainer's generator); 7.7 ms of library time against
-    0.5 ms for ``"counter"`` and lime's 26 ms at 5000 × 20 (one thread).
+    whose tree lime fits with the explainer's generator); 7.4 ms of library time against
+    0.75 ms for ``"counter"`` in the same run at 5000 × 20 (one thread,
+    ``bench/results/lime_parts.md``), lime's 24 ms in ``lime.md``.
     """
 
     def __init__(self, training_data, mode="classification", training_labels=None, feature_names=None,
@@ -680,8 +685,7 @@ class LimeTabularExplainer:
                  training_data_stats=None, *, backend: str = "auto", draws: str = "counter"):
         if mode not in ("classification", "regression"):
             raise ValueError(f"mode must be 'classification' or 'regression', got {mode!r}")
-        if draws not in ("lime", "counter"):
-            raise ValueError(f"draws must be 'lime' or 'counter', got {draws!r}")
+        _check_draws(draws)
         self.draws = draws
         self.random_state = _check_random_state(random_state)
         self.mode = mode
@@ -1275,15 +1279,14 @@ class LimeTextExplainer:
         removal sizes, then each text's removed words; NumPy's MT19937 stream replayed in a
         Numba kernel, :func:`xaikernels.ops.perturb.lime_text_draws`), so for the same
         ``random_state`` the explanation is lime's.  ``'counter'``: the package's
-        counter-based generator (the same size law, ~6 ms less per 5000 × 94-word draws;
-        not lime's draws).
+        counter-based generator (the same size law without the replay, which takes 8 ms per
+        5000 × 94-word draws in ``bench/results/lime_parts.md``; not lime's draws).
     """
 
     def __init__(self, kernel_width=25, kernel=None, verbose=False, class_names=None, feature_selection="auto",
                  split_expression=r"\W+", bow=True, mask_string=None, random_state=None, char_level=False, *,
                  backend: str = "auto", draws: str = "lime"):
-        if draws not in ("lime", "counter"):
-            raise ValueError(f"draws must be 'lime' or 'counter', got {draws!r}")
+        _check_draws(draws)
         self.draws = draws
         self.random_state = _check_random_state(random_state)
         self.base = _fitter(kernel, kernel_width, feature_selection, verbose, backend)

@@ -19,7 +19,7 @@ from functools import partial
 
 import numpy as np
 
-from xaikernels.methods.lime import entropy_edges
+from xaikernels.methods.lime import bin_stats, entropy_edges
 
 from ._rng import _check_random_state
 
@@ -36,35 +36,27 @@ def _bin_names(name, qts):
     return lst
 
 
-def _per_bin_stats(col, qts):
-    """(means, stds + 1e-11, mins, maxs) of the training column's values in each bin of
-    ``searchsorted(qts, ·)``; an empty bin has mean 0 and std 1e-11 (lime's values)."""
-    idx = np.searchsorted(qts, col)
-    means, stds = [], []
-    for k in range(len(qts) + 1):
-        sel = col[idx == k]
-        means.append(float(np.mean(sel)) if sel.size else 0)
-        stds.append((float(np.std(sel)) if sel.size else 0) + 1e-11)
-    return means, stds, [np.min(col)] + qts.tolist(), qts.tolist() + [np.max(col)]
-
-
-def _truncnorm_draws(u, mean, std, lo, hi):
-    """``mean + std·Φ⁻¹(Φ(a) + u·(Φ(b) − Φ(a)))`` with ``a, b`` the edges in z-units, clipped
-    to ``[lo, hi]`` against rounding; an interval above the mean is drawn mirrored (on
-    ``[-b, -a]``, negated) so that its probabilities stay away from 1.  Zero width → ``lo``."""
+def _edge_probs(mean, std, lo, hi):
+    """(flip, Φ(a), Φ(b)) of bins ``[lo, hi]`` of normals ``(mean, std)`` (a, b the edges in
+    z-units); a bin above the mean is taken mirrored (``[-b, -a]``, flip) so that its
+    probabilities stay away from 1."""
     import torch
 
     a = (lo - mean) / std
     b = (hi - mean) / std
     flip = a > 0
-    a2 = np.where(flip, -b, a)
-    b2 = np.where(flip, -a, b)
-    pa = torch.special.ndtr(torch.from_numpy(a2)).numpy()
-    pb = torch.special.ndtr(torch.from_numpy(b2)).numpy()
+    pa = torch.special.ndtr(torch.from_numpy(np.where(flip, -b, a))).numpy()
+    pb = torch.special.ndtr(torch.from_numpy(np.where(flip, -a, b))).numpy()
+    return flip, pa, pb
+
+
+def _truncnorm_inverse(u, mean, std, lo, hi, flip, pa, pb):
+    """``mean + std·Φ⁻¹(Φ(a) + u·(Φ(b) − Φ(a)))`` (negated where mirrored), clipped to
+    ``[lo, hi]`` against rounding: the truncated normal's draw for uniform ``u``."""
+    import torch
+
     z = torch.special.ndtri(torch.from_numpy(pa + u * (pb - pa))).numpy()
-    x = mean + std * np.where(flip, -z, z)
-    x = np.minimum(np.maximum(x, lo), hi)
-    return np.where(a == b, lo, x)
+    return np.minimum(np.maximum(mean + std * np.where(flip, -z, z), lo), hi)
 
 
 class BaseDiscretizer:
@@ -82,24 +74,19 @@ class BaseDiscretizer:
         categorical = set(int(c) for c in categorical_features)
         self.to_discretize = [d for d in range(data.shape[1]) if d not in categorical]
         self.data_stats = data_stats
-        self.names, self.lambdas = {}, {}
-        self.means, self.stds, self.mins, self.maxs = {}, {}, {}, {}
         self.random_state = _check_random_state(random_state)
-        edges = [np.unique(np.asarray(q, dtype=np.float64)) for q in self.bins(data, labels)]
-        if data_stats:
-            self.means = data_stats.get("means")
-            self.stds = data_stats.get("stds")
-            self.mins = data_stats.get("mins")
-            self.maxs = data_stats.get("maxs")
         # edges pair with the features to discretise in order (lime's zip: a bins() that
         # returns fewer lists leaves the last features undiscretised)
-        for d, qts in zip(self.to_discretize, edges):
+        edges = dict(zip(self.to_discretize, (np.unique(np.asarray(q, dtype=np.float64))
+                                              for q in self.bins(data, labels))))
+        for d, qts in edges.items():
             if qts.size == 0:
                 raise ValueError(f"feature {d}: bins() gave no edges")
-            self.names[d] = _bin_names(feature_names[d], qts)
-            self.lambdas[d] = partial(np.searchsorted, qts)
-            if not data_stats:
-                self.means[d], self.stds[d], self.mins[d], self.maxs[d] = _per_bin_stats(data[:, d], qts)
+        self._fill(edges, None if data_stats else {d: bin_stats(data[:, d], q) for d, q in edges.items()},
+                   feature_names)
+        if data_stats:  # lime keeps the given dicts themselves
+            self.means, self.stds = data_stats.get("means"), data_stats.get("stds")
+            self.mins, self.maxs = data_stats.get("mins"), data_stats.get("maxs")
 
     @classmethod
     def _adopt(cls, edges, stats, feature_names, random_state=None, data_stats=None):
@@ -110,13 +97,19 @@ class BaseDiscretizer:
         self.to_discretize = sorted(int(d) for d in edges)
         self.data_stats = data_stats
         self.random_state = _check_random_state(random_state)
+        self._fill(edges, stats, feature_names)
+        return self
+
+    def _fill(self, edges, stats, feature_names):
+        """lime's ``names`` and ``lambdas`` of the edges and (``stats`` given) the per-bin
+        ``means``, ``stds``, ``mins``, ``maxs`` as lists."""
         self.names = {d: _bin_names(feature_names[d], q) for d, q in edges.items()}
         self.lambdas = {d: partial(np.searchsorted, np.asarray(q, dtype=np.float64)) for d, q in edges.items()}
+        stats = stats or {}
         self.means = {d: list(st[0]) for d, st in stats.items()}
         self.stds = {d: list(st[1]) for d, st in stats.items()}
         self.mins = {d: list(st[2]) for d, st in stats.items()}
         self.maxs = {d: list(st[3]) for d, st in stats.items()}
-        return self
 
     def bins(self, data, labels):
         """The inner bin edges of every feature in ``to_discretize``, in order (to override)."""
@@ -146,7 +139,8 @@ class BaseDiscretizer:
         ret = lo.copy()
         wide = (lo - mean) / std != (hi - mean) / std
         u = self.random_state.uniform(size=int(np.count_nonzero(wide)))
-        ret[wide] = _truncnorm_draws(u, mean[wide], std[wide], lo[wide], hi[wide])
+        m, sd, a, b = mean[wide], std[wide], lo[wide], hi[wide]
+        ret[wide] = _truncnorm_inverse(u, m, sd, a, b, *_edge_probs(m, sd, a, b))
         return ret
 
     def undiscretize(self, data):
@@ -162,12 +156,9 @@ class BaseDiscretizer:
         return ret
 
     def _undiscretize_rows(self, ret):
-        """:meth:`get_undiscretize_values` for every feature at once: Φ of the bins' edges
-        computed per bin (not per value), the uniforms of all features drawn by one
-        ``uniform`` call (the same stream as one call per feature, in feature order), one
-        inverse-CDF pass."""
-        import torch
-
+        """:meth:`get_undiscretize_values` for every feature at once: Φ of the edges per bin
+        (not per value), the uniforms of all features drawn by one ``uniform`` call (the same
+        stream as one call per feature, in feature order)."""
         feats = list(self.means)
         if not feats:
             return ret
@@ -175,25 +166,17 @@ class BaseDiscretizer:
         for d in feats:
             mean, std, lo, hi = (np.asarray(getattr(self, k)[d], dtype=np.float64)
                                  for k in ("means", "stds", "mins", "maxs"))
-            a = (lo - mean) / std
-            b = (hi - mean) / std
-            flip = a > 0  # a bin above the mean is drawn mirrored (probabilities away from 1)
-            pa = torch.special.ndtr(torch.from_numpy(np.where(flip, -b, a))).numpy()
-            pb = torch.special.ndtr(torch.from_numpy(np.where(flip, -a, b))).numpy()
-            v = ret[:, d].astype(np.int64)
-            cols.append((v, mean, std, lo, hi, flip, pa, pb, a != b))
-        wide = np.stack([c[8][c[0]] for c in cols])  # (features, rows), feature-major as drawn
+            cols.append((ret[:, d].astype(np.int64), mean, std, lo, hi, (lo - mean) / std != (hi - mean) / std,
+                         _edge_probs(mean, std, lo, hi)))
+        wide = np.stack([c[5][c[0]] for c in cols])  # (features, rows), feature-major as drawn
         u = self.random_state.uniform(size=int(np.count_nonzero(wide)))
         k = 0
-        for j, (v, mean, std, lo, hi, flip, pa, pb, _) in enumerate(cols):
-            w = wide[j]
-            vw = v[w]
-            uj = u[k:k + vw.size]
-            k += vw.size
-            z = torch.special.ndtri(torch.from_numpy(pa[vw] + uj * (pb[vw] - pa[vw]))).numpy()
-            x = mean[vw] + std[vw] * np.where(flip[vw], -z, z)
+        for j, (v, mean, std, lo, hi, _, (flip, pa, pb)) in enumerate(cols):
+            vw = v[wide[j]]
             col = lo[v]
-            col[w] = np.minimum(np.maximum(x, lo[vw]), hi[vw])
+            col[wide[j]] = _truncnorm_inverse(u[k:k + vw.size], mean[vw], std[vw], lo[vw], hi[vw], flip[vw], pa[vw],
+                                              pb[vw])
+            k += vw.size
             ret[:, feats[j]] = col
         return ret
 

@@ -107,8 +107,8 @@ class Stage:
             y = y.masked_fill(~conv_ok[:, None], -math.inf if is_max else 0.0)
         if is_max:
             if tuple(y.shape[2:]) == tuple(k2):
-                # one window per patch (the last stage's table rows): a reduction, ~8× faster
-                # than max_pool2d on many tiny maps, and the same values (max is exact)
+                # one window per patch (the last stage's table rows): a reduction instead of
+                # max_pool2d's per-map loop, the same values (max is exact)
                 return y.amax(dim=(2, 3), keepdim=True)
             return F.max_pool2d(y, k2, t2)
         return F.avg_pool2d(y, k2, t2)  # count_include_pad (checked when traced)

@@ -103,8 +103,8 @@ def channels_last_candidate(model, sample_shape, dtype, device) -> bool:
     """Whether a model's batches might run faster in channels-last layout: a CPU
     ``nn.Module`` in eval mode (the probe's extra call must not move BatchNorm statistics)
     with a 2-d convolution, on (C, H, W) float32 / bfloat16 / float16 samples
-    (oneDNN's convolutions and PyTorch's CPU pooling are 1.5-2.7× faster on channels-last
-    float32 input: ``bench/results/layout.md``; float64 has no such kernels)."""
+    (oneDNN's convolutions and PyTorch's CPU pooling run faster on channels-last float32
+    input: 1.9-2.5× per forward in ``bench/results/layout.md``; float64 has no such kernels)."""
     return (isinstance(model, nn.Module) and not model.training and len(sample_shape) == 3
             and torch.device(device).type == "cpu"
             and dtype in (torch.float32, torch.bfloat16, torch.float16)
@@ -523,6 +523,17 @@ def _fit_instances(mask_list, Y, targets, distance, kernel_width, alpha, feature
                       extras={"spatial": spatial})
 
 
+def bin_stats(col: np.ndarray, qts: np.ndarray):
+    """lime's per-bin statistics of a training column with inner edges ``qts`` (bin k =
+    ``searchsorted(qts, x) == k``): (means, stds + 1e-11, mins, maxs) arrays; an empty bin has
+    mean 0 and std 1e-11; mins / maxs are the column's extremes and the edges."""
+    idx = np.searchsorted(qts, col)
+    nb = len(qts) + 1
+    means = np.array([col[idx == k].mean() if np.any(idx == k) else 0.0 for k in range(nb)])
+    stds = np.array([col[idx == k].std() if np.any(idx == k) else 0.0 for k in range(nb)]) + 1e-11
+    return means, stds, np.r_[col.min(), qts], np.r_[qts, col.max()]
+
+
 def entropy_edges(col: np.ndarray, labels, random_state) -> np.ndarray:
     """lime's entropy bins of one feature: the split thresholds of a depth-3 entropy decision
     tree (scikit-learn) fitted on the labels, sorted; the median when the tree does not split."""
@@ -596,14 +607,7 @@ class TabularSampler:
             for d in (d for d in range(D) if d not in self.categorical):
                 self.bins[d] = np.unique(self._edges(X[:, d], discretizer, training_labels, random_state))
             for d, qts in self.bins.items():
-                col = X[:, d]
-                idx = np.searchsorted(qts, col)
-                nb = len(qts) + 1
-                means = np.array([col[idx == k].mean() if np.any(idx == k) else 0.0 for k in range(nb)])
-                stds = np.array([col[idx == k].std() if np.any(idx == k) else 0.0 for k in range(nb)]) + 1e-11
-                mins = np.r_[col.min(), qts]
-                maxs = np.r_[qts, col.max()]
-                self.bin_stats[d] = (means, stds, mins, maxs)
+                self.bin_stats[d] = bin_stats(X[:, d], qts)
         #: the discretised features (their bins are the surrogate's categories)
         self.binned = sorted(self.bin_stats)
         self.value_table: Dict[int, tuple] = {}

@@ -85,7 +85,7 @@ def lime_text_draws(random_state: np.random.RandomState, n_samples: int, n_words
         raise ValueError(f"need n_samples >= 1 and n_words >= 1, got {n_samples}, {n_words}")
     if not isinstance(random_state, np.random.RandomState):
         raise TypeError(f"random_state must be a numpy RandomState, got {type(random_state).__name__}")
-    if backend == "auto" and not isinstance(random_state._bit_generator, np.random.MT19937):
+    if backend == "auto" and random_state.get_state(legacy=False)["bit_generator"] != "MT19937":
         backend = "reference"
     return _impl(OP_LIME_TEXT_DRAWS, backend)(random_state, int(n_samples), int(n_words))
 

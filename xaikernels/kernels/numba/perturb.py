@@ -2048,21 +2048,18 @@ def _nb_chunk(c, nch, scaled, scaled8, inv, bm, dist, wts, width, base, row_offs
             if kd == 0:
                 for r in range(m):
                     pp[r] = _u_of(keys[r], step)
-            elif few[d] and kd == 2:
+            elif few[d]:
+                # the literal flags / bin counts specialise the passes at compile time
                 if usebm:
                     _few_s(True, m, keys, step, u, loc[d], hic[d], ss, bmb, bit)
                 else:
                     _few_s(False, m, keys, step, u, loc[d], hic[d], ss, bmb, bit)
-                if V <= 4:
-                    _few_p(4, m, u, pp, cst[d])
-                else:
-                    _few_p(6, m, u, pp, cst[d])
-            elif few[d]:  # categorical
-                if usebm:
-                    _few_s(True, m, keys, step, u, loc[d], hic[d], ss, bmb, bit)
-                else:
-                    _few_s(False, m, keys, step, u, loc[d], hic[d], ss, bmb, bit)
-                if V <= 4:
+                if kd == 2:  # discretised: the bin's probability interval
+                    if V <= 4:
+                        _few_p(4, m, u, pp, cst[d])
+                    else:
+                        _few_p(6, m, u, pp, cst[d])
+                elif V <= 4:  # categorical: the value itself
                     _few_v(4, m, u, xs, cst[d])
                 else:
                     _few_v(6, m, u, xs, cst[d])
