@@ -1,6 +1,8 @@
 """Stem coalition tables (xaikernels.methods._stem): the gather kernel against its reference
 twin, tail∘gather against the model on the perturbed images for several stem geometries, the
 tracer's refusals, and lime_image with and without tables."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -401,6 +403,88 @@ def test_build_plans_picks_a_depth_that_saves_work_and_refuses_otherwise():
     pixels = np.arange(256)  # one segment per pixel: every coalition is new at every position
     with pytest.raises(S.StemUnavailable, match="costs more"):
         S.build_plans(stem, [x], [fill], [pixels], [P.sample_masks(50, 256, 0)])
+
+
+# ------------------------------------------------------------------- exact rewrites of the tail
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [(2, 2), (3, 2), (1, 3), (2, 1), (4, 4)])
+@pytest.mark.parametrize("shape", [(1, 1, 4, 4), (3, 5, 13, 11), (2, 16, 9, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_strided_max_equals_max_pool2d(dtype, k, shape, channels_last):
+    g = torch.Generator().manual_seed(sum(shape) + k[0])
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    x.view(-1)[:: 7] = -math.inf
+    x.view(-1)[3:: 11] = math.nan
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got, want = S.strided_max(x, *k), F.max_pool2d(x, k)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert not torch.isnan(got).any() or torch.equal(torch.isnan(got), torch.isnan(want))
+    if channels_last and shape[1] > 1:  # stays channels-last for the next convolution
+        assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+class ActPool(nn.Module):
+    def __init__(self, act, pool, extra_use=False):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+        self.act, self.pool, self.extra_use = act, pool, extra_use
+        self.fc = nn.LazyLinear(2)
+
+    def forward(self, x):
+        y = self.act(self.c(x))
+        out = self.fc(self.pool(y).flatten(1))
+        return out + y.mean() if self.extra_use else out
+
+
+class FnActPool(ActPool):
+    def forward(self, x):
+        return self.fc(self.pool(F.relu(self.c(x))).flatten(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("make,swapped,fast", [
+    (lambda: ActPool(nn.ReLU(), nn.MaxPool2d(2)), True, True),
+    (lambda: FnActPool(None, nn.MaxPool2d(2)), True, True),
+    (lambda: ActPool(nn.ReLU6(), nn.MaxPool2d((3, 2))), True, True),
+    (lambda: ActPool(nn.ReLU(inplace=True), nn.MaxPool2d(2, stride=1)), True, False),
+    (lambda: ActPool(nn.Hardtanh(-0.5, 0.5), nn.MaxPool2d(3, stride=2, padding=1)), True, False),
+    (lambda: ActPool(nn.LeakyReLU(0.1), nn.MaxPool2d(2, ceil_mode=True)), True, False),
+    (lambda: ActPool(nn.LeakyReLU(0.1), nn.MaxPool2d(2, dilation=2)), True, False),
+    (lambda: ActPool(nn.LeakyReLU(-0.1), nn.MaxPool2d(2)), False, True),  # not monotone
+    (lambda: ActPool(nn.GELU(), nn.MaxPool2d(2)), False, True),
+    (lambda: ActPool(nn.Sigmoid(), nn.MaxPool2d(2)), False, True),  # monotone, but not exactly in float
+    (lambda: ActPool(nn.ReLU(), nn.MaxPool2d(2), extra_use=True), False, True),  # the map is used again
+    (lambda: ActPool(nn.ReLU(), nn.AvgPool2d(2)), False, False),
+])
+def test_fast_tail_is_exact_and_rewrites_what_it_may(make, swapped, fast, dtype):
+    torch.manual_seed(0)
+    model = make().eval()
+    model(torch.zeros(1, 3, 13, 11))
+    model = model.to(dtype)
+    x = torch.randn(5, 3, 13, 11, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    gm = S.fast_tail(torch.fx.symbolic_trace(model))
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)  # the same values, bit for bit
+    order = [n.target for n in gm.graph.nodes]
+    act = next(i for i, t in enumerate(order) if t in ("act", F.relu))
+    pool = next(i for i, t in enumerate(order) if t in ("pool", S.strided_max))
+    assert (act > pool) == swapped
+    assert (S.strided_max in order) == fast
+
+
+def test_fast_tail_leaves_hooked_modules_alone():
+    model = ActPool(nn.ReLU(), nn.MaxPool2d(2)).eval()
+    model(torch.zeros(1, 3, 8, 8))
+    seen = []
+    model.pool.register_forward_hook(lambda m, i, o: seen.append("pool"))
+    model.act.register_forward_hook(lambda m, i, o: seen.append("act"))
+    gm = S.fast_tail(torch.fx.symbolic_trace(model))
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == ["c", "act", "pool", "fc"]
+    with torch.no_grad():
+        gm(torch.randn(2, 3, 8, 8))
+    assert seen == ["act", "pool"]
 
 
 # ------------------------------------------------------------------------------- lime_image

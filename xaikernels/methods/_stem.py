@@ -12,7 +12,9 @@ stem output is a gather from that table,
     stem(x(z_s))[q] = T[row(q, k_q(z_s))]           (ops.perturb.stem_rows / stem_gather)
 
 while the rest of the network (the *tail*: the model's traced graph from the stem's output on)
-runs on the gathered batch in channels-last layout.  A window that meets few segments has few
+runs on the gathered batch in channels-last layout, with two exact rewrites of its graph
+(:func:`fast_tail`: a ReLU-like activation moved after the max pool that follows it, and a
+max pool whose stride is its kernel computed as maxima of strided slices).  A window that meets few segments has few
 keys (≤ 2^|S(q)|) however many samples there are; the depth is chosen by estimated work.
 The numbers are those of the model on ``x(z)`` up to float rounding (the convolutions add the
 same products in another order); :func:`check_plans` checks this on the instance's first
@@ -170,7 +172,77 @@ class Stem:
         for node in [n for n in g.nodes if n.op == "get_attr" and not n.users]:  # functional convs' weights
             g.erase_node(node)
         g.lint()
-        return fx.GraphModule(self.gm, g)
+        return fast_tail(fx.GraphModule(self.gm, g))
+
+
+
+# ------------------------------------------------------------------ exact rewrites of the tail
+def _monotone_step(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """A piecewise-linear non-decreasing activation of one tensor (ReLU, ReLU6, Hardtanh,
+    LeakyReLU with slope ≥ 0, ``F.relu`` / ``torch.relu``): ``f(max(a, b)) == max(f(a), f(b))``
+    holds exactly in floating point, so it commutes with a max pool."""
+    if node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
+        m = gm.get_submodule(node.target)
+        if _has_hooks(m):
+            return False
+        t = type(m)
+        return t in (nn.ReLU, nn.ReLU6, nn.Hardtanh) or (t is nn.LeakyReLU and m.negative_slope >= 0)
+    return (node.op == "call_function" and node.target in (F.relu, torch.relu) and len(node.args) == 1
+            and set(node.kwargs) <= {"inplace"})
+
+
+def _max_pool(node: fx.Node, gm: fx.GraphModule) -> Optional[nn.MaxPool2d]:
+    if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+        return None
+    m = gm.get_submodule(node.target)
+    return m if type(m) is nn.MaxPool2d and not m.return_indices and not _has_hooks(m) else None
+
+
+def strided_max(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """``max_pool2d(x, (kh, kw))`` (stride = kernel, no padding, floor) as maxima of strided
+    slices: the same values (a maximum is exact, NaN propagates in both), in ``x``'s memory
+    format, without max_pool2d's per-window loop (measured: 0.19 vs 0.85 ms for a
+    100×16×32×32 channels-last batch, one thread)."""
+    H, W = x.shape[-2] // kh * kh, x.shape[-1] // kw * kw
+    y = x[..., :H, 0:W:kw]
+    for j in range(1, kw):
+        y = torch.maximum(y, x[..., :H, j:W:kw])
+    z = y[..., 0:H:kh, :]
+    for i in range(1, kh):
+        z = torch.maximum(z, y[..., i:H:kh, :])
+    return z
+
+
+def fast_tail(gm: fx.GraphModule) -> fx.GraphModule:
+    """Two exact rewrites of a tail's graph (modules with hooks are left alone):
+
+    * a monotone activation (:func:`_monotone_step`) whose only user is a ``MaxPool2d`` runs
+      after the pool, on a map the pool made smaller;
+    * a ``MaxPool2d`` with stride = kernel, no padding, no dilation and floor mode is
+      :func:`strided_max`.
+    """
+    g = gm.graph
+    for node in list(g.nodes):
+        pool = _max_pool(node, gm)
+        if pool is None:
+            continue
+        act = node.args[0]
+        if isinstance(act, fx.Node) and len(act.users) == 1 and _monotone_step(act, gm):
+            node.replace_input_with(act, act.args[0])
+            with g.inserting_after(node):
+                moved = g.create_node(act.op, act.target, (node,), dict(act.kwargs))
+            node.replace_all_uses_with(moved, delete_user_cb=lambda u: u is not moved)
+            g.erase_node(act)
+        k, t = _pair(pool.kernel_size), _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        if (k == t and k != (1, 1) and _pair(pool.padding) == (0, 0) and _pair(pool.dilation) == (1, 1)
+                and not pool.ceil_mode):
+            with g.inserting_after(node):
+                fast = g.call_function(strided_max, (node.args[0], k[0], k[1]))
+            node.replace_all_uses_with(fast)
+            g.erase_node(node)
+    g.lint()
+    gm.recompile()
+    return gm
 
 
 def _attr(gm: fx.GraphModule, node) -> Optional[torch.Tensor]:
