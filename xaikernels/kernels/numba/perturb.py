@@ -2553,43 +2553,58 @@ def render_pieces(piece_bytes, piece_offsets, piece_feature, removed, masks):
 
 
 # ------------------------------------------------------------------------- stem tables
+_ROWS_BLOCK = 16  # positions whose keys are built and numbered together
+
+
 @njit(cache=True)
 def stem_rows(segs, masks):
     """Every (sample, position)'s table row: keys numbered per position in first-occurrence
-    order (a stamp array over the 2^M keys instead of a sort); the keys of one position are
-    built a segment at a time over the samples, from the masks transposed once."""
+    order (a stamp array over the 2^M keys instead of a sort).  Positions go in blocks of
+    ``_ROWS_BLOCK``: a block's keys are built a segment at a time over the samples (int32
+    keys: M ≤ MAX_KEY_BITS = 20), numbered in place, then written into the (S, Q) index a
+    sample at a time — no transposed copy of the whole index (measured 2.1 vs 4.2 ms for
+    1000 samples × 1024 positions, one thread)."""
     S, Q, M = masks.shape[0], segs.shape[0], segs.shape[1]
-    mt = np.empty((masks.shape[1], S), dtype=np.int64)
+    mt = np.empty((masks.shape[1], S), dtype=np.int32)
     for s in range(S):
         for f in range(masks.shape[1]):
             mt[f, s] = masks[s, f] != 0
     stamp = np.full(np.int64(1) << M, -1, dtype=np.int32)
     slot = np.empty(np.int64(1) << M, dtype=np.int32)
-    index = np.empty((Q, S), dtype=np.int32)
+    index = np.empty((S, Q), dtype=np.int32)
     row_pos = np.empty(S * Q, dtype=np.int32)
     row_key = np.empty(S * Q, dtype=np.int64)
-    key = np.empty(S, dtype=np.int64)
+    key = np.empty((_ROWS_BLOCK, S), dtype=np.int32)
     T = 0
-    for q in range(Q):
-        key[:] = 0
-        for j in range(M):
-            f = segs[q, j]
-            if f < 0:
-                break
-            col = mt[f]
+    for q0 in range(0, Q, _ROWS_BLOCK):
+        nb = min(_ROWS_BLOCK, Q - q0)
+        for b in range(nb):
+            kb = key[b]
+            kb[:] = 0
+            for j in range(M):
+                f = segs[q0 + b, j]
+                if f < 0:
+                    break
+                col = mt[f]
+                for s in range(S):
+                    kb[s] |= col[s] << j
+        for b in range(nb):
+            q = q0 + b
+            kb = key[b]
             for s in range(S):
-                key[s] |= col[s] << j
-        iq = index[q]
+                k = kb[s]
+                if stamp[k] != q:
+                    stamp[k] = q
+                    slot[k] = T
+                    row_pos[T] = q
+                    row_key[T] = k
+                    T += 1
+                kb[s] = slot[k]
         for s in range(S):
-            k = key[s]
-            if stamp[k] != q:
-                stamp[k] = q
-                slot[k] = T
-                row_pos[T] = q
-                row_key[T] = k
-                T += 1
-            iq[s] = slot[k]
-    return np.ascontiguousarray(index.T), row_pos[:T].copy(), row_key[:T].copy()
+            for b in range(nb):
+                index[s, q0 + b] = key[b, s]
+    return index, row_pos[:T].copy(), row_key[:T].copy()
+
 
 
 @njit(cache=True, parallel=True)
