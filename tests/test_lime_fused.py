@@ -259,6 +259,28 @@ def test_builder_batches_equal_build_perturbed(backend, dtype, layout, shape):
         np.testing.assert_array_equal(out.reshape(ref[s0:s1].shape), ref[s0:s1])
 
 
+@needs_numba
+@pytest.mark.parametrize("L", [1, 63, 64, 200, 1000])
+def test_builder_batches_bitmaps_ahead_in_chunks(monkeypatch, L):
+    """The numba builder's bitmaps, built ahead in chunks of rows: batches in any order,
+    overlapping, repeated and backwards give build_perturbed's rows."""
+    from xaikernels.kernels.numba import perturb as K
+
+    monkeypatch.setattr(K, "_BITMAP_BYTES", 8 * ((L + 63) // 64) * 5)  # 5 rows per chunk
+    rng = np.random.RandomState(L)
+    x, fill = rng.randn(1, L, 1), rng.randn(1, L, 1)
+    seg = rng.randint(0, 9, L).astype(np.int64)
+    masks = (rng.rand(37, 9) < 0.5).astype(np.uint8)
+    ref = np.empty((37, 1, L, 1))
+    R.build_perturbed(x, fill, seg, masks, ref)
+    fn = P.PerturbedBuilder(x, fill, seg, backend="numba").batches(masks)
+    for s0, s1 in ((0, 3), (3, 11), (2, 4), (30, 37), (0, 37), (12, 13), (36, 37), (5, 5), (20, 29), (1, 2)):
+        out = fn(s0, s1, np.full((s1 - s0, 1, L, 1), np.nan))
+        np.testing.assert_array_equal(out, ref[s0:s1])
+    with pytest.raises(ValueError, match="past the end"):
+        fn(30, 38, np.empty((8, 1, L, 1)))
+
+
 # --------------------------------------------------------------------- discretisation
 def test_vectorised_discretize_equals_searchsorted():
     from xaikernels.methods.lime import TabularSampler
