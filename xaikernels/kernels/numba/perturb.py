@@ -203,7 +203,6 @@ def _build_row(x, fill, ptr, word, bits, m, o, hb):
         if not m[j]:
             for q in range(ptr[j], ptr[j + 1]):
                 hb[word[q]] |= bits[q]
-    one = np.uint64(1)
     A, L = x.shape
     full = L >> 6
     for a in range(A):
@@ -211,13 +210,27 @@ def _build_row(x, fill, ptr, word, bits, m, o, hb):
         fa = fill[a]
         oa = o[a]
         for w in range(full):
-            hw = hb[w]
-            b0 = w << 6
-            for i in range(64):
-                k = _U64_0 - ((hw >> np.uint64(i)) & one)
-                oa[b0 + i] = (fa[b0 + i] & k) | (xa[b0 + i] & ~k)
-        for i in range(full << 6, L):
-            oa[i] = fa[i] if (hb[i >> 6] >> np.uint64(i & 63)) & one else xa[i]
+            _blend_word(oa, xa, fa, w << 6, hb[w])
+        if full << 6 < L:
+            _blend_tail(oa, xa, fa, full << 6, hb[full])
+
+
+@njit(cache=True, inline="always")
+def _blend_word(oa, xa, fa, b0, hw):
+    """Elements ``b0 .. b0 + 63`` of an output plane: fill's where bit ``i`` of ``hw`` is
+    set, else x's (branch-free: a full-width mask per element)."""
+    one = np.uint64(1)
+    for i in range(64):
+        k = _U64_0 - ((hw >> np.uint64(i)) & one)
+        oa[b0 + i] = (fa[b0 + i] & k) | (xa[b0 + i] & ~k)
+
+
+@njit(cache=True, inline="always")
+def _blend_tail(oa, xa, fa, i0, hw):
+    """Elements ``i0 ..`` of an output plane, all in its last, partial word ``hw``."""
+    one = np.uint64(1)
+    for i in range(i0, oa.shape[0]):
+        oa[i] = fa[i] if (hw >> np.uint64(i & 63)) & one else xa[i]
 
 
 _GROUP = 16  # rows blended together, word by word
@@ -335,21 +348,15 @@ def _blend_bitmaps(x, fill, hb, h0, out):
     if h0 < 0 or h0 + S > hb.shape[0] or hb.shape[1] != (L + 63) >> 6:
         raise ValueError("build: bitmap rows outside hb, or hb of another width")
     full = L >> 6
-    one = np.uint64(1)
     for a in range(A):
         xa = x[a]
         fa = fill[a]
         for w in range(full):
-            b0 = w << 6
             for r in range(S):
-                hw = hb[h0 + r, w]
-                for i in range(64):
-                    k = _U64_0 - ((hw >> np.uint64(i)) & one)
-                    out[r, a, b0 + i] = (fa[b0 + i] & k) | (xa[b0 + i] & ~k)
-        for r in range(S):
-            oa = out[r, a]
-            for i in range(full << 6, L):
-                oa[i] = fa[i] if (hb[h0 + r, i >> 6] >> np.uint64(i & 63)) & one else xa[i]
+                _blend_word(out[r, a], xa, fa, w << 6, hb[h0 + r, w])
+        if full << 6 < L:
+            for r in range(S):
+                _blend_tail(out[r, a], xa, fa, full << 6, hb[h0 + r, full])
 
 
 @njit(cache=True)
@@ -363,7 +370,6 @@ def _blend_rows(x, fill, ptr, word, bits, masks, m0, out):
     A, L = x.shape
     W = (L + 63) >> 6
     full = L >> 6
-    one = np.uint64(1)
     F = ptr.shape[0] - 1
     hb = np.empty((W, _GROUP), dtype=np.uint64)
     # hid[j, r] = all ones when feature j is hidden in row r: the bitmaps of the whole group
@@ -389,16 +395,11 @@ def _blend_rows(x, fill, ptr, word, bits, masks, m0, out):
             xa = x[a]
             fa = fill[a]
             for w in range(full):
-                b0 = w << 6
                 for r in range(n):
-                    hw = hb[w, r]
-                    for i in range(64):
-                        k = _U64_0 - ((hw >> np.uint64(i)) & one)
-                        out[g0 + r, a, b0 + i] = (fa[b0 + i] & k) | (xa[b0 + i] & ~k)
-            for r in range(n):
-                oa = out[g0 + r, a]
-                for i in range(full << 6, L):
-                    oa[i] = fa[i] if (hb[i >> 6, r] >> np.uint64(i & 63)) & one else xa[i]
+                    _blend_word(out[g0 + r, a], xa, fa, w << 6, hb[w, r])
+            if full << 6 < L:
+                for r in range(n):
+                    _blend_tail(out[g0 + r, a], xa, fa, full << 6, hb[full, r])
 
 
 @njit(cache=True, parallel=True)
