@@ -438,6 +438,16 @@ class ActPool(nn.Module):
         return out + y.mean() if self.extra_use else out
 
 
+class InPlaceShared(ActPool):
+    """An in-place ReLU whose input is read again afterwards: the reader sees the ReLU's
+    output, so the ReLU must not move past the pool."""
+
+    def forward(self, x):
+        y = self.c(x)
+        z = self.pool(self.act(y))
+        return self.fc(z.flatten(1)) + y.mean()
+
+
 class FnActPool(ActPool):
     def forward(self, x):
         return self.fc(self.pool(F.relu(self.c(x))).flatten(1))
@@ -456,6 +466,8 @@ class FnActPool(ActPool):
     (lambda: ActPool(nn.GELU(), nn.MaxPool2d(2)), False, True),
     (lambda: ActPool(nn.Sigmoid(), nn.MaxPool2d(2)), False, True),  # monotone, but not exactly in float
     (lambda: ActPool(nn.ReLU(), nn.MaxPool2d(2), extra_use=True), False, True),  # the map is used again
+    (lambda: InPlaceShared(nn.ReLU(inplace=True), nn.MaxPool2d(2)), False, True),  # ... after an in-place ReLU
+    (lambda: InPlaceShared(nn.ReLU(), nn.MaxPool2d(2)), True, True),
     (lambda: ActPool(nn.ReLU(), nn.AvgPool2d(2)), False, False),
 ])
 def test_fast_tail_is_exact_and_rewrites_what_it_may(make, swapped, fast, dtype):

@@ -191,6 +191,14 @@ def _monotone_step(node: fx.Node, gm: fx.GraphModule) -> bool:
             and set(node.kwargs) <= {"inplace"})
 
 
+def _in_place(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether an activation node writes its input (then every other reader of that input
+    sees the activation's output, and it must not move past them)."""
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+    return bool(node.kwargs.get("inplace", False))
+
+
 def _max_pool(node: fx.Node, gm: fx.GraphModule) -> Optional[nn.MaxPool2d]:
     if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
         return None
@@ -227,7 +235,8 @@ def fast_tail(gm: fx.GraphModule) -> fx.GraphModule:
         if pool is None:
             continue
         act = node.args[0]
-        if isinstance(act, fx.Node) and len(act.users) == 1 and _monotone_step(act, gm):
+        if (isinstance(act, fx.Node) and len(act.users) == 1 and _monotone_step(act, gm)
+                and (not _in_place(act, gm) or len(act.args[0].users) == 1)):
             node.replace_input_with(act, act.args[0])
             with g.inserting_after(node):
                 moved = g.create_node(act.op, act.target, (node,), dict(act.kwargs))
