@@ -108,6 +108,28 @@ def main(argv=None):
     rows.append(("tabular, same: a whole explanation's library time", lib))
     rows.append(("tabular, same with draws='lime' (lime's own draws): library time", lib_lime))
 
+    # stem tables: run_lime.py's small CNN on the 64×64 astronaut, lime's quickshift segments
+    from skimage import data as skdata
+    from skimage.transform import resize
+
+    from run_lime import SmallCNN
+    from xaikernels.methods import _stem
+    from xaikernels.methods.lime import segment_image
+
+    img = resize(skdata.astronaut(), (64, 64), anti_aliasing=True)
+    seg = segment_image(img * 255.0, "quickshift", rng=0).reshape(-1)
+    xi = torch.from_numpy(img.transpose(2, 0, 1)).float().contiguous()
+    cov = (np.random.RandomState(0).rand(1000, int(seg.max()) + 1) < 0.5).astype(np.uint8)
+    st = _stem.trace_stem(SmallCNN().eval())
+    wd = _stem.windows(st, 1, seg, 64, 64)
+    sr = P.stem_rows(wd.segs, cov)
+    n_win = int(len(wd.segs) + (wd.segs >= 0).sum())
+    rows.append((f"stem tables, 64×64 quickshift ({int(seg.max()) + 1} segments), 1000 coalitions: stem_rows "
+                 f"({len(wd.segs)} positions)", _med(lambda: P.stem_rows(wd.segs, cov), r)))
+    for by, what in ((False, f"one window per row ({len(sr[1])})"), (True, f"per segment ({n_win} windows)")):
+        rows.append((f"stem tables, same: the first stage's table, {what}",
+                     _med(lambda by=by: _stem.plan_stem(st, wd, xi, torch.zeros_like(xi), cov, sr, by_segment=by), r)))
+
     cmd = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *(argv or sys.argv[1:])])
     lines = [f"# LIME parts ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"Command: `NUMBA_THREADING_LAYER=workqueue {cmd}` (one thread; medians)", "",

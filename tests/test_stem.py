@@ -13,6 +13,7 @@ from _models import MLP, SmallCNN
 from xaikernels.methods import _stem as S
 from xaikernels.methods.lime import lime_image
 from xaikernels.ops import perturb as P
+from xaikernels.reference import perturb as R
 
 from test_lime_ops import BACKENDS, HAS_NUMBA
 
@@ -141,6 +142,55 @@ def test_stem_ops_reject_bad_input():
         P.stem_gather(table.astype(np.int64), index, np.empty((4, 6, 3), np.int64))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H,W,window,step,k", [(9, 7, (3, 3), (1, 1), 4), (1, 1, (1, 1), (1, 1), 1),
+                                               (13, 11, (4, 5), (2, 3), 7)])
+def test_segment_windows_sum_to_each_rows_window(backend, dtype, H, W, window, step, k):
+    """stem_combine over stem_segment_patches' windows (the identity as the linear map) gives
+    stem_patches' window of every row; integer-valued images, so the sums are exact."""
+    rng = np.random.default_rng(H * W + k)
+    RH, RW = window
+    pad = ((1, 1), (2, 0))
+    seg = np.pad(rng.integers(0, k, (H, W)), pad, constant_values=-1)
+    x = np.pad(rng.integers(-8, 9, (H, W, 3)).astype(dtype), pad + ((0, 0),))
+    fill = np.pad(rng.integers(-8, 9, (H, W, 3)).astype(dtype), pad + ((0, 0),))
+    n_rows, n_cols = (seg.shape[0] - RH) // step[0] + 1, (seg.shape[1] - RW) // step[1] + 1
+    segs, pix_rank = P.stem_windows(seg, n_rows, n_cols, window, step, backend=backend)
+    masks = (rng.random((29, k)) < 0.5).astype(np.uint8)
+    _, row_pos, row_key = P.stem_rows(segs, masks, backend=backend)
+    offsets = np.concatenate([[0], np.cumsum(1 + (segs >= 0).sum(1))])
+    win = P.stem_segment_patches(x, fill, pix_rank, offsets, n_cols, step, window, backend=backend)
+    ref = R.stem_segment_patches(x, fill, pix_rank, offsets, n_cols, step[0], step[1], np.empty_like(win))
+    np.testing.assert_array_equal(win, ref)
+    assert win.shape == (offsets[-1], 3, RH, RW) and win.dtype == dtype
+    rows = P.stem_combine(win.reshape(len(win), -1), offsets, row_pos, row_key, backend=backend)
+    want = P.stem_patches(x, fill, pix_rank, row_pos, row_key, n_cols, step, window, backend="reference")
+    np.testing.assert_array_equal(rows.reshape(want.shape), want)
+    with pytest.raises(ValueError, match="segments"):
+        P.stem_combine(win.reshape(len(win), -1), offsets, row_pos, row_key | (1 << 30), backend=backend)
+    with pytest.raises(ValueError, match="offsets"):
+        P.stem_segment_patches(x, fill, pix_rank, np.zeros_like(offsets), n_cols, step, window, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stem_combine_against_reference_and_batch_one(backend, dtype, tol):
+    rng = np.random.default_rng(5)
+    n_seg = np.array([0, 3, 1, 5])
+    offsets = np.concatenate([[0], np.cumsum(1 + n_seg)])
+    z = rng.standard_normal((offsets[-1], 37)).astype(dtype)
+    row_pos = np.array([3, 1, 0, 3, 2])
+    row_key = np.array([0b10110, 0b101, 0, 0b11111, 1])
+    got = P.stem_combine(z, offsets, row_pos, row_key, backend=backend)
+    want = np.stack([z[offsets[q]] + sum(z[offsets[q] + 1 + j] for j in range(5) if key >> j & 1)
+                     for q, key in zip(row_pos, row_key)])
+    rtol, atol = tol[torch.float32 if dtype == np.float32 else torch.float64]
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+    one = P.stem_combine(z, offsets, row_pos[:1], row_key[:1], backend=backend)
+    np.testing.assert_array_equal(one, got[:1])
+
+
 # ------------------------------------------------------------------- tables against the model
 class TwoPools(nn.Module):
     def __init__(self):
@@ -252,7 +302,8 @@ def _grid(H, W, r, c):
 @pytest.mark.parametrize("arch,H,W,seg_kind", [(TwoPools, 17, 13, "blobs"), (Strided, 23, 19, "grid"),
                                                (Rect, 11, 14, "blobs"), (SmallCNN, 9, 12, "grid"),
                                                (StaticSame, 15, 12, "blobs"), (ResNetStem, 29, 23, "blobs")])
-def test_tail_of_gather_equals_model_on_perturbed_images(arch, H, W, seg_kind, dtype, backend, tol):
+@pytest.mark.parametrize("by_segment", [False, True])
+def test_tail_of_gather_equals_model_on_perturbed_images(arch, H, W, seg_kind, dtype, backend, tol, by_segment):
     torch.manual_seed(0)
     model = arch().eval()
     model(torch.zeros(1, 3, H, W))  # materialise lazy layers
@@ -271,7 +322,8 @@ def test_tail_of_gather_equals_model_on_perturbed_images(arch, H, W, seg_kind, d
     stem = S.trace_stem(model)
     rtol, atol = tol[dtype]
     for depth in range(1, len(stem.stages) + 1):
-        plan = S.plan_stem(stem, S.windows(stem, depth, seg.reshape(-1), H, W), x, fill, masks, backend=backend)
+        plan = S.plan_stem(stem, S.windows(stem, depth, seg.reshape(-1), H, W), x, fill, masks, backend=backend,
+                           by_segment=by_segment)
         assert plan.rows <= 23 * plan.index.shape[1]
         tail = stem.tail(depth)
         buf = torch.empty((23,) + plan.out_hwc, dtype=dtype)

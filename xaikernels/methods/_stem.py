@@ -99,7 +99,10 @@ class Stage:
         unpadded.  ``conv_ok`` (T, h, w) bool marks the convolution outputs inside the map;
         the others are the pool's padding (-inf for max, 0 for average)."""
         c = self.conv
-        y = F.conv2d(y, c.weight, c.bias, c.stride, 0, c.dilation, c.groups)
+        return self.after_conv(F.conv2d(y, c.weight, c.bias, c.stride, 0, c.dilation, c.groups), conv_ok)
+
+    def after_conv(self, y: torch.Tensor, conv_ok: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The steps and the pool on the convolution's output ``y`` (``conv_ok`` as above)."""
         for f in self.steps:
             y = f(y)
         if self.pool is None:
@@ -471,11 +474,12 @@ class StemPlan:
 
 
 def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tensor, masks: np.ndarray,
-              rows=None, backend: str = "auto") -> StemPlan:
+              rows=None, backend: str = "auto", by_segment: Optional[bool] = None) -> StemPlan:
     """Tabulate the first ``wd.depth`` stages of one instance ``x`` (C, H, W) with hidden
     segments ``fill``, for the coalitions ``masks`` (S, F): one table row per distinct
     coalition an output position sees (``rows``: :func:`ops.perturb.stem_rows`' result, if
-    already computed)."""
+    already computed).  ``by_segment``: convolve the first stage per segment
+    (:func:`ops.perturb.stem_segment_patches`) or per row; None chooses by the window counts."""
     C, H, W = x_chw.shape
     depth = wd.depth
     (lv_h, sz_h), (lv_w, sz_w) = wd.layout
@@ -484,7 +488,15 @@ def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tens
     R = RH * RW
     index, row_pos, row_key = rows if rows is not None else P.stem_rows(wd.segs, masks, backend)
     T = len(row_pos)
-    if T * C * R > MAX_TABLE_ELEMENTS:
+    # The first convolution is linear in its window: with few segments per window, convolve
+    # per position the fill's window and x - fill on each segment (Σ_q 1 + segments of q
+    # windows), and sum each row's kept terms (P.stem_combine), instead of convolving one
+    # window per row (the bench's 64×64 quickshift case, 25,460 rows against 4,329 windows:
+    # bench/results/lime_parts.md; float32 tables differ by float rounding).
+    offsets = np.concatenate([[0], np.cumsum(1 + (wd.segs >= 0).sum(1))]).astype(np.int64)
+    if by_segment is None:
+        by_segment = 2 * offsets[-1] <= T and offsets[-1] * C * R <= MAX_TABLE_ELEMENTS
+    if not by_segment and T * C * R > MAX_TABLE_ELEMENTS:
         raise StemUnavailable(f"a {depth}-stage table would need {T} rows of {C}×{RH}×{RW} patches")
     (pt, pb), (pl, pr_) = wd.pads
 
@@ -492,9 +504,13 @@ def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tens
         return F.pad(img, (pl, pr_, pt, pb)).permute(1, 2, 0).contiguous().numpy()
 
     # padding pixels are 0 in both padded images
-    patches = P.stem_patches(padded_hwc(x_chw), padded_hwc(fill_chw.to(x_chw.dtype)), wd.pix_rank, row_pos,
-                             row_key, Wo, (vh, vw), (RH, RW), backend)
-    y = torch.from_numpy(patches)
+    x_pad, fill_pad = padded_hwc(x_chw), padded_hwc(fill_chw.to(x_chw.dtype))
+    if by_segment:
+        y = torch.from_numpy(P.stem_segment_patches(x_pad, fill_pad, wd.pix_rank, offsets, Wo, (vh, vw), (RH, RW),
+                                                    backend))
+    else:
+        y = torch.from_numpy(P.stem_patches(x_pad, fill_pad, wd.pix_rank, row_pos, row_key, Wo, (vh, vw), (RH, RW),
+                                            backend))
     qt = torch.from_numpy(row_pos.astype(np.int64))
     qh, qw = qt // Wo, qt % Wo
     with torch.no_grad():
@@ -510,7 +526,16 @@ def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tens
                 r_ = (qh[:, None] * vh_ + sh_) * t2[0] - pp[0] + torch.arange((lh_ - 1) * t2[0] + k2[0])
                 c_ = (qw[:, None] * vw_ + sw_) * t2[1] - pp[1] + torch.arange((lw_ - 1) * t2[1] + k2[1])
                 conv_ok = ((r_ >= 0) & (r_ < hc))[:, :, None] & ((c_ >= 0) & (c_ < wc))[:, None, :]
-            y = st(y, conv_ok)
+            if k == 0 and by_segment:
+                c = st.conv
+                z = F.conv2d(y, c.weight, None, c.stride, 0, c.dilation, c.groups)
+                if c.bias is not None:  # the fill's term carries the bias
+                    z[torch.from_numpy(offsets[:-1])] += c.bias[:, None, None]
+                y = torch.from_numpy(P.stem_combine(z.reshape(len(z), -1).numpy(), offsets, row_pos, row_key,
+                                                    backend)).reshape((T,) + tuple(z.shape[1:]))
+                y = st.after_conv(y, conv_ok)
+            else:
+                y = st(y, conv_ok)
             if k + 1 < depth:
                 # positions outside this stage's map are the next convolution's zero padding
                 (sh_, _, vh_), (sw_, _, vw_) = lv_h[k + 1], lv_w[k + 1]

@@ -58,6 +58,8 @@ OP_STEM = _define("stem_gather", _ref.stem_gather)
 OP_STEM_ROWS = _define("stem_rows", _ref.stem_rows)
 OP_STEM_PATCHES = _define("stem_patches", _ref.stem_patches)
 OP_STEM_WINDOWS = _define("stem_windows", _ref.stem_windows)
+OP_STEM_SEGMENT_PATCHES = _define("stem_segment_patches", _ref.stem_segment_patches)
+OP_STEM_COMBINE = _define("stem_combine", _ref.stem_combine)
 
 
 def _mt_launcher(*args, **kwargs):
@@ -723,6 +725,24 @@ def stem_gather(table: ArrayLike, index: np.ndarray, out: ArrayLike, backend: st
     return stem_gatherer(table, index, backend)(0, index.shape[0], out)
 
 
+def _check_windows(x_pad, fill_pad, pix_rank, n_cols, step, window):
+    """(x_pad, fill_pad, pix_rank) contiguous, checked: one (Hp, Wp, C) dtype, (Q, RH·RW)
+    ranks, windows inside the padded image."""
+    x_pad, fill_pad = np.ascontiguousarray(x_pad), np.ascontiguousarray(fill_pad)
+    if x_pad.shape != fill_pad.shape or x_pad.dtype != fill_pad.dtype or x_pad.ndim != 3:
+        raise ValueError(f"x_pad and fill_pad must be (Hp, Wp, C) of one dtype, got {x_pad.shape}/{x_pad.dtype} "
+                         f"and {fill_pad.shape}/{fill_pad.dtype}")
+    RH, RW = window
+    pix_rank = np.ascontiguousarray(pix_rank, dtype=np.int64)
+    Q = pix_rank.shape[0]
+    if pix_rank.shape != (Q, RH * RW):
+        raise ValueError(f"pix_rank (Q, {RH * RW}) expected, got {pix_rank.shape}")
+    n_rows = (Q + n_cols - 1) // n_cols
+    if (n_rows - 1) * step[0] + RH > x_pad.shape[0] or (n_cols - 1) * step[1] + RW > x_pad.shape[1]:
+        raise ValueError(f"the windows run past the padded image {x_pad.shape[:2]}")
+    return x_pad, fill_pad, pix_rank
+
+
 def stem_patches(x_pad: np.ndarray, fill_pad: np.ndarray, pix_rank: np.ndarray, row_pos: np.ndarray,
                  row_key: np.ndarray, n_cols: int, step: Tuple[int, int], window: Tuple[int, int],
                  backend: str = "auto") -> np.ndarray:
@@ -743,26 +763,73 @@ def stem_patches(x_pad: np.ndarray, fill_pad: np.ndarray, pix_rank: np.ndarray, 
     -------
     (T, C, RH, RW) array: the image where the key keeps the pixel's segment, else the fill.
     """
-    x_pad, fill_pad = np.ascontiguousarray(x_pad), np.ascontiguousarray(fill_pad)
-    if x_pad.shape != fill_pad.shape or x_pad.dtype != fill_pad.dtype or x_pad.ndim != 3:
-        raise ValueError(f"x_pad and fill_pad must be (Hp, Wp, C) of one dtype, got {x_pad.shape}/{x_pad.dtype} "
-                         f"and {fill_pad.shape}/{fill_pad.dtype}")
+    x_pad, fill_pad, pix_rank = _check_windows(x_pad, fill_pad, pix_rank, n_cols, step, window)
     RH, RW = window
-    pix_rank = np.ascontiguousarray(pix_rank, dtype=np.int64)
+    Q = pix_rank.shape[0]
     row_pos = np.ascontiguousarray(row_pos, dtype=np.int64)
     row_key = np.ascontiguousarray(row_key, dtype=np.int64)
-    Q = pix_rank.shape[0]
-    if pix_rank.shape != (Q, RH * RW) or row_pos.shape != row_key.shape or row_pos.ndim != 1:
-        raise ValueError(f"pix_rank (Q, {RH * RW}) and row_pos / row_key (T,) expected, got {pix_rank.shape}, "
-                         f"{row_pos.shape}, {row_key.shape}")
+    if row_pos.shape != row_key.shape or row_pos.ndim != 1:
+        raise ValueError(f"row_pos / row_key (T,) expected, got {row_pos.shape}, {row_key.shape}")
     if row_pos.size and (row_pos.min() < 0 or row_pos.max() >= Q):
         raise ValueError(f"row_pos must lie in [0, {Q})")
-    n_rows = (Q + n_cols - 1) // n_cols
-    if (n_rows - 1) * step[0] + RH > x_pad.shape[0] or (n_cols - 1) * step[1] + RW > x_pad.shape[1]:
-        raise ValueError(f"the windows run past the padded image {x_pad.shape[:2]}")
     out = np.empty((len(row_pos), x_pad.shape[2], RH, RW), dtype=x_pad.dtype)
     return _impl(OP_STEM_PATCHES, backend)(x_pad, fill_pad, pix_rank, row_pos, row_key, int(n_cols), int(step[0]),
                                            int(step[1]), out)
+
+
+def stem_segment_patches(x_pad: np.ndarray, fill_pad: np.ndarray, pix_rank: np.ndarray, offsets: np.ndarray,
+                         n_cols: int, step: Tuple[int, int], window: Tuple[int, int],
+                         backend: str = "auto") -> np.ndarray:
+    """A stem's first convolution is linear in its window, so a table row's convolution is
+    that of the fill's window plus those of ``x - fill`` on each segment the row's key keeps.
+    This returns those windows: per position ``q``, ``out[offsets[q]]`` its window of the
+    fill and ``out[offsets[q] + 1 + j]`` ``x - fill`` on the pixels of its segment ``j`` (0
+    elsewhere) — Σ_q (1 + segments of q) windows instead of one per table row.
+
+    Parameters
+    ----------
+    x_pad, fill_pad, pix_rank, n_cols, step, window : as for :func:`stem_patches`.
+    offsets : (Q + 1,) int — non-decreasing from 0; position ``q`` has
+        ``offsets[q + 1] - offsets[q] - 1`` segments, more than its largest ``pix_rank``.
+
+    Returns
+    -------
+    (offsets[-1], C, RH, RW) array of the images' dtype.
+    """
+    x_pad, fill_pad, pix_rank = _check_windows(x_pad, fill_pad, pix_rank, n_cols, step, window)
+    RH, RW = window
+    Q = pix_rank.shape[0]
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    if offsets.shape != (Q + 1,):
+        raise ValueError(f"offsets (Q + 1,) = ({Q + 1},) expected, got {offsets.shape}")
+    if offsets[0] != 0 or (Q and (np.diff(offsets) < 1 + pix_rank.max(1, initial=-1)).any()):
+        raise ValueError("offsets must start at 0 and leave 1 + (segments) windows per position")
+    out = np.empty((int(offsets[-1]), x_pad.shape[2], RH, RW), dtype=x_pad.dtype)
+    return _impl(OP_STEM_SEGMENT_PATCHES, backend)(x_pad, fill_pad, pix_rank, offsets, int(n_cols), int(step[0]),
+                                                   int(step[1]), out)
+
+
+def stem_combine(z: np.ndarray, offsets: np.ndarray, row_pos: np.ndarray, row_key: np.ndarray,
+                 backend: str = "auto") -> np.ndarray:
+    """Table rows from per-segment terms: ``out[t] = z[b] + Σ_{j: bit j of row_key[t]} z[b + 1
+    + j]`` with ``b = offsets[row_pos[t]]`` — ``z`` (P, K) being a linear map (a convolution
+    without bias) of :func:`stem_segment_patches`' windows, the first term plus the bias.
+    Returns (T, K) of ``z``'s dtype."""
+    z = np.ascontiguousarray(z)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    row_pos = np.ascontiguousarray(row_pos, dtype=np.int64)
+    row_key = np.ascontiguousarray(row_key, dtype=np.int64)
+    if z.ndim != 2 or z.dtype not in (np.float32, np.float64) or offsets.ndim != 1 or row_pos.shape != row_key.shape:
+        raise ValueError(f"z (P, K) float32/float64, offsets (Q + 1,), row_pos / row_key (T,) expected, got "
+                         f"{z.shape}/{z.dtype}, {offsets.shape}, {row_pos.shape}, {row_key.shape}")
+    Q = offsets.shape[0] - 1
+    if offsets[-1] > z.shape[0] or (np.diff(offsets) < 1).any():
+        raise ValueError(f"offsets must be increasing and end within z's {z.shape[0]} rows")
+    if row_pos.size and (row_pos.min() < 0 or row_pos.max() >= Q or row_key.min() < 0
+                         or (row_key >> (np.diff(offsets) - 1)[row_pos]).any()):
+        raise ValueError("row_pos must lie in [0, Q) and each key name only its position's segments")
+    out = np.empty((len(row_pos), z.shape[1]), dtype=z.dtype)
+    return _impl(OP_STEM_COMBINE, backend)(z, offsets, row_pos, row_key, out)
 
 
 def stem_windows(seg_pad: np.ndarray, n_rows: int, n_cols: int, window: Tuple[int, int], step: Tuple[int, int],

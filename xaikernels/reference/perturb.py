@@ -884,6 +884,49 @@ def stem_patches(x_pad: np.ndarray, fill_pad: np.ndarray, pix_rank: np.ndarray, 
     return out
 
 
+def stem_segment_patches(x_pad: np.ndarray, fill_pad: np.ndarray, pix_rank: np.ndarray, offsets: np.ndarray,
+                         n_cols: int, step_h: int, step_w: int, out: np.ndarray) -> np.ndarray:
+    """Per stem position, its window of the fill, then one window per segment it meets:
+    ``x - fill`` on that segment's pixels, 0 elsewhere — so that a row's window (the fill
+    where its key hides a segment, the image where it keeps it) is the first plus the sum of
+    the kept segments'.  Position ``q`` takes ``out[offsets[q]]`` (the fill) and
+    ``out[offsets[q] + 1 + j]`` (segment ``j`` of its key, ``j < offsets[q + 1] - offsets[q] -
+    1``); ``pix_rank``, ``n_cols``, ``step_*`` as for :func:`stem_patches`; ``out``: (P, C, RH,
+    RW) of the images' dtype."""
+    P_, C, RH, RW = out.shape
+    win = np.lib.stride_tricks.sliding_window_view
+    Q = pix_rank.shape[0]
+    qh, qw = np.arange(Q) // n_cols, np.arange(Q) % n_cols
+    xw = win(x_pad, (RH, RW), axis=(0, 1))[::step_h, ::step_w][qh, qw]  # (Q, C, RH, RW)
+    fw = win(fill_pad, (RH, RW), axis=(0, 1))[::step_h, ::step_w][qh, qw]
+    out[...] = 0
+    for q in range(Q):
+        b, m = offsets[q], offsets[q + 1] - offsets[q] - 1
+        out[b] = fw[q]
+        rank = pix_rank[q].reshape(RH, RW)
+        for j in range(m):
+            out[b + 1 + j] = np.where(rank == j, xw[q] - fw[q], 0)
+    return out
+
+
+def stem_combine(z: np.ndarray, offsets: np.ndarray, row_pos: np.ndarray, row_key: np.ndarray,
+                 out: np.ndarray) -> np.ndarray:
+    """Every table row from the per-segment terms of :func:`stem_segment_patches` (after a
+    linear map): ``out[t] = z[b] + Σ_{j: bit j of row_key[t]} z[b + 1 + j]``, ``b =
+    offsets[row_pos[t]]``; ``z`` (P, K), ``out`` (T, K)."""
+    for t in range(len(row_pos)):
+        b, key = offsets[row_pos[t]], int(row_key[t])
+        acc = z[b].copy()
+        j = 0
+        while key:
+            if key & 1:
+                acc += z[b + 1 + j]
+            key >>= 1
+            j += 1
+        out[t] = acc
+    return out
+
+
 def stem_windows(seg_pad: np.ndarray, n_rows: int, n_cols: int, window: tuple, step: tuple):
     """The segments each stem output position's input window meets.
 

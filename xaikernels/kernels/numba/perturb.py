@@ -2654,8 +2654,8 @@ def stem_rows(segs, masks):
     order (a stamp array over the 2^M keys instead of a sort).  Positions go in blocks of
     ``_ROWS_BLOCK``: a block's keys are built a segment at a time over the samples (int32
     keys: M ≤ MAX_KEY_BITS = 20), numbered in place, then written into the (S, Q) index a
-    sample at a time — no transposed copy of the whole index (measured 2.1 vs 4.2 ms for
-    1000 samples × 1024 positions, one thread)."""
+    sample at a time — no transposed copy of the whole index (bench/results/lime_parts.md
+    times it; runs of the same call have read 2.0 to 4.9 ms in different processes)."""
     S, Q, M = masks.shape[0], segs.shape[0], segs.shape[1]
     mt = np.empty((masks.shape[1], S), dtype=np.int32)
     for s in range(S):
@@ -2738,6 +2738,54 @@ def stem_patches(x_pad, fill_pad, pix_rank, row_pos, row_key, n_cols, step_h, st
                 v = src[top + a, left + b]
                 for c in range(C):
                     out[t, c, a, b] = v[c]
+    return out
+
+
+@njit(cache=True)
+def stem_segment_patches(x_pad, fill_pad, pix_rank, offsets, n_cols, step_h, step_w, out):
+    """Per position, its fill window, then per segment it meets ``x - fill`` on that
+    segment's pixels (0 elsewhere); see the reference twin."""
+    P_, C, RH, RW = out.shape
+    Q = pix_rank.shape[0]
+    for q in range(Q):
+        b = offsets[q]
+        top = (q // n_cols) * step_h
+        left = (q % n_cols) * step_w
+        for k in range(b + 1, offsets[q + 1]):
+            for c in range(C):
+                for a in range(RH):
+                    for e in range(RW):
+                        out[k, c, a, e] = 0
+        for c in range(C):
+            for a in range(RH):
+                for e in range(RW):
+                    f = fill_pad[top + a, left + e, c]
+                    out[b, c, a, e] = f
+                    r = pix_rank[q, a * RW + e]
+                    if r >= 0:
+                        out[b + 1 + r, c, a, e] = x_pad[top + a, left + e, c] - f
+    return out
+
+
+@njit(cache=True)
+def stem_combine(z, offsets, row_pos, row_key, out):
+    """``out[t] = z[b] + Σ_{j: bit j of the key} z[b + 1 + j]`` (see the reference twin)."""
+    T, K = out.shape
+    for t in range(T):
+        b = offsets[row_pos[t]]
+        o = out[t]
+        z0 = z[b]
+        for k in range(K):
+            o[k] = z0[k]
+        key = row_key[t]
+        j = 0
+        while key:
+            if key & 1:
+                zj = z[b + 1 + j]
+                for k in range(K):
+                    o[k] += zj[k]
+            key >>= 1
+            j += 1
     return out
 
 
