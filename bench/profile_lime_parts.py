@@ -129,6 +129,12 @@ def main(argv=None):
     for by, what in ((False, f"one window per row ({len(sr[1])})"), (True, f"per segment ({n_win} windows)")):
         rows.append((f"stem tables, same: the first stage's table, {what}",
                      _med(lambda by=by: _stem.plan_stem(st, wd, xi, torch.zeros_like(xi), cov, sr, by_segment=by), r)))
+    # the tail's first max pool: a batch of 100 of the small CNN's 16×32×32 maps, channels-last
+    ymap = torch.randn(100, 16, 32, 32).contiguous(memory_format=torch.channels_last)
+    rows.append(("tail max pool 2×2, 100×16×32×32 channels-last: F.max_pool2d",
+                 _med(lambda: torch.nn.functional.max_pool2d(ymap, 2), r)))
+    rows.append(("tail max pool, same: strided_max (maxima of strided slices, fast_tail's rewrite)",
+                 _med(lambda: _stem.strided_max(ymap, 2, 2), r)))
 
     cmd = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *(argv or sys.argv[1:])])
     lines = [f"# LIME parts ({time.strftime('%Y-%m-%d %H:%M')})", "",

@@ -337,6 +337,22 @@ def test_tail_of_gather_equals_model_on_perturbed_images(arch, H, W, seg_kind, d
             torch.testing.assert_close(tail(buf[:1].permute(0, 3, 1, 2)), want[5:6], rtol=10 * rtol, atol=10 * atol)
 
 
+@pytest.mark.parametrize("by_segment", [None, False, True])
+def test_plan_refuses_tables_past_the_element_cap(monkeypatch, by_segment):
+    model = TwoPools().eval()
+    model(torch.zeros(1, 3, 17, 13))
+    g = torch.Generator().manual_seed(4)
+    x, fill = torch.rand(3, 17, 13, generator=g), torch.rand(3, 17, 13, generator=g)
+    seg = _blobs(17, 13, 6, 2).reshape(-1)
+    masks = (np.random.default_rng(3).random((40, 6)) < 0.5).astype(np.uint8)
+    stem = S.trace_stem(model)
+    wd = S.windows(stem, 1, seg, 17, 13)
+    S.plan_stem(stem, wd, x, fill, masks, by_segment=by_segment)  # fits under the real cap
+    monkeypatch.setattr(S, "MAX_TABLE_ELEMENTS", 3 * 4 * 4)
+    with pytest.raises(S.StemUnavailable, match="would need"):
+        S.plan_stem(stem, wd, x, fill, masks, by_segment=by_segment)
+
+
 def test_trace_reads_static_same_padding_and_functional_convs():
     model = StaticSame().eval()
     stem = S.trace_stem(model)

@@ -14,8 +14,9 @@ stem output is a gather from that table,
 while the rest of the network (the *tail*: the model's traced graph from the stem's output on)
 runs on the gathered batch in channels-last layout, with two exact rewrites of its graph
 (:func:`fast_tail`: a ReLU-like activation moved after the max pool that follows it, and a
-max pool whose stride is its kernel computed as maxima of strided slices).  A window that meets few segments has few
-keys (≤ 2^|S(q)|) however many samples there are; the depth is chosen by estimated work.
+max pool whose stride is its kernel computed as maxima of strided slices).  A window that
+meets few segments has few keys (≤ 2^|S(q)|) however many samples there are; the depth is
+chosen by estimated work.
 The numbers are those of the model on ``x(z)`` up to float rounding (the convolutions add the
 same products in another order); :func:`check_plans` checks this on the instance's first
 samples before a plan is used.
@@ -178,7 +179,6 @@ class Stem:
         return fast_tail(fx.GraphModule(self.gm, g))
 
 
-
 # ------------------------------------------------------------------ exact rewrites of the tail
 def _monotone_step(node: fx.Node, gm: fx.GraphModule) -> bool:
     """A piecewise-linear non-decreasing activation of one tensor (ReLU, ReLU6, Hardtanh,
@@ -212,8 +212,8 @@ def _max_pool(node: fx.Node, gm: fx.GraphModule) -> Optional[nn.MaxPool2d]:
 def strided_max(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     """``max_pool2d(x, (kh, kw))`` (stride = kernel, no padding, floor) as maxima of strided
     slices: the same values (a maximum is exact, NaN propagates in both), in ``x``'s memory
-    format, without max_pool2d's per-window loop (measured: 0.19 vs 0.85 ms for a
-    100×16×32×32 channels-last batch, one thread)."""
+    format, without max_pool2d's per-window loop (bench/results/lime_parts.md times both on
+    a channels-last batch of the bench's small CNN)."""
     H, W = x.shape[-2] // kh * kh, x.shape[-1] // kw * kw
     y = x[..., :H, 0:W:kw]
     for j in range(1, kw):
@@ -495,9 +495,10 @@ def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tens
     # bench/results/lime_parts.md; float32 tables differ by float rounding).
     offsets = np.concatenate([[0], np.cumsum(1 + (wd.segs >= 0).sum(1))]).astype(np.int64)
     if by_segment is None:
-        by_segment = 2 * offsets[-1] <= T and offsets[-1] * C * R <= MAX_TABLE_ELEMENTS
-    if not by_segment and T * C * R > MAX_TABLE_ELEMENTS:
-        raise StemUnavailable(f"a {depth}-stage table would need {T} rows of {C}×{RH}×{RW} patches")
+        by_segment = 2 * offsets[-1] <= T
+    n_win = int(offsets[-1]) if by_segment else T
+    if n_win * C * R > MAX_TABLE_ELEMENTS:
+        raise StemUnavailable(f"a {depth}-stage table would need {n_win} windows of {C}×{RH}×{RW} pixels")
     (pt, pb), (pl, pr_) = wd.pads
 
     def padded_hwc(img):
