@@ -591,6 +591,35 @@ def test_lime_image_with_tables_equals_without(dtype, backend):
     assert not model._forward_hooks and not model.training
 
 
+@pytest.mark.parametrize("name", ["vgg16_like", "resnet18_like"])
+def test_lime_image_tables_on_the_bench_models(name):
+    """The bench's VGG-16-like and ResNet-18 replicas (narrow, float64): tables and the tail's
+    rewrites give the explanation of the model run as is; the VGG's tail has ReLU → 2×2 max
+    pool pairs, which fast_tail rewrites."""
+    from xaikernels.models import zoo
+
+    model = (zoo.vgg16_like(image_size=32, width=4) if name == "vgg16_like" else zoo.resnet18_like(10, width=4))
+    model = model.double()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    kw = dict(segments=_blobs(32, 32, 40, 3), n_samples=120, batch_size=50, top_labels=2, seed=4, output="logits")
+    on = lime_image(model, x, stem="on", **kw)
+    off = lime_image(model, x, stem="off", **kw)
+    assert on.extras["stem"].startswith("tables:")
+    for a, b in zip(on.coef, off.coef):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * max(1.0, np.abs(b).max()))
+    np.testing.assert_array_equal(on.targets, off.targets)
+    if name == "vgg16_like":
+        stem = S.trace_stem(model)
+        tail = stem.tail(1)
+        # stage 1 is the first conv + ReLU: all five 2×2 pools are in its tail, each now
+        # before the ReLU that preceded it
+        nodes = list(tail.graph.nodes)
+        pools = [i for i, n in enumerate(nodes) if n.target is S.strided_max]
+        assert len(pools) == 5
+        assert all(nodes[i + 1].op == 'call_module' and isinstance(tail.get_submodule(nodes[i + 1].target), nn.ReLU)
+                   for i in pools)
+
+
 def test_lime_image_stem_modes():
     x = torch.rand(1, 3, 32, 32)
     kw = dict(segments="grid", segment_kwargs=dict(rows=4, cols=4), n_samples=400)
