@@ -12,8 +12,9 @@ times, one thread, medians:
 * the per-sample part with one table level (gather + the tail from the second stage on)
   against two levels (gather + the tail from the third stage on);
 * what building the second level costs: ``stem_rows`` at depth 2, the representatives, the
-  ``U`` product and a first Numba kernel for the rows (a prototype here, not in the package),
-  checked against the model's own second-stage output.
+  ``U`` product, and the rows two ways — a first Numba kernel (a prototype here, not in the
+  package) and ``embedding_bag`` over bags of ``U`` rows — checked against the model's own
+  second-stage output.
 
 Usage::
 
@@ -40,6 +41,7 @@ def main(argv=None):
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
     import torch
+    import torch.nn.functional as F
     from numba import njit
     from skimage import data as skdata
     from skimage.transform import resize
@@ -86,6 +88,25 @@ def main(argv=None):
                         m[c] = max(m[c], acc[c])
             for c in range(Co):
                 out[t, c] = max(m[c], 0.0)
+        return out
+
+    @njit(cache=False)
+    def bags(index1, rep, row_pos2, Hi, Wi, Wq, pool, kh, kw, pt, pl, R1, out):
+        # embedding_bag ids: row₁·K + k per (row, conv output), R₁·K (a zero row) outside the map
+        K = kh * kw
+        zero = np.int32(R1 * K)
+        for t in range(row_pos2.shape[0]):
+            qy, qx = row_pos2[t] // Wq, row_pos2[t] % Wq
+            idx = index1[rep[t]]
+            for i in range(pool):
+                for j in range(pool):
+                    o = out[(t * pool + i) * pool + j]
+                    for a in range(kh):
+                        iy = qy * pool + i - pt + a
+                        for b in range(kw):
+                            ix = qx * pool + j - pl + b
+                            ok = 0 <= iy < Hi and 0 <= ix < Wi
+                            o[a * kw + b] = np.int32(idx[iy * Wi + ix] * K + a * kw + b) if ok else zero
         return out
 
     torch.set_num_threads(1)
@@ -139,6 +160,20 @@ def main(argv=None):
                         tail2(b2.permute(0, 3, 1, 2))
         return run
 
+    # the same rows by embedding_bag over U as (R₁·K + 1, C_out), r·K + k = W_k·T₁[r]
+    K = kh * kw
+    Ubag = torch.cat([torch.from_numpy(U).reshape(-1, Co), torch.zeros(1, Co)])
+    ids = np.empty((len(row_pos2) * 4, K), np.int32)
+    bag_args = (p1.index, rep, row_pos2, Hi, Wi, Wi // 2, 2, kh, kw, conv.pad[0], conv.pad[2], p1.rows, ids)
+    bags(*bag_args)
+    it, bt = torch.from_numpy(ids), torch.from_numpy(bias)
+
+    def by_bags():
+        z = F.embedding_bag(it, Ubag, mode="sum").view(-1, 4, Co)
+        m = torch.maximum(torch.maximum(z[:, 0], z[:, 1]), torch.maximum(z[:, 2], z[:, 3]))
+        return (m + bt).clamp_min_(0)
+
+    err_bag = np.abs(by_bags().numpy() - out2).max()
     rows = [(f"per sample, one level ({p1.rows} rows): gather + tail from the second stage, 1000 samples",
              _med(per_sample(1), r)),
             (f"per sample, two levels ({len(row_pos2)} rows): gather + tail from the third stage",
@@ -146,12 +181,15 @@ def main(argv=None):
             ("second level: stem_rows at depth 2", _med(lambda: P.stem_rows(w2.segs, masks), r)),
             ("second level: a representative sample per row", _med(lambda: representatives(index2), r)),
             (f"second level: U = T₁·W ({p1.rows} × {Ci} by {Ci} × {kh * kw * Co})", _med(u_product, r)),
-            ("second level: the rows, prototype Numba kernel", _med(lambda: level2(*args2), r))]
+            ("second level: the rows, prototype Numba kernel", _med(lambda: level2(*args2), r)),
+            ("second level: the rows by embedding_bag — the bags (Numba)", _med(lambda: bags(*bag_args), r)),
+            ("second level: the rows by embedding_bag — the sums, max, bias, ReLU", _med(by_bags, r))]
     cmd = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *(argv or sys.argv[1:])])
     lines = [f"# Stem tables: a second level from the first ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"Command: `NUMBA_THREADING_LAYER=workqueue {cmd}` (one thread; medians)", "",
              f"The second level's rows against the model's second-stage output on {k} samples: max |Δ| = "
-             f"{err:.2g} (float32).", "", "| part | ms |", "|---|---:|"]
+             f"{err:.2g} (float32); the embedding_bag rows against the prototype's: {err_bag:.2g}.", "",
+             "| part | ms |", "|---|---:|"]
     lines += [f"| {name} | {v:.2f} |" for name, v in rows]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "stem_levels.md").write_text("\n".join(lines) + "\n")
