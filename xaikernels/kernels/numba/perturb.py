@@ -450,9 +450,10 @@ class Builder:
         checks per call: the caller's loop over model batches then costs one kernel call per
         batch.  The rows' hidden-element bitmaps are built ahead, for up to
         ``_BITMAP_BYTES`` of rows at a time, word-major (:func:`_hidden_bitmaps`), instead of
-        per batch, whose few rows leave most of the bitmap kernel's vector lanes idle
-        (measured in lime's loop — batches of 10 rows of a 64×64×3 float64 image —: 0.2 ms of
-        bitmaps for 1000 rows instead of 0.75 ms, bench/profile_lime_image.py)."""
+        per batch, whose few rows leave most of the bitmap kernel's vector lanes idle (lime's
+        batches of 10 rows of a 64×64×3 float64 image, 1000 rows: the whole builder 2.64 ms in
+        bench/results/lime_image_profile.md, 3.10 ms with bitmaps per batch in its previous
+        run)."""
         if masks.shape[1] < self.F:
             raise ValueError(f"masks have {masks.shape[1]} features, the feature map uses {self.F}")
         masks = np.ascontiguousarray(masks, dtype=np.uint8)
