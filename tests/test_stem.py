@@ -191,6 +191,54 @@ def test_stem_combine_against_reference_and_batch_one(backend, dtype, tol):
     np.testing.assert_array_equal(one, got[:1])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("S_,Q,T", [(1, 1, 1), (7, 5, 9), (40, 13, 60)])
+def test_stem_representatives_are_first_samples(backend, S_, Q, T):
+    rng = np.random.default_rng(S_ + Q)
+    index = rng.integers(0, T, (S_, Q)).astype(np.int32)
+    rep = P.stem_representatives(index, backend=backend)
+    assert rep.dtype == np.int64 and rep.shape == (int(index.max()) + 1,)
+    for t in range(len(rep)):
+        hit = np.nonzero((index == t).any(1))[0]
+        assert rep[t] == (hit[0] if len(hit) else -1)
+    with pytest.raises(ValueError, match="int32"):
+        P.stem_representatives(index.astype(np.int64), backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("geo", [
+    dict(map_hw=(6, 5), window=(2, 2), step=(2, 2), origin=(0, 0), stride=(1, 1), pad=(1, 1), dilation=(1, 1),
+         kernel=(3, 3)),
+    dict(map_hw=(7, 9), window=(3, 3), step=(2, 2), origin=(-1, -1), stride=(2, 1), pad=(2, 0), dilation=(2, 1),
+         kernel=(3, 2)),
+    dict(map_hw=(1, 1), window=(1, 1), step=(1, 1), origin=(0, 0), stride=(1, 1), pad=(0, 0), dilation=(1, 1),
+         kernel=(1, 1)),
+])
+def test_stem_level_ids_against_reference(backend, geo):
+    rng = np.random.default_rng(sum(geo["map_hw"]))
+    Hi, Wi = geo["map_hw"]
+    R1, S_ = 23, 11
+    index1 = rng.integers(0, R1, (S_, Hi * Wi)).astype(np.int32)
+    n_cols, T = 4, 17
+    rep, row_pos = rng.integers(0, S_, T), rng.integers(0, 3 * n_cols, T)
+    got = P.stem_level_ids(index1, rep, row_pos, n_cols, n_rows1=R1, backend=backend, **geo)
+    K = geo["kernel"][0] * geo["kernel"][1]
+    assert got.dtype == np.int32 and got.shape == (T * geo["window"][0] * geo["window"][1], K)
+    g = np.array([Hi, Wi, *geo["window"], *geo["step"], *geo["origin"], *geo["stride"], *geo["pad"],
+                  *geo["dilation"], *geo["kernel"]])
+    want = R.stem_level_ids(index1, rep, row_pos, n_cols, g, R1, np.empty_like(got))
+    np.testing.assert_array_equal(got, want)
+    assert got.min() >= 0 and got.max() <= R1 * K
+    assert np.all((got % K == np.arange(K)) | (got == R1 * K))  # offset k in column k, or the zero row
+    assert (got == R1 * K).any() or geo["pad"] == (0, 0)  # the padding reads the zero row
+    one = P.stem_level_ids(index1, rep[:1], row_pos[:1], n_cols, n_rows1=R1, backend=backend, **geo)
+    np.testing.assert_array_equal(one, got[:len(one)])
+    with pytest.raises(ValueError, match="index1 rows"):
+        P.stem_level_ids(index1, rep, row_pos, n_cols, n_rows1=R1 - 30, backend=backend, **geo)
+    with pytest.raises(ValueError, match="rep"):
+        P.stem_level_ids(index1, rep + S_, row_pos, n_cols, n_rows1=R1, backend=backend, **geo)
+
+
 # ------------------------------------------------------------------- tables against the model
 class TwoPools(nn.Module):
     def __init__(self):
@@ -351,6 +399,67 @@ def test_plan_refuses_tables_past_the_element_cap(monkeypatch, by_segment):
     monkeypatch.setattr(S, "MAX_TABLE_ELEMENTS", 3 * 4 * 4)
     with pytest.raises(S.StemUnavailable, match="would need"):
         S.plan_stem(stem, wd, x, fill, masks, by_segment=by_segment)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+@pytest.mark.parametrize("arch,H,W", [(TwoPools, 17, 13), (SmallCNN, 9, 12), (StaticSame, 15, 12),
+                                      (ResNetStem, 29, 23), (Strided, 23, 19)])
+def test_levels_give_the_model_on_perturbed_images(arch, H, W, dtype, backend, tol):
+    """Tables built level on level (each stage's rows from the previous table's) give the
+    model's outputs through the tail, at every depth; a grouped convolution is refused."""
+    torch.manual_seed(0)
+    model = arch().eval()
+    model(torch.zeros(1, 3, H, W))
+    model = model.to(dtype)
+    g = torch.Generator().manual_seed(5)
+    x, fill = torch.rand(3, H, W, generator=g, dtype=dtype), torch.rand(3, H, W, generator=g, dtype=dtype)
+    seg = _blobs(H, W, 7, 1).reshape(-1)
+    masks = (np.random.default_rng(2).random((31, 7)) < 0.5).astype(np.uint8)
+    imgs = torch.empty(31, 3, H * W, 1, dtype=dtype)
+    P.build_perturbed(P.as_apb(x, "chw"), P.as_apb(fill, "chw"), seg, masks, imgs)
+    with torch.no_grad():
+        want = model(imgs.reshape(31, 3, H, W))
+    stem = S.trace_stem(model)
+    plan = S.plan_stem(stem, S.windows(stem, 1, seg, H, W), x, fill, masks, backend=backend)
+    rtol, atol = tol[dtype]
+    built = 0
+    while plan.depth < len(stem.stages):
+        wd = S.windows(stem, plan.depth + 1, seg, H, W)
+        if stem.stages[plan.depth].conv.groups != 1:
+            with pytest.raises(S.StemUnavailable, match="grouped"):
+                S.level_plan(stem, plan, wd, masks, backend=backend)
+            break
+        plan = S.level_plan(stem, plan, wd, masks, backend=backend)
+        built += 1
+        assert plan.levels == built + 1 and plan.rows <= 31 * plan.index.shape[1]
+        buf = torch.empty((31,) + plan.out_hwc, dtype=dtype)
+        plan.gather(0, 31, buf.view(31, -1, plan.out_hwc[2]))
+        with torch.no_grad():
+            got = stem.tail(plan.depth)(buf.permute(0, 3, 1, 2))
+        torch.testing.assert_close(got, want, rtol=10 * rtol, atol=10 * atol)
+    assert built >= (0 if arch is Strided else 1)
+
+
+def test_build_plans_adds_levels_when_they_pay():
+    """On the bench's quickshift-like case (many small segments, 1000 samples) the first
+    stage is tabulated and the second built as a level; without levels the plan stops at
+    one stage."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 10)).eval()  # bench/run_lime.py's small CNN
+    H = W = 64
+    x = torch.rand(3, H, W, generator=torch.Generator().manual_seed(3))
+    seg = _blobs(H, W, 73, 4).reshape(-1)
+    masks = (np.random.default_rng(1).random((1000, 73)) < 0.5).astype(np.uint8)
+    stem = S.trace_stem(model)
+    plans, tail = S.build_plans(stem, [x], [torch.zeros_like(x)], [seg], [masks], min_gain=S.MIN_GAIN)
+    one, _ = S.build_plans(stem, [x], [torch.zeros_like(x)], [seg], [masks], min_gain=S.MIN_GAIN, levels=False)
+    assert plans[0].levels > 1 and plans[0].depth > one[0].depth and one[0].levels == 1
+    S.check_plans(tail, model, [x], [torch.zeros_like(x)], [seg], [masks], plans)
 
 
 def test_trace_reads_static_same_padding_and_functional_convs():

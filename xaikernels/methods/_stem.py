@@ -94,6 +94,7 @@ class Stage:
     pool: Optional[nn.Module]
     nodes: List[str]       # module paths / function names, for messages
     node_names: List[str]  # fx node names in the traced graph
+    monotone: bool = True  # every step commutes with a max (:func:`_monotone_step`)
 
     def __call__(self, y: torch.Tensor, conv_ok: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The stage on patches that carry their own padding: the convolution and the pool
@@ -103,21 +104,35 @@ class Stage:
         return self.after_conv(F.conv2d(y, c.weight, c.bias, c.stride, 0, c.dilation, c.groups), conv_ok)
 
     def after_conv(self, y: torch.Tensor, conv_ok: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The steps and the pool on the convolution's output ``y`` (``conv_ok`` as above)."""
-        for f in self.steps:
-            y = f(y)
-        if self.pool is None:
-            return y
-        (k2, t2), is_max = self.pool_geometry(), isinstance(self.pool, nn.MaxPool2d)
-        if conv_ok is not None:
-            y = y.masked_fill(~conv_ok[:, None], -math.inf if is_max else 0.0)
-        if is_max:
-            if tuple(y.shape[2:]) == tuple(k2):
-                # one window per patch (the last stage's table rows): a reduction instead of
-                # max_pool2d's per-map loop, the same values (max is exact)
-                return y.amax(dim=(2, 3), keepdim=True)
-            return F.max_pool2d(y, k2, t2)
-        return F.avg_pool2d(y, k2, t2)  # count_include_pad (checked when traced)
+        """The steps and the pool on the convolution's output ``y`` (``conv_ok`` as above).
+        Steps that all commute with a max (:func:`_monotone_step`) run after a max pool, on
+        its smaller output — the same values (every pool window holds a convolution output)."""
+        is_max = isinstance(self.pool, nn.MaxPool2d)
+        late = is_max and self.monotone
+        if not late:
+            for f in self.steps:
+                y = f(y)
+        if self.pool is not None:
+            k2, t2 = self.pool_geometry()
+            if conv_ok is not None:
+                y = y.masked_fill(~conv_ok[:, None], -math.inf if is_max else 0.0)
+            if not is_max:
+                y = F.avg_pool2d(y, k2, t2)  # count_include_pad (checked when traced)
+            elif tuple(y.shape[2:]) == tuple(k2):
+                # one window per row (the last stage's table rows): maxima of its slices
+                # instead of max_pool2d's per-map loop, the same values (max is exact)
+                m = y[:, :, 0, 0]
+                for i in range(k2[0]):
+                    for j in range(k2[1]):
+                        if i or j:
+                            m = torch.maximum(m, y[:, :, i, j])
+                y = m[:, :, None, None]
+            else:
+                y = F.max_pool2d(y, k2, t2)
+        if late:
+            for f in self.steps:
+                y = f(y)
+        return y
 
     def pool_geometry(self):
         """(kernel, stride) of the pool, (1, 1) twice without one."""
@@ -380,6 +395,7 @@ def trace_stem(model: nn.Module) -> Stem:
         cur.node_names.append(node.name)
         if kind == "step":
             cur.steps.append(fn)
+            cur.monotone = cur.monotone and _monotone_step(node, gm)
         else:
             cur.pool = fn
             stages.append(cur)
@@ -464,6 +480,7 @@ class StemPlan:
     out_hwc: Tuple[int, int, int]
     max_segments: int
     backend: str = "auto"
+    levels: int = 1        # tables built one on another (:func:`level_plan`)
 
     def __post_init__(self):
         self.gather = P.stem_gatherer(self.table, self.index, self.backend)  # checked once here
@@ -550,6 +567,92 @@ def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tens
     return StemPlan(table, index, depth, (Ho, Wo, table.shape[1]), wd.max_segments, backend)
 
 
+def level_plan(stem: Stem, plan: StemPlan, wd: Windows, masks: np.ndarray, rows=None,
+               backend: str = "auto") -> StemPlan:
+    """The table of one more stage, built on ``plan``'s (a *level*).  The stage's
+    convolution is linear in the previous table's rows: each new row's convolution outputs
+    are sums of rows of ``U`` (``W_k · T`` per kernel offset ``k``) — ``embedding_bag`` over
+    the bags of :func:`ops.perturb.stem_level_ids`, the previous rows read off a sample that
+    has the new row's coalition (:func:`ops.perturb.stem_representatives`) —, then the
+    stage's steps and pool.  ``wd``: the windows of ``plan.depth + 1`` stages.  The rows
+    are the stage's outputs up to float rounding (the convolution's products added in
+    another order)."""
+    d = plan.depth
+    st = stem.stages[d]
+    c = st.conv
+    if c.groups != 1:
+        raise StemUnavailable(f"stage {d + 1}'s convolution is grouped")
+    index, row_pos, row_key = rows if rows is not None else P.stem_rows(wd.segs, masks, backend)
+    T = len(row_pos)
+    Hi, Wi, Ci = plan.out_hwc
+    Co, _, kh, kw = c.weight.shape
+    (_, sz_h), (_, sz_w) = wd.layout
+    Ho, Wo = sz_h[-1], sz_w[-1]
+    (k2, t2), pp = st.pool_geometry(), st.pool_pad()
+    if T * k2[0] * k2[1] * kh * kw > MAX_INDEX_ENTRIES or T * Co * k2[0] * k2[1] > MAX_TABLE_ELEMENTS:
+        raise StemUnavailable(f"a level of {T} rows for stage {d + 1} is too large")
+    rep = P.stem_representatives(index, backend)
+    ids = P.stem_level_ids(plan.index, rep, row_pos, Wo, map_hw=(Hi, Wi), window=k2, step=t2,
+                           origin=(-pp[0], -pp[1]), stride=c.stride, pad=(c.pad[0], c.pad[2]),
+                           dilation=c.dilation, kernel=(kh, kw), n_rows1=plan.rows, backend=backend)
+    with torch.no_grad():
+        w = c.weight.to(plan.table.dtype)
+        # U[r·K + k] = W_k · table[r], straight from one product, then a zero row
+        u = plan.table.new_empty(plan.rows * kh * kw + 1, Co)
+        torch.mm(plan.table, w.permute(1, 2, 3, 0).reshape(Ci, kh * kw * Co), out=u[:-1].view(plan.rows, -1))
+        u[-1] = 0
+        z = F.embedding_bag(torch.from_numpy(ids), u, mode="sum").view(T, k2[0], k2[1], Co)
+        if c.bias is not None:
+            z += c.bias.to(z.dtype)
+        conv_ok = None
+        if pp != (0, 0):  # convolution outputs outside its map are the pool's padding
+            geo = st.geometry()
+            hc, wc = geo[0][4](Hi), geo[1][4](Wi)
+            qt = torch.from_numpy(row_pos.astype(np.int64))
+            r_ = (qt // Wo)[:, None] * t2[0] - pp[0] + torch.arange(k2[0])
+            c_ = (qt % Wo)[:, None] * t2[1] - pp[1] + torch.arange(k2[1])
+            conv_ok = ((r_ >= 0) & (r_ < hc))[:, :, None] & ((c_ >= 0) & (c_ < wc))[:, None, :]
+        y = st.after_conv(z.permute(0, 3, 1, 2), conv_ok)  # (T, C_out, kh2, kw2), channels last in memory
+        table = y.reshape(T, -1).contiguous()
+    return StemPlan(table, index, d + 1, (Ho, Wo, table.shape[1]), wd.max_segments, backend, plan.levels + 1)
+
+
+#: A level's bag entries (one ``U`` row of C_out added) cost this many of a batched model's
+#: multiply-adds each (bench/results/stem_levels.md: the bench's second level, 3.1 M entries
+#: of 16 channels in ~24 ms all told, where the convolution it replaces runs 1.18 G
+#: multiply-adds in ~33 ms per 1000 samples)
+LEVEL_COST = 16
+
+
+def extend_plans(stem: Stem, plans: List[StemPlan], segs: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                 H: int, W: int, backend: str = "auto", min_gain: float = 0.0) -> List[StemPlan]:
+    """Add levels (:func:`level_plan`) while the next stage's per-sample convolution costs
+    more, by estimate, than building its level; the plans as they are once none pays."""
+    while plans[0].depth < len(stem.stages):
+        d = plans[0].depth
+        st = stem.stages[d]
+        if st.conv.groups != 1:
+            break
+        try:
+            wins = [windows(stem, d + 1, sg, H, W, backend) for sg in segs]
+        except StemUnavailable:
+            break
+        if max(w.max_segments for w in wins) > P.MAX_KEY_BITS:
+            break
+        (_, sz_h), (_, sz_w) = wins[0].layout
+        saved = sum(len(m) * _conv_macs(st, sz_h[-1], sz_w[-1]) for m in masks)
+        co, _, kh, kw = st.conv.weight.shape
+        k2, _ = st.pool_geometry()
+        est = sum(LEVEL_COST * _expected_rows(w, len(m)) * k2[0] * k2[1] * kh * kw * co for w, m in zip(wins, masks))
+        if saved - est <= min_gain:
+            break
+        try:
+            plans = [level_plan(stem, p, w, m, None, backend) for p, w, m in zip(plans, wins, masks)]
+        except StemUnavailable:
+            break
+    return plans
+
+
 TABLE_COST = 4  # a table row's multiply-adds run this much slower than a batched model's (small patches)
 MIN_GAIN = 5e7  # multiply-adds the tables must save to pay for their set-up (trace, plans, check: a few ms)
 
@@ -565,14 +668,15 @@ def _expected_rows(w: Windows, n: int) -> float:
 
 def build_plans(stem: Stem, xs: Sequence[torch.Tensor], fills: Sequence[torch.Tensor], segs: Sequence[np.ndarray],
                 masks: Sequence[np.ndarray], backend: str = "auto",
-                min_gain: float = 0.0) -> Tuple[List[StemPlan], fx.GraphModule]:
+                min_gain: float = 0.0, levels: bool = True) -> Tuple[List[StemPlan], fx.GraphModule]:
     """Plans for every instance at the stage count with the least work — the tables'
     multiply-adds (× ``TABLE_COST``) against the samples' evaluations of those stages — and
     that depth's tail; raise :class:`StemUnavailable` when no depth can be tabulated or none
     saves more than ``min_gain`` multiply-adds (with the shallowest depth's reason; a
     ``min_gain`` of ``-inf`` takes the best depth even when it saves nothing).  Depths are
     tried in the order of their expected gain; the rows are counted exactly for the one
-    taken."""
+    taken.  With ``levels``, the plans then grow by levels (:func:`extend_plans`) while
+    those pay."""
     C, H, W = xs[0].shape
     reason, cands = None, []
     for depth in range(1, len(stem.stages) + 1):
@@ -599,7 +703,9 @@ def build_plans(stem: Stem, xs: Sequence[torch.Tensor], fills: Sequence[torch.Te
         cost = sum(TABLE_COST * len(r[1]) * w.row_macs for w, r in zip(wins, rows))
         if saved - cost > min_gain:
             plans = [plan_stem(stem, w, x, f, m, r, backend) for w, x, f, m, r in zip(wins, xs, fills, masks, rows)]
-            return plans, stem.tail(wins[0].depth)
+            if levels:
+                plans = extend_plans(stem, plans, segs, masks, H, W, backend, max(min_gain, 0.0))
+            return plans, stem.tail(plans[0].depth)
         why = "costs more than evaluating them" if cost >= saved else "saves too little to pay for its set-up"
         reason = reason if reason is not None and wins[0].depth > 1 else StemUnavailable(
             f"tabulating {wins[0].depth} stage(s) {why} ({cost:.3g} vs {saved:.3g} estimated multiply-adds)")

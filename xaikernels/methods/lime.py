@@ -462,8 +462,10 @@ def _stem_plans(model, x, xc, fills, feats, mask_list, forward_args, backend, mo
     plans, tail = _stem.build_plans(st, list(xc), fill_imgs, segs, mask_list, backend,
                                     min_gain=_stem.MIN_GAIN if mode == "auto" else -math.inf)
     _stem.check_plans(tail, model, list(xc), fill_imgs, segs, mask_list, plans)
+    lv = plans[0].levels
     return plans, tail, (f"tables: {st.describe(plans[0].depth)} ({sum(p.rows for p in plans)} rows, "
-                         f"≤ {max(p.max_segments for p in plans)} segments per window)")
+                         f"≤ {max(p.max_segments for p in plans)} segments per window"
+                         f"{f'; {lv} levels' if lv > 1 else ''})")
 
 
 SMALL_WORK = 1e6  # samples × input elements below which "auto" does not even trace the model

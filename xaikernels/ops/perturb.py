@@ -60,6 +60,8 @@ OP_STEM_PATCHES = _define("stem_patches", _ref.stem_patches)
 OP_STEM_WINDOWS = _define("stem_windows", _ref.stem_windows)
 OP_STEM_SEGMENT_PATCHES = _define("stem_segment_patches", _ref.stem_segment_patches)
 OP_STEM_COMBINE = _define("stem_combine", _ref.stem_combine)
+OP_STEM_REPS = _define("stem_representatives", _ref.stem_representatives)
+OP_STEM_LEVEL_IDS = _define("stem_level_ids", _ref.stem_level_ids)
 
 
 def _mt_launcher(*args, **kwargs):
@@ -830,6 +832,55 @@ def stem_combine(z: np.ndarray, offsets: np.ndarray, row_pos: np.ndarray, row_ke
         raise ValueError("row_pos must lie in [0, Q) and each key name only its position's segments")
     out = np.empty((len(row_pos), z.shape[1]), dtype=z.dtype)
     return _impl(OP_STEM_COMBINE, backend)(z, offsets, row_pos, row_key, out)
+
+
+def stem_representatives(index: np.ndarray, backend: str = "auto") -> np.ndarray:
+    """For each table row of :func:`stem_rows`' ``index`` (S, Q) int32, the first sample that
+    has it: (T,) int64 — any sample with a row's coalition shows that row's window."""
+    index = np.ascontiguousarray(index)
+    if index.dtype != np.int32 or index.ndim != 2:
+        raise ValueError(f"index must be (S, Q) int32, got {index.shape}/{index.dtype}")
+    if index.size and index.min() < 0:
+        raise ValueError("index rows must be >= 0")
+    out = np.empty(int(index.max()) + 1 if index.size else 0, dtype=np.int64)
+    return _impl(OP_STEM_REPS, backend)(index, out)
+
+
+def stem_level_ids(index1: np.ndarray, rep: np.ndarray, row_pos: np.ndarray, n_cols: int, *,
+                   map_hw: Tuple[int, int], window: Tuple[int, int], step: Tuple[int, int],
+                   origin: Tuple[int, int], stride: Tuple[int, int], pad: Tuple[int, int],
+                   dilation: Tuple[int, int], kernel: Tuple[int, int], n_rows1: int,
+                   backend: str = "auto") -> np.ndarray:
+    """The bags for a table level built on the previous one (``methods._stem.level_plan``).
+
+    The next stage's convolution over the previous level's rows is, per kernel offset ``k``,
+    a sum of rows of ``U`` (n_rows1·K + 1, C_out) — row ``r·K + k`` is ``W_k · T₁[r]``, the
+    last row zero — summed by :func:`torch.nn.functional.embedding_bag`.  For every row ``t``
+    of the new level (position ``row_pos[t]`` of a map ``n_cols`` wide, its coalition that
+    of sample ``rep[t]``) and every convolution output ``(i, j) < window`` of it — at
+    ``(qy·step + origin + i, qx·step + origin + j)`` in the convolution's map —, this
+    returns the ``K = kh·kw`` ids ``index1[rep[t], input position]·K + k``, or the zero row
+    where the input position falls outside the previous level's ``map_hw`` (the
+    convolution's zero padding).  Returns (T·window_h·window_w, K) int32.
+    """
+    index1 = np.ascontiguousarray(index1)
+    rep = np.ascontiguousarray(rep, dtype=np.int64)
+    row_pos = np.ascontiguousarray(row_pos, dtype=np.int64)
+    Hi, Wi = map_hw
+    kh, kw = kernel
+    if index1.dtype != np.int32 or index1.ndim != 2 or index1.shape[1] != Hi * Wi:
+        raise ValueError(f"index1 must be (S, {Hi}·{Wi}) int32, got {index1.shape}/{index1.dtype}")
+    if rep.shape != row_pos.shape or rep.ndim != 1:
+        raise ValueError(f"rep and row_pos must be (T,), got {rep.shape} and {row_pos.shape}")
+    if rep.size and (rep.min() < 0 or rep.max() >= index1.shape[0] or row_pos.min() < 0):
+        raise ValueError(f"rep must lie in [0, {index1.shape[0]}) and row_pos be >= 0")
+    if index1.size and (index1.min() < 0 or index1.max() >= n_rows1):
+        raise ValueError(f"index1 rows must lie in [0, {n_rows1})")
+    if (n_rows1 + 1) * kh * kw >= 2 ** 31 or min(window + stride + dilation + kernel) < 1 or n_cols < 1:
+        raise ValueError("level geometry out of range")
+    geometry = np.array([Hi, Wi, *window, *step, *origin, *stride, *pad, *dilation, kh, kw], dtype=np.int64)
+    out = np.empty((len(row_pos) * window[0] * window[1], kh * kw), dtype=np.int32)
+    return _impl(OP_STEM_LEVEL_IDS, backend)(index1, rep, row_pos, int(n_cols), geometry, int(n_rows1), out)
 
 
 def stem_windows(seg_pad: np.ndarray, n_rows: int, n_cols: int, window: Tuple[int, int], step: Tuple[int, int],

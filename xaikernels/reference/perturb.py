@@ -927,6 +927,42 @@ def stem_combine(z: np.ndarray, offsets: np.ndarray, row_pos: np.ndarray, row_ke
     return out
 
 
+def stem_representatives(index: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[t]`` = the first sample ``s`` (in order) with a position whose row is ``t``:
+    ``index`` (S, Q) int32 rows in ``[0, T)``, ``out`` (T,) int64 (-1 for a row no sample
+    has)."""
+    out[:] = -1
+    rows, first = np.unique(index.reshape(-1), return_index=True)
+    out[rows] = first // max(index.shape[1], 1)
+    return out
+
+
+def stem_level_ids(index1: np.ndarray, rep: np.ndarray, row_pos: np.ndarray, n_cols: int, geometry: np.ndarray,
+                   n_rows1: int, out: np.ndarray) -> np.ndarray:
+    """Bags of the previous level's rows for the next stage's convolution, one bag per (row
+    ``t``, convolution output ``(i, j)`` of its window): ``out[(t·ch + i)·cw + j, a·kw + b] =
+    index1[rep[t], iy·Wi + ix]·kh·kw + a·kw + b`` with ``iy = (qy·step_h + org_h + i)·stride_h
+    - pad_h + a·dil_h`` (likewise for x), ``(qy, qx) = divmod(row_pos[t], n_cols)``, and
+    ``n_rows1·kh·kw`` (a zero row) where ``(iy, ix)`` falls outside the (Hi, Wi) map.
+    ``geometry`` int64: (Hi, Wi, ch, cw, step_h, step_w, org_h, org_w, stride_h, stride_w,
+    pad_h, pad_w, dil_h, dil_w, kh, kw); ``out`` (T·ch·cw, kh·kw) int32."""
+    Hi, Wi, ch, cw, sth, stw, oh, ow, csh, csw, ph, pw, dh, dw, kh, kw = (int(v) for v in geometry)
+    K = kh * kw
+    for t in range(len(row_pos)):
+        qy, qx = divmod(int(row_pos[t]), n_cols)
+        idx = index1[rep[t]]
+        for i in range(ch):
+            for j in range(cw):
+                oy, ox = qy * sth + oh + i, qx * stw + ow + j
+                for a in range(kh):
+                    for b in range(kw):
+                        iy, ix = oy * csh - ph + a * dh, ox * csw - pw + b * dw
+                        inside = 0 <= iy < Hi and 0 <= ix < Wi
+                        out[(t * ch + i) * cw + j, a * kw + b] = idx[iy * Wi + ix] * K + a * kw + b if inside \
+                            else n_rows1 * K
+    return out
+
+
 def stem_windows(seg_pad: np.ndarray, n_rows: int, n_cols: int, window: tuple, step: tuple):
     """The segments each stem output position's input window meets.
 

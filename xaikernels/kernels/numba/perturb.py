@@ -2791,6 +2791,49 @@ def stem_combine(z, offsets, row_pos, row_key, out):
 
 
 @njit(cache=True)
+def stem_representatives(index, out):
+    """The first sample with each row (see the reference twin)."""
+    out[:] = -1
+    S, Q = index.shape
+    for s in range(S):
+        for q in range(Q):
+            t = index[s, q]
+            if out[t] < 0:
+                out[t] = s
+    return out
+
+
+@njit(cache=True)
+def stem_level_ids(index1, rep, row_pos, n_cols, geometry, n_rows1, out):
+    """Bags of the previous level's rows per (row, convolution output); see the reference
+    twin."""
+    Hi, Wi, ch, cw = geometry[0], geometry[1], geometry[2], geometry[3]
+    sth, stw, oh, ow = geometry[4], geometry[5], geometry[6], geometry[7]
+    csh, csw, ph, pw = geometry[8], geometry[9], geometry[10], geometry[11]
+    dh, dw, kh, kw = geometry[12], geometry[13], geometry[14], geometry[15]
+    K = kh * kw
+    zero = np.int32(n_rows1 * K)
+    for t in range(row_pos.shape[0]):
+        qy = row_pos[t] // n_cols
+        qx = row_pos[t] % n_cols
+        idx = index1[rep[t]]
+        for i in range(ch):
+            oy = (qy * sth + oh + i) * csh - ph
+            for j in range(cw):
+                ox = (qx * stw + ow + j) * csw - pw
+                o = out[(t * ch + i) * cw + j]
+                for a in range(kh):
+                    iy = oy + a * dh
+                    for b in range(kw):
+                        ix = ox + b * dw
+                        if 0 <= iy < Hi and 0 <= ix < Wi:
+                            o[a * kw + b] = np.int32(idx[iy * Wi + ix] * K + a * kw + b)
+                        else:
+                            o[a * kw + b] = zero
+    return out
+
+
+@njit(cache=True)
 def stem_windows(seg_pad, n_rows, n_cols, window, step):
     """Each window's segments in scan order (a stamp array per segment id, no sort)."""
     RH, RW = window
