@@ -2806,30 +2806,50 @@ def stem_representatives(index, out):
 @njit(cache=True)
 def stem_level_ids(index1, rep, row_pos, n_cols, geometry, n_rows1, out):
     """Bags of the previous level's rows per (row, convolution output); see the reference
-    twin."""
+    twin.  A row whose inputs all lie inside the map (most) takes a branch-free loop over a
+    table of input offsets relative to its window's corner."""
     Hi, Wi, ch, cw = geometry[0], geometry[1], geometry[2], geometry[3]
     sth, stw, oh, ow = geometry[4], geometry[5], geometry[6], geometry[7]
     csh, csw, ph, pw = geometry[8], geometry[9], geometry[10], geometry[11]
     dh, dw, kh, kw = geometry[12], geometry[13], geometry[14], geometry[15]
     K = kh * kw
+    E = ch * cw * K
     zero = np.int32(n_rows1 * K)
+    # entry e = ((i·cw + j)·K + a·kw + b): input (dy, dx) from the window corner, offset k
+    dy = np.empty(E, dtype=np.int64)
+    dx = np.empty(E, dtype=np.int64)
+    kk = np.empty(E, dtype=np.int64)
+    rel = np.empty(E, dtype=np.int64)
+    for i in range(ch):
+        for j in range(cw):
+            for a in range(kh):
+                for b in range(kw):
+                    e = (i * cw + j) * K + a * kw + b
+                    dy[e] = i * csh + a * dh
+                    dx[e] = j * csw + b * dw
+                    kk[e] = a * kw + b
+                    rel[e] = dy[e] * Wi + dx[e]
+    ylo, yhi, xlo, xhi = dy.min(), dy.max(), dx.min(), dx.max()
+    flat = out.reshape(-1)
     for t in range(row_pos.shape[0]):
         qy = row_pos[t] // n_cols
         qx = row_pos[t] % n_cols
+        y0 = (qy * sth + oh) * csh - ph  # input row of entry e: y0 + dy[e]
+        x0 = (qx * stw + ow) * csw - pw
         idx = index1[rep[t]]
-        for i in range(ch):
-            oy = (qy * sth + oh + i) * csh - ph
-            for j in range(cw):
-                ox = (qx * stw + ow + j) * csw - pw
-                o = out[(t * ch + i) * cw + j]
-                for a in range(kh):
-                    iy = oy + a * dh
-                    for b in range(kw):
-                        ix = ox + b * dw
-                        if 0 <= iy < Hi and 0 <= ix < Wi:
-                            o[a * kw + b] = np.int32(idx[iy * Wi + ix] * K + a * kw + b)
-                        else:
-                            o[a * kw + b] = zero
+        o = t * E
+        if y0 + ylo >= 0 and y0 + yhi < Hi and x0 + xlo >= 0 and x0 + xhi < Wi:
+            base = y0 * Wi + x0
+            for e in range(E):
+                flat[o + e] = np.int32(idx[base + rel[e]] * K + kk[e])
+        else:
+            for e in range(E):
+                iy = y0 + dy[e]
+                ix = x0 + dx[e]
+                if 0 <= iy < Hi and 0 <= ix < Wi:
+                    flat[o + e] = np.int32(idx[iy * Wi + ix] * K + kk[e])
+                else:
+                    flat[o + e] = zero
     return out
 
 
