@@ -1,4 +1,4 @@
-"""A lead for the stem tables, measured: a second table level built from the first.
+"""Stem tables: a second table level built from the first (``_stem.level_plan``), measured.
 
 On ``run_lime.py``'s end-to-end quickshift case (small CNN, 64×64 astronaut, 73 segments,
 1000 coalitions) the tables cover the first stage only; the second stage's windows (10×10
@@ -12,9 +12,10 @@ times, one thread, medians:
 * the per-sample part with one table level (gather + the tail from the second stage on)
   against two levels (gather + the tail from the third stage on);
 * what building the second level costs: ``stem_rows`` at depth 2, the representatives, the
-  ``U`` product, and the rows two ways — a first Numba kernel (a prototype here, not in the
-  package) and ``embedding_bag`` over bags of ``U`` rows — checked against the model's own
-  second-stage output.
+  ``U`` product, and the rows two ways — a fused Numba kernel (a prototype kept here for the
+  comparison) and ``embedding_bag`` over bags of ``U`` rows, the package's way (its own bags
+  kernel is faster than this script's) — checked against the model's own second-stage
+  output; then the package's ``level_plan`` whole.
 
 Usage::
 
@@ -183,7 +184,9 @@ def main(argv=None):
             (f"second level: U = T₁·W ({p1.rows} × {Ci} by {Ci} × {kh * kw * Co})", _med(u_product, r)),
             ("second level: the rows, prototype Numba kernel", _med(lambda: level2(*args2), r)),
             ("second level: the rows by embedding_bag — the bags (Numba)", _med(lambda: bags(*bag_args), r)),
-            ("second level: the rows by embedding_bag — the sums, max, bias, ReLU", _med(by_bags, r))]
+            ("second level: the rows by embedding_bag — the sums, max, bias, ReLU", _med(by_bags, r)),
+            ("second level: all of it as the package builds it (_stem.level_plan, from stem_rows on)",
+             _med(lambda: _stem.level_plan(st, p1, w2, masks), r))]
     cmd = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *(argv or sys.argv[1:])])
     lines = [f"# Stem tables: a second level from the first ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"Command: `NUMBA_THREADING_LAYER=workqueue {cmd}` (one thread; medians)", "",

@@ -601,9 +601,6 @@ def level_plan(stem: Stem, plan: StemPlan, wd: Windows, masks: np.ndarray, rows=
         u = plan.table.new_empty(plan.rows * kh * kw + 1, Co)
         torch.mm(plan.table, w.permute(1, 2, 3, 0).reshape(Ci, kh * kw * Co), out=u[:-1].view(plan.rows, -1))
         u[-1] = 0
-        z = F.embedding_bag(torch.from_numpy(ids), u, mode="sum").view(T, k2[0], k2[1], Co)
-        if c.bias is not None:
-            z += c.bias.to(z.dtype)
         conv_ok = None
         if pp != (0, 0):  # convolution outputs outside its map are the pool's padding
             geo = st.geometry()
@@ -612,10 +609,25 @@ def level_plan(stem: Stem, plan: StemPlan, wd: Windows, masks: np.ndarray, rows=
             r_ = (qt // Wo)[:, None] * t2[0] - pp[0] + torch.arange(k2[0])
             c_ = (qt % Wo)[:, None] * t2[1] - pp[1] + torch.arange(k2[1])
             conv_ok = ((r_ >= 0) & (r_ < hc))[:, :, None] & ((c_ >= 0) & (c_ < wc))[:, None, :]
-        y = st.after_conv(z.permute(0, 3, 1, 2), conv_ok)  # (T, C_out, kh2, kw2), channels last in memory
-        table = y.reshape(T, -1).contiguous()
+        ids_t = torch.from_numpy(ids)
+        bias = c.bias.to(u.dtype) if c.bias is not None else None
+        per = k2[0] * k2[1]
+        # in chunks of rows whose convolution outputs stay in cache for the steps and the pool
+        step = max(1, LEVEL_CHUNK_BYTES // (per * Co * u.element_size()))
+        parts = []
+        for t0 in range(0, T, step):
+            t1 = min(T, t0 + step)
+            z = F.embedding_bag(ids_t[t0 * per:t1 * per], u, mode="sum").view(t1 - t0, k2[0], k2[1], Co)
+            if bias is not None:
+                z += bias
+            ok = conv_ok[t0:t1] if conv_ok is not None else None
+            y = st.after_conv(z.permute(0, 3, 1, 2), ok).reshape(t1 - t0, -1)  # (permuted: channels last in memory)
+            parts.append(y)
+        table = torch.cat(parts)
     return StemPlan(table, index, d + 1, (Ho, Wo, table.shape[1]), wd.max_segments, backend, plan.levels + 1)
 
+
+LEVEL_CHUNK_BYTES = 1 << 20  # a level's convolution outputs made and reduced at a time
 
 #: A level's bag entries (one ``U`` row of C_out added) cost this many of a batched model's
 #: multiply-adds each (bench/results/stem_levels.md: the bench's second level, 3.1 M entries
