@@ -190,8 +190,9 @@ class Stem:
         g.erase_node(x)
         for node in [n for n in g.nodes if n.op == "get_attr" and not n.users]:  # functional convs' weights
             g.erase_node(node)
+        _rewrite_tail(g, self.gm)
         g.lint()
-        return fast_tail(fx.GraphModule(self.gm, g))
+        return fx.GraphModule(self.gm, g)
 
 
 # ------------------------------------------------------------------ exact rewrites of the tail
@@ -247,7 +248,14 @@ def fast_tail(gm: fx.GraphModule) -> fx.GraphModule:
     * a ``MaxPool2d`` with stride = kernel, no padding, no dilation and floor mode is
       :func:`strided_max`.
     """
-    g = gm.graph
+    _rewrite_tail(gm.graph, gm)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _rewrite_tail(g: fx.Graph, gm: fx.GraphModule) -> None:
+    """:func:`fast_tail`'s rewrites on the graph ``g``, whose modules ``gm`` holds."""
     for node in list(g.nodes):
         pool = _max_pool(node, gm)
         if pool is None:
@@ -267,9 +275,6 @@ def fast_tail(gm: fx.GraphModule) -> fx.GraphModule:
                 fast = g.call_function(strided_max, (node.args[0], k[0], k[1]))
             node.replace_all_uses_with(fast)
             g.erase_node(node)
-    g.lint()
-    gm.recompile()
-    return gm
 
 
 def _attr(gm: fx.GraphModule, node) -> Optional[torch.Tensor]:
