@@ -632,7 +632,7 @@ def level_plan(stem: Stem, plan: StemPlan, wd: Windows, masks: np.ndarray, rows=
     return StemPlan(table, index, d + 1, (Ho, Wo, table.shape[1]), wd.max_segments, backend, plan.levels + 1)
 
 
-LEVEL_CHUNK_BYTES = 1 << 20  # a level's convolution outputs made and reduced at a time
+LEVEL_CHUNK_BYTES = 2 << 20  # a level's convolution outputs made and reduced at a time
 
 #: A level's bag entries (one ``U`` row of C_out added) cost this many of a batched model's
 #: multiply-adds each (bench/results/stem_levels.md: the bench's second level, 3.1 M entries
@@ -642,16 +642,18 @@ LEVEL_COST = 16
 
 
 def extend_plans(stem: Stem, plans: List[StemPlan], segs: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                 H: int, W: int, backend: str = "auto", min_gain: float = 0.0) -> List[StemPlan]:
+                 H: int, W: int, backend: str = "auto", min_gain: float = 0.0,
+                 known: Optional[Dict[int, List[Windows]]] = None) -> List[StemPlan]:
     """Add levels (:func:`level_plan`) while the next stage's per-sample convolution costs
-    more, by estimate, than building its level; the plans as they are once none pays."""
+    more, by estimate, than building its level; the plans as they are once none pays.
+    ``known``: windows already computed, by depth."""
     while plans[0].depth < len(stem.stages):
         d = plans[0].depth
         st = stem.stages[d]
         if st.conv.groups != 1:
             break
         try:
-            wins = [windows(stem, d + 1, sg, H, W, backend) for sg in segs]
+            wins = (known or {}).get(d + 1) or [windows(stem, d + 1, sg, H, W, backend) for sg in segs]
         except StemUnavailable:
             break
         if max(w.max_segments for w in wins) > P.MAX_KEY_BITS:
@@ -695,7 +697,7 @@ def build_plans(stem: Stem, xs: Sequence[torch.Tensor], fills: Sequence[torch.Te
     taken.  With ``levels``, the plans then grow by levels (:func:`extend_plans`) while
     those pay."""
     C, H, W = xs[0].shape
-    reason, cands = None, []
+    reason, cands, known = None, [], {}
     for depth in range(1, len(stem.stages) + 1):
         try:
             wins = [windows(stem, depth, sg, H, W, backend) for sg in segs]
@@ -715,13 +717,14 @@ def build_plans(stem: Stem, xs: Sequence[torch.Tensor], fills: Sequence[torch.Te
         saved = sum(len(m) * w.direct_macs for w, m in zip(wins, masks))
         est = sum(TABLE_COST * _expected_rows(w, len(m)) * w.row_macs for w, m in zip(wins, masks))
         cands.append((saved - est, saved, wins))
+        known[depth] = wins
     for _, saved, wins in sorted(cands, key=lambda c: -c[0]):
         rows = [P.stem_rows(w.segs, m, backend) for w, m in zip(wins, masks)]
         cost = sum(TABLE_COST * len(r[1]) * w.row_macs for w, r in zip(wins, rows))
         if saved - cost > min_gain:
             plans = [plan_stem(stem, w, x, f, m, r, backend) for w, x, f, m, r in zip(wins, xs, fills, masks, rows)]
             if levels:
-                plans = extend_plans(stem, plans, segs, masks, H, W, backend, max(min_gain, 0.0))
+                plans = extend_plans(stem, plans, segs, masks, H, W, backend, max(min_gain, 0.0), known)
             return plans, stem.tail(plans[0].depth)
         why = "costs more than evaluating them" if cost >= saved else "saves too little to pay for its set-up"
         reason = reason if reason is not None and wins[0].depth > 1 else StemUnavailable(
