@@ -634,10 +634,10 @@ def level_plan(stem: Stem, plan: StemPlan, wd: Windows, masks: np.ndarray, rows=
 
 LEVEL_CHUNK_BYTES = 2 << 20  # a level's convolution outputs made and reduced at a time
 
-#: A level's bag entries (one ``U`` row of C_out added) cost this many of a batched model's
-#: multiply-adds each (bench/results/stem_levels.md: the bench's second level, 3.1 M entries
-#: of 16 channels in ~24 ms all told, where the convolution it replaces runs 1.18 G
-#: multiply-adds in ~33 ms per 1000 samples)
+#: A level's bag entries cost this many of a batched model's multiply-adds per channel
+#: (bench/results/stem_levels.md: the bench's second level, 3.1 M entries of 16 channels,
+#: takes 20.8 ms all told, and saves 33 ms of per-sample work — 1.18 G multiply-adds of
+#: convolution, its pool and its ReLU — per 1000 samples)
 LEVEL_COST = 16
 
 
