@@ -460,6 +460,15 @@ def test_build_plans_adds_levels_when_they_pay():
     one, _ = S.build_plans(stem, [x], [torch.zeros_like(x)], [seg], [masks], min_gain=S.MIN_GAIN, levels=False)
     assert plans[0].levels > 1 and plans[0].depth > one[0].depth and one[0].levels == 1
     S.check_plans(tail, model, [x], [torch.zeros_like(x)], [seg], [masks], plans)
+    # a level whose U (previous rows × kernel × channels) would pass the element cap is refused
+    wd = S.windows(stem, one[0].depth + 1, seg, H, W)
+    cap = one[0].rows * 9 * 16
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(S, "MAX_TABLE_ELEMENTS", cap - 1)
+        with pytest.raises(S.StemUnavailable, match="too large"):
+            S.level_plan(stem, one[0], wd, masks)
+        capped, _ = S.build_plans(stem, [x], [torch.zeros_like(x)], [seg], [masks], min_gain=S.MIN_GAIN)
+    assert capped[0].levels == 1  # extend_plans stops there
 
 
 def test_trace_reads_static_same_padding_and_functional_convs():

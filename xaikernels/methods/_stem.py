@@ -594,8 +594,9 @@ def level_plan(stem: Stem, plan: StemPlan, wd: Windows, masks: np.ndarray, rows=
     (_, sz_h), (_, sz_w) = wd.layout
     Ho, Wo = sz_h[-1], sz_w[-1]
     (k2, t2), pp = st.pool_geometry(), st.pool_pad()
-    if T * k2[0] * k2[1] * kh * kw > MAX_INDEX_ENTRIES or T * Co * k2[0] * k2[1] > MAX_TABLE_ELEMENTS:
-        raise StemUnavailable(f"a level of {T} rows for stage {d + 1} is too large")
+    if (T * k2[0] * k2[1] * kh * kw > MAX_INDEX_ENTRIES or T * Co * k2[0] * k2[1] > MAX_TABLE_ELEMENTS
+            or plan.rows * kh * kw * Co > MAX_TABLE_ELEMENTS):
+        raise StemUnavailable(f"a level of {T} rows on {plan.rows} for stage {d + 1} is too large")
     rep = P.stem_representatives(index, backend)
     ids = P.stem_level_ids(plan.index, rep, row_pos, Wo, map_hw=(Hi, Wi), window=k2, step=t2,
                            origin=(-pp[0], -pp[1]), stride=c.stride, pad=(c.pad[0], c.pad[2]),
