@@ -16,7 +16,9 @@ runs on the gathered batch in channels-last layout, with two exact rewrites of i
 (:func:`fast_tail`: a ReLU-like activation moved after the max pool that follows it, and a
 max pool whose stride is its kernel computed as maxima of strided slices).  A window that
 meets few segments has few keys (≤ 2^|S(q)|) however many samples there are; the depth is
-chosen by estimated work.
+chosen by estimated work.  Deeper stages whose windows have too many keys to convolve as
+patches can still be tabulated as *levels* (:func:`level_plan`): a stage's convolution is
+linear in the previous table's rows, so its rows are sums of ``W_k · T`` rows.
 The numbers are those of the model on ``x(z)`` up to float rounding (the convolutions add the
 same products in another order); :func:`check_plans` checks this on the instance's first
 samples before a plan is used.
