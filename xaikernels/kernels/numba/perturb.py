@@ -308,12 +308,31 @@ def _word_entries(ptr, word, W):
 _BITMAP_BLOCK = 64  # rows whose bitmaps are built together, word by word
 
 
+@njit(cache=True, inline="always")
+def _block_bitmaps(wp, wf, wq, bits, n_features, masks, r0, m, hid, scratch):
+    """``scratch[w, r]`` (r < m): the hidden elements of word ``w`` in masks row ``r0 + r`` —
+    the OR, over the word's (feature, bits) entries, of the bits of the features the row
+    hides; word-major, so the inner loop over the block's rows vectorises.  ``hid``
+    (n_features, ≥ m) is scratch."""
+    for j in range(n_features):
+        for r in range(m):
+            hid[j, r] = _U64_0 - np.uint64(masks[r0 + r, j] == 0)
+    for w in range(wp.shape[0] - 1):
+        sw = scratch[w]
+        for r in range(m):
+            sw[r] = _U64_0
+        for e in range(wp[w], wp[w + 1]):
+            hj = hid[wf[e]]
+            bq = bits[wq[e]]
+            for r in range(m):
+                sw[r] |= bq & hj[r]
+
+
 @njit(cache=True)
 def _hidden_bitmaps(wp, wf, wq, bits, n_features, masks, r0, hb):
-    """``hb[r, w]``: the hidden elements of word ``w`` in masks row ``r0 + r`` — the OR, over
-    the word's (feature, bits) entries, of the bits of the features the row hides.  Built
-    word-major for blocks of rows (the inner loop over the block's rows vectorises), then
-    transposed into ``hb`` (rows, W); for a plan checked by :func:`_check_plan`."""
+    """``hb[r, w]``: the hidden elements of word ``w`` in masks row ``r0 + r``
+    (:func:`_block_bitmaps` for blocks of rows, transposed into ``hb`` (rows, W)); for a plan
+    checked by :func:`_check_plan`."""
     n, W = hb.shape
     if wp.shape[0] != W + 1 or r0 < 0 or r0 + n > masks.shape[0] or masks.shape[1] < n_features:
         raise ValueError("build: bitmap rows outside the masks, or a plan of another width")
@@ -322,18 +341,7 @@ def _hidden_bitmaps(wp, wf, wq, bits, n_features, masks, r0, hb):
     scratch = np.empty((W, B), dtype=np.uint64)
     for b0 in range(0, n, B):
         m = min(B, n - b0)
-        for j in range(n_features):
-            for r in range(m):
-                hid[j, r] = _U64_0 - np.uint64(masks[r0 + b0 + r, j] == 0)
-        for w in range(W):
-            sw = scratch[w]
-            for r in range(m):
-                sw[r] = _U64_0
-            for e in range(wp[w], wp[w + 1]):
-                hj = hid[wf[e]]
-                bq = bits[wq[e]]
-                for r in range(m):
-                    sw[r] |= bq & hj[r]
+        _block_bitmaps(wp, wf, wq, bits, n_features, masks, r0 + b0, m, hid, scratch)
         for r in range(m):
             for w in range(W):
                 hb[b0 + r, w] = scratch[w, r]
@@ -364,33 +372,19 @@ def _blend_rows(x, fill, ptr, word, bits, masks, m0, out):
     # Word-major over groups of rows: each 64-element word of x and fill is loaded once and
     # blended into every row of the group while it sits in L1, instead of streaming all of x
     # and fill from L2 again for every row (measured ~15% faster in lime's loop, where the
-    # model's reads evict between batches).  hb[w, r] = hidden-element bitmap of word w in
-    # row r, as in _build_row.  Output row r takes masks row m0 + r.
+    # model's reads evict between batches).  The group's bitmaps come from _block_bitmaps,
+    # hb[w, r] for output row r = masks row m0 + r.
     S = out.shape[0]
     A, L = x.shape
     W = (L + 63) >> 6
     full = L >> 6
     F = ptr.shape[0] - 1
+    wp, wf, wq = _word_entries(ptr, word, W)
     hb = np.empty((W, _GROUP), dtype=np.uint64)
-    # hid[j, r] = all ones when feature j is hidden in row r: the bitmaps of the whole group
-    # are then built by one branch-free pass over the (feature, word) entries whose inner
-    # loop over the group's rows vectorises
-    hid = np.zeros((F, _GROUP), dtype=np.uint64)
+    hid = np.empty((F, _GROUP), dtype=np.uint64)
     for g0 in range(0, S, _GROUP):
         n = min(_GROUP, S - g0)
-        for j in range(F):
-            for r in range(n):
-                hid[j, r] = _U64_0 - np.uint64(masks[m0 + g0 + r, j] == 0)
-            for r in range(n, _GROUP):
-                hid[j, r] = _U64_0
-        hb[:, :] = _U64_0
-        for j in range(F):
-            hj = hid[j]
-            for q in range(ptr[j], ptr[j + 1]):
-                hw = hb[word[q]]
-                bq = bits[q]
-                for r in range(_GROUP):
-                    hw[r] |= bq & hj[r]
+        _block_bitmaps(wp, wf, wq, bits, F, masks, m0 + g0, n, hid, hb)
         for a in range(A):
             xa = x[a]
             fa = fill[a]
