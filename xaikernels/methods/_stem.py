@@ -143,6 +143,21 @@ class Stage:
         return _pair(self.pool.kernel_size), _pair(self.pool.stride if self.pool.stride is not None
                                                    else self.pool.kernel_size)
 
+    def conv_ok(self, qh: torch.Tensor, qw: torch.Tensor, level_h, level_w, in_h: int, in_w: int):
+        """For table rows at output positions (qh, qw) whose windows at this stage's output
+        are ``level_*`` = (start, length, stride) per axis (``_layout``), the (T, h, w) mask of
+        the convolution outputs they cover that lie inside the convolution's map (of an
+        ``in_h × in_w`` input); the others are the pool's padding.  None without pool
+        padding."""
+        if self.pool_pad() == (0, 0):
+            return None
+        (k2, t2), pp, geo = self.pool_geometry(), self.pool_pad(), self.geometry()
+        hc, wc = geo[0][4](in_h), geo[1][4](in_w)
+        (sh_, lh_, vh_), (sw_, lw_, vw_) = level_h, level_w
+        r_ = (qh[:, None] * vh_ + sh_) * t2[0] - pp[0] + torch.arange((lh_ - 1) * t2[0] + k2[0])
+        c_ = (qw[:, None] * vw_ + sw_) * t2[1] - pp[1] + torch.arange((lw_ - 1) * t2[1] + k2[1])
+        return ((r_ >= 0) & (r_ < hc))[:, :, None] & ((c_ >= 0) & (c_ < wc))[:, None, :]
+
     def pool_pad(self) -> Tuple[int, int]:
         return _pair(self.pool.padding) if self.pool is not None else (0, 0)
 
@@ -540,17 +555,7 @@ def plan_stem(stem: Stem, wd: Windows, x_chw: torch.Tensor, fill_chw: torch.Tens
     qh, qw = qt // Wo, qt % Wo
     with torch.no_grad():
         for k, st in enumerate(stem.stages[:depth]):
-            conv_ok = None
-            if st.pool_pad() != (0, 0):
-                # the convolution outputs this stage's windows cover, in the convolution's map:
-                # those outside it are the pool's padding
-                (k2, t2), pp = st.pool_geometry(), st.pool_pad()
-                geo = st.geometry()
-                hc, wc = geo[0][4](sz_h[k]), geo[1][4](sz_w[k])
-                (sh_, lh_, vh_), (sw_, lw_, vw_) = lv_h[k + 1], lv_w[k + 1]
-                r_ = (qh[:, None] * vh_ + sh_) * t2[0] - pp[0] + torch.arange((lh_ - 1) * t2[0] + k2[0])
-                c_ = (qw[:, None] * vw_ + sw_) * t2[1] - pp[1] + torch.arange((lw_ - 1) * t2[1] + k2[1])
-                conv_ok = ((r_ >= 0) & (r_ < hc))[:, :, None] & ((c_ >= 0) & (c_ < wc))[:, None, :]
+            conv_ok = st.conv_ok(qh, qw, lv_h[k + 1], lv_w[k + 1], sz_h[k], sz_w[k])
             if k == 0 and by_segment:
                 c = st.conv
                 z = F.conv2d(y, c.weight, None, c.stride, 0, c.dilation, c.groups)
@@ -589,7 +594,7 @@ def level_plan(stem: Stem, plan: StemPlan, wd: Windows, masks: np.ndarray, rows=
     c = st.conv
     if c.groups != 1:
         raise StemUnavailable(f"stage {d + 1}'s convolution is grouped")
-    index, row_pos, row_key = rows if rows is not None else P.stem_rows(wd.segs, masks, backend)
+    index, row_pos, _ = rows if rows is not None else P.stem_rows(wd.segs, masks, backend)
     T = len(row_pos)
     Hi, Wi, Ci = plan.out_hwc
     Co, _, kh, kw = c.weight.shape
@@ -609,14 +614,8 @@ def level_plan(stem: Stem, plan: StemPlan, wd: Windows, masks: np.ndarray, rows=
         u = plan.table.new_empty(plan.rows * kh * kw + 1, Co)
         torch.mm(plan.table, w.permute(1, 2, 3, 0).reshape(Ci, kh * kw * Co), out=u[:-1].view(plan.rows, -1))
         u[-1] = 0
-        conv_ok = None
-        if pp != (0, 0):  # convolution outputs outside its map are the pool's padding
-            geo = st.geometry()
-            hc, wc = geo[0][4](Hi), geo[1][4](Wi)
-            qt = torch.from_numpy(row_pos.astype(np.int64))
-            r_ = (qt // Wo)[:, None] * t2[0] - pp[0] + torch.arange(k2[0])
-            c_ = (qt % Wo)[:, None] * t2[1] - pp[1] + torch.arange(k2[1])
-            conv_ok = ((r_ >= 0) & (r_ < hc))[:, :, None] & ((c_ >= 0) & (c_ < wc))[:, None, :]
+        qt = torch.from_numpy(row_pos.astype(np.int64))
+        conv_ok = st.conv_ok(qt // Wo, qt % Wo, (0, 1, 1), (0, 1, 1), Hi, Wi)
         ids_t = torch.from_numpy(ids)
         bias = c.bias.to(u.dtype) if c.bias is not None else None
         per = k2[0] * k2[1]
