@@ -13,9 +13,9 @@ times, one thread, medians:
   against two levels (gather + the tail from the third stage on);
 * what building the second level costs: ``stem_rows`` at depth 2, the representatives, the
   ``U`` product, and the rows two ways — a fused Numba kernel (a prototype kept here for the
-  comparison) and ``embedding_bag`` over bags of ``U`` rows, the package's way (its own bags
-  kernel is faster than this script's) — checked against the model's own second-stage
-  output; then the package's ``level_plan`` whole.
+  comparison) and ``embedding_bag`` over the package's bags (``ops.perturb.stem_level_ids``)
+  — checked against the model's own second-stage output; then the package's
+  ``level_plan`` whole.
 
 Usage::
 
@@ -53,16 +53,6 @@ def main(argv=None):
     from xaikernels.ops import perturb as P
 
     @njit(cache=False)
-    def representatives(index):
-        S, Q = index.shape
-        rep = np.full(index.max() + 1, -1, dtype=np.int64)
-        for s in range(S):
-            for q in range(Q):
-                if rep[index[s, q]] < 0:
-                    rep[index[s, q]] = s
-        return rep
-
-    @njit(cache=False)
     def level2(U, bias, index1, rep, row_pos2, Hi, Wi, Wq, pool, kh, kw, pt, pl, out):
         # out[t] = relu(max over the pool window of b + Σ_k U[row₁, k]): the prototype
         T2, Co = out.shape
@@ -91,25 +81,6 @@ def main(argv=None):
                 out[t, c] = max(m[c], 0.0)
         return out
 
-    @njit(cache=False)
-    def bags(index1, rep, row_pos2, Hi, Wi, Wq, pool, kh, kw, pt, pl, R1, out):
-        # embedding_bag ids: row₁·K + k per (row, conv output), R₁·K (a zero row) outside the map
-        K = kh * kw
-        zero = np.int32(R1 * K)
-        for t in range(row_pos2.shape[0]):
-            qy, qx = row_pos2[t] // Wq, row_pos2[t] % Wq
-            idx = index1[rep[t]]
-            for i in range(pool):
-                for j in range(pool):
-                    o = out[(t * pool + i) * pool + j]
-                    for a in range(kh):
-                        iy = qy * pool + i - pt + a
-                        for b in range(kw):
-                            ix = qx * pool + j - pl + b
-                            ok = 0 <= iy < Hi and 0 <= ix < Wi
-                            o[a * kw + b] = np.int32(idx[iy * Wi + ix] * K + a * kw + b) if ok else zero
-        return out
-
     torch.set_num_threads(1)
     r = args.repeats
     img = resize(skdata.astronaut(), (64, 64), anti_aliasing=True)
@@ -122,7 +93,7 @@ def main(argv=None):
     w1, w2 = _stem.windows(st, 1, seg, 64, 64), _stem.windows(st, 2, seg, 64, 64)
     p1 = _stem.plan_stem(st, w1, x, fill, masks)
     index2, row_pos2, _ = P.stem_rows(w2.segs, masks)
-    rep = representatives(index2)
+    rep = P.stem_representatives(index2)
     conv = st.stages[1].conv
     Wt, bias = conv.weight.detach(), conv.bias.detach().numpy().copy()
     Co, Ci, kh, kw = Wt.shape
@@ -162,12 +133,14 @@ def main(argv=None):
         return run
 
     # the same rows by embedding_bag over U as (R₁·K + 1, C_out), r·K + k = W_k·T₁[r]
-    K = kh * kw
     Ubag = torch.cat([torch.from_numpy(U).reshape(-1, Co), torch.zeros(1, Co)])
-    ids = np.empty((len(row_pos2) * 4, K), np.int32)
-    bag_args = (p1.index, rep, row_pos2, Hi, Wi, Wi // 2, 2, kh, kw, conv.pad[0], conv.pad[2], p1.rows, ids)
-    bags(*bag_args)
-    it, bt = torch.from_numpy(ids), torch.from_numpy(bias)
+    geo = dict(map_hw=(Hi, Wi), window=(2, 2), step=(2, 2), origin=(0, 0), stride=conv.stride,
+               pad=(conv.pad[0], conv.pad[2]), dilation=conv.dilation, kernel=(kh, kw), n_rows1=p1.rows)
+
+    def bags():
+        return P.stem_level_ids(p1.index, rep, row_pos2, Wi // 2, **geo)
+
+    it, bt = torch.from_numpy(bags()), torch.from_numpy(bias)
 
     def by_bags():
         z = F.embedding_bag(it, Ubag, mode="sum").view(-1, 4, Co)
@@ -180,10 +153,11 @@ def main(argv=None):
             (f"per sample, two levels ({len(row_pos2)} rows): gather + tail from the third stage",
              _med(per_sample(2), r)),
             ("second level: stem_rows at depth 2", _med(lambda: P.stem_rows(w2.segs, masks), r)),
-            ("second level: a representative sample per row", _med(lambda: representatives(index2), r)),
+            ("second level: a representative sample per row (stem_representatives)",
+             _med(lambda: P.stem_representatives(index2), r)),
             (f"second level: U = T₁·W ({p1.rows} × {Ci} by {Ci} × {kh * kw * Co})", _med(u_product, r)),
             ("second level: the rows, prototype Numba kernel", _med(lambda: level2(*args2), r)),
-            ("second level: the rows by embedding_bag — the bags (Numba)", _med(lambda: bags(*bag_args), r)),
+            ("second level: the rows by embedding_bag — the bags (stem_level_ids)", _med(bags, r)),
             ("second level: the rows by embedding_bag — the sums, max, bias, ReLU", _med(by_bags, r)),
             ("second level: all of it as the package builds it (_stem.level_plan, from stem_rows on)",
              _med(lambda: _stem.level_plan(st, p1, w2, masks), r))]

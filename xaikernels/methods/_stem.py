@@ -638,7 +638,7 @@ LEVEL_CHUNK_BYTES = 2 << 20  # a level's convolution outputs made and reduced at
 
 #: A level's bag entries cost this many of a batched model's multiply-adds per channel
 #: (bench/results/stem_levels.md: the bench's second level, 3.1 M entries of 16 channels,
-#: takes 20.8 ms all told, and saves 33 ms of per-sample work — 1.18 G multiply-adds of
+#: takes 20.7 ms all told, and saves 32 ms of per-sample work — 1.18 G multiply-adds of
 #: convolution, its pool and its ReLU — per 1000 samples)
 LEVEL_COST = 16
 
