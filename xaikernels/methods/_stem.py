@@ -652,8 +652,6 @@ def extend_plans(stem: Stem, plans: List[StemPlan], segs: Sequence[np.ndarray], 
     while plans[0].depth < len(stem.stages):
         d = plans[0].depth
         st = stem.stages[d]
-        if st.conv.groups != 1:
-            break
         try:
             wins = (known or {}).get(d + 1) or [windows(stem, d + 1, sg, H, W, backend) for sg in segs]
         except StemUnavailable:
@@ -667,7 +665,7 @@ def extend_plans(stem: Stem, plans: List[StemPlan], segs: Sequence[np.ndarray], 
         est = sum(LEVEL_COST * _expected_rows(w, len(m)) * k2[0] * k2[1] * kh * kw * co for w, m in zip(wins, masks))
         if saved - est <= min_gain:
             break
-        try:
+        try:  # refuses a grouped convolution or a level past the caps
             plans = [level_plan(stem, p, w, m, None, backend) for p, w, m in zip(plans, wins, masks)]
         except StemUnavailable:
             break
