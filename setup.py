@@ -34,6 +34,8 @@ def _extensions():
         torch.version.cuda is not None and shutil.which("nvcc") is not None
     )
     # -fopenmp must be on both compile and link lines, or at::parallel_for runs single-threaded.
+    # No -std flag: each torch builds extensions in its own standard (C++17 before 2.13, C++20
+    # since), and the sources compile in both.
     cxx = ["-O3", "-fopenmp", "-g0", "-DXAIKERNELS_EXT"]
     link = ["-fopenmp"]
     if want_cuda and cu:

@@ -26,11 +26,21 @@
 #include <torch/library.h>
 
 #include <atomic>
-#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
+
+// std::bit_cast without C++20: torch before 2.13 builds extensions as C++17.  A fixed-size
+// memcpy compiles to a register move.
+template <typename To, typename From>
+inline To bits_as(From v) {
+  static_assert(sizeof(To) == sizeof(From), "bits_as: sizes differ");
+  To out;
+  std::memcpy(&out, &v, sizeof(To));
+  return out;
+}
 
 // The per-tile loops (exp, max, sums) are ~a third of the work next to the BLAS tile products;
 // they vectorise only when GCC may if-convert the exp's range selects, which -ftrapping-math (the
@@ -73,8 +83,8 @@ inline float exp_f32(float x) {
   p = p * r + 5.0000001201e-1f;
   const float y = p * r * r + r + 1.0f;
   // round(x*log2e) sits in the low mantissa bits of fx (offset 0x4B400000); build 2^n from it.
-  const int32_t ni = std::bit_cast<int32_t>(fx) - 0x4B400000;
-  const float pow2 = std::bit_cast<float>(static_cast<int32_t>(static_cast<uint32_t>(ni + 127) << 23));
+  const int32_t ni = bits_as<int32_t>(fx) - 0x4B400000;
+  const float pow2 = bits_as<float>(static_cast<int32_t>(static_cast<uint32_t>(ni + 127) << 23));
   return underflow ? 0.0f : y * pow2;
 }
 

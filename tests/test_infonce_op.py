@@ -257,3 +257,13 @@ def test_reference_backward_matches_its_autograd():
         dx2, dy2 = ref.infonce_lse_backward(gt, gl, x, y, l.detach(), 0.6, ex)
         torch.testing.assert_close(dx2, dx)
         torch.testing.assert_close(dy2, dy)
+
+
+def test_triton_fits_rule():
+    """The Triton kernels' one-tile limit: 32 rows of next_pow2(D) opmath elements within 64 KiB."""
+    from xaikernels.ops.infonce import triton_fits
+
+    assert triton_fits(1, torch.float32) and triton_fits(512, torch.float32) and triton_fits(512, torch.bfloat16)
+    assert not triton_fits(513, torch.float32)
+    assert triton_fits(129, torch.float64) and triton_fits(256, torch.float64)
+    assert not triton_fits(257, torch.float64)

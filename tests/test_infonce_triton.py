@@ -98,3 +98,21 @@ def test_auto_order_prefers_triton_on_cuda_only():
 
     assert OP.auto_order["cuda"][0] == "triton"
     assert "triton" not in OP.auto_order["cpu"]
+
+
+def test_gpu_tiles_stay_within_the_shared_memory_budget(monkeypatch):
+    """Compiled (not interpreted) automatic tiles: two tiles of (BLOCK_R + BLOCK_J) x BLOCK_D
+    elements fit TRITON_TILE_BYTES wherever triton_fits admits D, and tl.dot's 16 minimum holds."""
+    from xaikernels.kernels.triton import infonce as k
+    from xaikernels.ops.infonce import TRITON_TILE_BYTES, triton_fits
+
+    monkeypatch.setattr(k, "_interpreting", lambda: False)
+    for dtype, esize in ((torch.float32, 4), (torch.bfloat16, 4), (torch.float64, 8)):
+        for d in (1, 16, 17, 128, 129, 256, 257, 512, 513):
+            for n, nk in ((1, 1), (7, 21), (1024, 8192)):
+                br, bj, bd = k._blocks(n, nk, d, 0, 0, esize)
+                assert min(br, bj, bd) >= 16 and bd >= d
+                if triton_fits(d, dtype):
+                    assert (br + bj) * bd * esize <= TRITON_TILE_BYTES, (dtype, d, n, br, bj, bd)
+    # an explicit tile is the caller's choice and is kept (rounded up to a power of two)
+    assert k._blocks(1024, 8192, 128, 48, 100, 4)[:2] == (64, 128)

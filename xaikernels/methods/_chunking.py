@@ -31,12 +31,25 @@ def activation_bytes(model: nn.Module, x1: torch.Tensor, forward_args=()) -> int
     return max(total[0], x1.numel() * x1.element_size())
 
 
+def default_budget(device: torch.device) -> int:
+    """``XAIKERNELS_MEMORY_BUDGET_MB`` when set; else 768 MiB on CPU and a quarter of the free
+    memory on a CUDA device (a GPU's throughput grows with the batch: on an H100, IG with n = 50
+    on the ResNet-18 replica took 378 ms in 768 MiB chunks against Captum's 54 ms in one batch)."""
+    if "XAIKERNELS_MEMORY_BUDGET_MB" in os.environ or device.type != "cuda":
+        return DEFAULT_BUDGET
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(DEFAULT_BUDGET, free // 4)
+
+
 def auto_chunk(model: nn.Module, x1: torch.Tensor, budget: Optional[int] = None, forward_args=()) -> int:
-    """Rows per model call so that one forward+backward stays within ``budget`` bytes.
+    """Rows per model call so that one forward+backward stays within ``budget`` bytes
+    (default :func:`default_budget` of the input's device).
 
     On CPU, per-sample cost is flat or worse at large batches (ANCHORS.md), so the budget only
     has to avoid paging and cache thrash; 16–64 rows are typical for image models.
     """
+    if budget is None:
+        budget = default_budget(x1.device)
     return rows_within(activation_bytes(model, x1, forward_args), 4 * x1.numel() * x1.element_size(), budget)
 
 

@@ -447,7 +447,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
     sig = sig.expand(n)
     x2 = x.reshape(n, -1)
     if noise_scale == "relative":
-        sig = sig * (x2.amax(1) - x2.amin(1)).double()
+        sig = sig * (x2.amax(1) - x2.amin(1)).double().cpu()
     if noise is not None:
         if tuple(noise.shape) != (n_samples, *x.shape):
             raise ValueError(f"noise must have shape {(n_samples, *x.shape)}, got {tuple(noise.shape)}")
@@ -561,7 +561,7 @@ def expected_gradients(model: nn.Module, x: torch.Tensor, target: _validate.Targ
             xt = ops.make_noisy(x2, sig, sd, p0, p1, noise, backend=backend) if (stdev > 0 or noise is not None) \
                 else x2[torch.arange(p0, p1) % n]
             bs = bg2[bidx[p0:p1]]
-            a = al[p0:p1].to(acc_t).unsqueeze(1)
+            a = al[p0:p1].to(x.device, acc_t).unsqueeze(1)
             rows = (bs.to(acc_t) + a * (xt.to(acc_t) - bs.to(acc_t))).to(x.dtype)
             g = ex.grads(rows, p0)
             ops.accumulate(acc, None, g * (xt - bs), p0, n, w, ops.WSUM, backend=backend)

@@ -17,6 +17,7 @@ One autograd Function serves every backend; the compiled op also carries ``regis
 from __future__ import annotations
 
 import math
+import os
 from typing import Tuple
 
 import torch
@@ -54,6 +55,32 @@ def _triton_backward(grad_terms, grad_lse, x, y, lse, temperature, exclude_self,
 
 OP.register("cpp", (_cpp_forward, _cpp_backward))
 OP.register("triton", (_triton_forward, _triton_backward))
+
+# The Triton kernels hold the whole feature dimension in one tile (BLOCK_D = next_pow2(D)) and
+# need two tiles of at least 16 rows in shared memory: (16 + 16) * BLOCK_D * element bytes must
+# stay within TRITON_TILE_BYTES (measured on an H100: 32 x 256 fp64 rows pass; 96 x 256 fp64 rows
+# ask for 321 KiB, past its 227 KiB).
+TRITON_TILE_BYTES = 64 * 1024
+
+
+def triton_fits(d: int, dtype: torch.dtype) -> bool:
+    """Whether the Triton kernels take feature dimension ``d`` in ``dtype`` (opmath bytes)."""
+    bd = max(16, 1 << max(int(d) - 1, 0).bit_length())
+    return 32 * bd * (8 if dtype == torch.float64 else 4) <= TRITON_TILE_BYTES
+
+
+def _launcher(x: torch.Tensor, backend: str):
+    """The op's launcher; in automatic mode a feature dimension too wide for the Triton kernels goes
+    to the next backend in the device's order (the same numbers up to rounding)."""
+    name, impl = OP.launcher(x.device, backend)
+    if name != "triton" or x.device.type != "cuda" or triton_fits(x.shape[-1], x.dtype):
+        return impl
+    if backend in (None, "auto") and os.environ.get(_backend.ENV_VAR, "auto").strip().lower() in ("", "auto"):
+        for other in OP.auto_order.get(x.device.type, ()):
+            if other != "triton" and other in OP.impls and _backend._available(other, OP.name, x.device) is None:
+                return OP.launcher(x.device, other)[1]
+    raise ValueError(f"the Triton infonce_lse kernels hold D in one tile: D={x.shape[-1]} in {x.dtype} needs more "
+                     f"shared memory than they use ({TRITON_TILE_BYTES // 1024} KiB); use backend='cpp' or 'reference'")
 OP.register("reference", (_ref.infonce_lse, _ref.infonce_lse_backward))
 
 
@@ -179,7 +206,7 @@ def infonce_lse(
     _check(x, y, temperature, exclude_self)
     if int(block_rows) < 0 or int(block_cols) < 0:
         raise ValueError("block_rows and block_cols must be >= 0 (0 = automatic)")
-    _, impl = OP.launcher(x.device, backend)
+    impl = _launcher(x, backend)
     return _InfoNCEFunction.apply(x.contiguous(), y.contiguous(), float(temperature), bool(exclude_self),
                                   int(block_rows), int(block_cols), impl)
 

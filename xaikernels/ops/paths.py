@@ -95,7 +95,8 @@ def make_noisy(x: torch.Tensor, sigma: torch.Tensor, seed: int, p0: int, p1: int
                noise: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
     """Rows ``[p0, p1)`` of the noisy batch ``x[n] + sigma[n] * eps[p]`` (Philox or explicit)."""
     _, fn = NOISY.launcher(x.device, backend)
-    return fn(x, sigma, seed, p0, p1, noise)
+    # the per-example scales and an explicit noise batch follow the data's device
+    return fn(x, sigma.to(x.device), seed, p0, p1, None if noise is None else noise.to(x.device))
 
 
 def accumulate(a: torch.Tensor, b: Optional[torch.Tensor], g: torch.Tensor, p0: int, n: int,
@@ -103,5 +104,7 @@ def accumulate(a: torch.Tensor, b: Optional[torch.Tensor], g: torch.Tensor, p0: 
     """Fold gradient rows ``g`` (rows, M) starting at flat row ``p0`` into the state, in place."""
     if a.dtype not in (torch.float32, torch.float64) or not a.is_contiguous():
         raise TypeError("accumulator state must be contiguous float32/float64")
+    if a.device != g.device or (b is not None and b.device != g.device):
+        raise ValueError(f"accumulator state on {a.device} but gradient rows on {g.device}")
     _, fn = ACCUM.launcher(g.device, backend)
-    fn(a, b, g, p0, n, weights, mode)
+    fn(a, b, g, p0, n, None if weights is None else weights.to(g.device), mode)

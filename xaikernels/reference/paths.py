@@ -74,8 +74,8 @@ def make_path(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor, p0:
     """
     n = x.shape[0]
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    p = torch.arange(p0, p1)
-    a = alphas.to(acc)[p // n].unsqueeze(1)
+    p = torch.arange(p0, p1, device=x.device)
+    a = alphas.to(x.device, acc)[p // n].unsqueeze(1)
     xb, bb = x.to(acc)[p % n], baseline.to(acc)[p % n]
     return (bb + a * (xb - bb)).to(x.dtype)
 
@@ -89,12 +89,12 @@ def make_noisy(x: torch.Tensor, sigma: torch.Tensor, seed: int, p0: int, p1: int
     """
     n, m = x.shape
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    p = torch.arange(p0, p1)
+    p = torch.arange(p0, p1, device=x.device)
     if noise is None:
-        offs = p.unsqueeze(1) * m + torch.arange(m).unsqueeze(0)
+        offs = p.unsqueeze(1) * m + torch.arange(m, device=x.device).unsqueeze(0)
         eps = randn_philox(seed, offs).to(acc)
     else:
-        eps = noise[p0:p1].to(acc)
+        eps = noise[p0:p1].to(x.device, acc)
     return (x.to(acc)[p % n] + sigma.to(acc)[p % n].unsqueeze(1) * eps).to(x.dtype)
 
 

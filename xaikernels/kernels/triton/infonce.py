@@ -179,14 +179,25 @@ def _pow2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
 
-def _blocks(n: int, nk: int, d: int, block_rows: int, block_cols: int) -> Tuple[int, int, int]:
+def _blocks(n: int, nk: int, d: int, block_rows: int, block_cols: int,
+            esize: int = 4) -> Tuple[int, int, int]:
     """(BLOCK_R, BLOCK_J, BLOCK_D).  tl.dot needs every dimension >= 16 and a power of two; a
     requested tile is rounded up to one.  The interpreter pays per program and per loop trip, so
-    it gets the largest tiles the shapes allow."""
+    it gets the largest tiles the shapes allow; on a GPU automatic tiles shrink until the two
+    tiles' (BLOCK_R + BLOCK_J) x BLOCK_D elements of ``esize`` bytes fit TRITON_TILE_BYTES."""
+    from xaikernels.ops.infonce import TRITON_TILE_BYTES
+
     br_cap, bj_cap = (64, 256) if _interpreting() else (32, 64)
+    bd = _pow2(d, 16, 1 << 20)
+    if not _interpreting():
+        while (br_cap + bj_cap) * bd * esize > TRITON_TILE_BYTES and max(br_cap, bj_cap) > 16:
+            if bj_cap >= br_cap:
+                bj_cap //= 2
+            else:
+                br_cap //= 2
     br = _pow2(block_rows, 16, 1 << 20) if block_rows > 0 else _pow2(n, 16, br_cap)
     bj = _pow2(block_cols, 16, 1 << 20) if block_cols > 0 else _pow2(nk, 16, bj_cap)
-    return br, bj, _pow2(d, 16, 1 << 20)
+    return br, bj, bd
 
 
 def _out(shape, dtype: torch.dtype, device) -> torch.Tensor:
@@ -211,7 +222,7 @@ def infonce_lse(x: torch.Tensor, y: torch.Tensor, temperature: float, exclude_se
     terms = _out((n, k), x.dtype, x.device)
     if n * k == 0:
         return terms.to(x.dtype), lse.fill_(float("-inf"))
-    br, bj, bd = _blocks(n, n * k, d, block_rows, block_cols)
+    br, bj, bd = _blocks(n, n * k, d, block_rows, block_cols, 8 if x.dtype == torch.float64 else 4)
     tau, acc = _tau(temperature, x), _acc(x.dtype)
     _lse_kernel[(triton.cdiv(n, br),)](x, y, tau, lse, n, k, d, EXCLUDE=bool(exclude_self), BLOCK_R=br,
                                        BLOCK_J=bj, BLOCK_D=bd, ACC=acc, M0=_M0)
@@ -237,7 +248,7 @@ def infonce_lse_backward(grad_terms: torch.Tensor, grad_lse: torch.Tensor, x: to
     # O(N*K) workspace: the positive pairs' gradient c and the row weights g.
     c = torch.empty((n, k), dtype=acc_t, device=x.device)
     g = torch.empty((n,), dtype=acc_t, device=x.device)
-    br, bj, bd = _blocks(n, n * k, d, block_rows, block_cols)
+    br, bj, bd = _blocks(n, n * k, d, block_rows, block_cols, 8 if x.dtype == torch.float64 else 4)
     tau, acc, ex = _tau(temperature, x), _acc(x.dtype), bool(exclude_self)
     _pos_kernel[(n,)](x, y, tau, lse, grad_terms, grad_lse, c, c, g, k, d, EXCLUDE=ex, BACKWARD=True,
                       BLOCK_K=_pow2(k, 16, 4096 // bd if not _interpreting() else 1024), BLOCK_D=bd, ACC=acc)

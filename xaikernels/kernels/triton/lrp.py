@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import triton
@@ -36,14 +37,29 @@ _CODE = {"epsilon": EPS_R, "zplus": ZPLUS_R, "alphabeta": AB_R, "gamma": GAMMA_R
 
 
 @triton.jit
+def _scalar(hi, lo, ACC: tl.constexpr):
+    # Compiled Triton passes Python floats as fp32: a float64 rule parameter travels as the
+    # fp32 pair (hi, lo) with hi + lo = value to ~2^-48 (see _split), and is rebuilt in ACC.
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
+def _split(v: float):
+    """(hi, lo) fp32 values with hi + lo = v to ~2^-48 relative (v itself to fp32 in an fp32 kernel)."""
+    hi = float(np.float32(v))
+    return hi, float(np.float32(v - hi))
+
+
+@triton.jit
 def _stab(z, EPS):
     return tl.where(z >= 0, z + EPS, z - EPS)
 
 
 @triton.jit
-def _fwd_kernel(X, W, B, LO, HI, Z, S1, S2, M, O, I, sxm, sxi, slm, sli, EPS, GAMMA,
+def _fwd_kernel(X, W, B, LO, HI, Z, S1, S2, M, O, I, sxm, sxi, slm, sli, EPS_HI, EPS_LO, GAMMA_HI, GAMMA_LO,
                 RULE: tl.constexpr, HAS_BIAS: tl.constexpr, BM: tl.constexpr, BO: tl.constexpr,
                 BK: tl.constexpr, ACC: tl.constexpr):
+    EPS = _scalar(EPS_HI, EPS_LO, ACC)
+    GAMMA = _scalar(GAMMA_HI, GAMMA_LO, ACC)
     pm = tl.program_id(0).to(tl.int64)
     po = tl.program_id(1).to(tl.int64)
     rm = pm * BM + tl.arange(0, BM)
@@ -106,8 +122,12 @@ def _fwd_kernel(X, W, B, LO, HI, Z, S1, S2, M, O, I, sxm, sxi, slm, sli, EPS, GA
 
 
 @triton.jit
-def _bwd_kernel(R, X, W, LO, HI, S1, S2, OUT, M, O, I, sxm, sxi, slm, sli, ssm, ALPHA, BETA, GAMMA,
+def _bwd_kernel(R, X, W, LO, HI, S1, S2, OUT, M, O, I, sxm, sxi, slm, sli, ssm, ALPHA_HI, ALPHA_LO, BETA_HI,
+                BETA_LO, GAMMA_HI, GAMMA_LO,
                 RULE: tl.constexpr, BM: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr, ACC: tl.constexpr):
+    ALPHA = _scalar(ALPHA_HI, ALPHA_LO, ACC)
+    BETA = _scalar(BETA_HI, BETA_LO, ACC)
+    GAMMA = _scalar(GAMMA_HI, GAMMA_LO, ACC)
     pm = tl.program_id(0).to(tl.int64)
     pi = tl.program_id(1).to(tl.int64)
     rm = pm * BM + tl.arange(0, BM)
@@ -194,7 +214,7 @@ def _mat_forward(x2: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], c
     bm, bo, bk = _blk(m, 32), _blk(o, 32), _blk(i, 32)
     grid = (triton.cdiv(m, bm), triton.cdiv(o, bo))
     _fwd_kernel[grid](x2, w, b if b is not None else w, lo_, hi_, z, s1, s2, m, o, i,
-                      x2.stride(0), x2.stride(1), lo_.stride(0), lo_.stride(1), float(eps), float(gamma),
+                      x2.stride(0), x2.stride(1), lo_.stride(0), lo_.stride(1), *_split(eps), *_split(gamma),
                       RULE=code, HAS_BIAS=b is not None, BM=bm, BO=bo, BK=bk, ACC=_acc(x2.dtype))
     return z.to(x2.dtype), (s1, s2)
 
@@ -214,7 +234,7 @@ def _mat_backward(r2: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, s1: torch
     bm, bo, bi = _blk(m, 32), _blk(o, 32), _blk(i, 32)
     grid = (triton.cdiv(m, bm), triton.cdiv(i, bi))
     _bwd_kernel[grid](r2, x2, w, lo_, hi_, s1, s2, out, m, o, i, x2.stride(0), x2.stride(1), lo_.stride(0),
-                      lo_.stride(1), s1.stride(0), float(alpha), float(beta), float(gamma),
+                      lo_.stride(1), s1.stride(0), *_split(alpha), *_split(beta), *_split(gamma),
                       RULE=code, BM=bm, BO=bo, BI=bi, ACC=_acc(x2.dtype))
     return out.to(final)
 
