@@ -27,6 +27,20 @@ def test_explicit_backend_without_kernel_raises():
         grad_cam_reduce(A, G, backend="numba")
 
 
+def test_unfit_backends_are_passed_over_in_auto_mode_only(monkeypatch):
+    """An op marks backends that cannot take a call's shapes: auto goes on down the order, an
+    explicit request (argument or environment) still resolves to the named backend."""
+    op = _backend.Op("unfit_probe", {"cpu": ("numba", "reference")})
+    op.register("numba", lambda: "numba")
+    op.register("reference", lambda: "reference")
+    cpu = torch.device("cpu")
+    assert op.resolve(cpu) == "numba"
+    assert op.resolve(cpu, unfit=("numba",)) == "reference"
+    assert op.resolve(cpu, "numba", unfit=("numba",)) == "numba"
+    monkeypatch.setenv(_backend.ENV_VAR, "numba")
+    assert op.resolve(cpu, unfit=("numba",)) == "numba"
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend"):
         grad_cam_reduce(A, G, backend="cuda-magic")

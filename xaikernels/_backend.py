@@ -17,7 +17,7 @@ import functools
 import importlib
 import os
 import warnings
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -172,7 +172,10 @@ class Op:
 
         return deco(fn) if fn is not None else deco
 
-    def resolve(self, device: torch.device, backend: str = "auto") -> str:
+    def resolve(self, device: torch.device, backend: str = "auto", unfit: Tuple[str, ...] = ()) -> str:
+        """The backend serving one call.  ``unfit``: backends that cannot take this call's
+        shapes (the op says why); automatic resolution passes over them, an explicit request for
+        one is the op's to refuse."""
         requested = backend
         if requested in (None, "auto"):
             env = os.environ.get(ENV_VAR, "auto").strip().lower()
@@ -194,7 +197,7 @@ class Op:
             return requested
         order = self.auto_order.get(device.type, ("reference",))
         for name in order:
-            if name not in self.impls:
+            if name not in self.impls or name in unfit:
                 continue
             why = _available(name, self.name, device)
             if why is None:
@@ -203,8 +206,8 @@ class Op:
                 _warn_missing_once(name, why)
         return "reference"
 
-    def launcher(self, device: torch.device, backend: str = "auto"):
-        name = self.resolve(device, backend)
+    def launcher(self, device: torch.device, backend: str = "auto", unfit: Tuple[str, ...] = ()):
+        name = self.resolve(device, backend, unfit)
         _LAST[self.name] = name
         return name, self.impls[name]
 

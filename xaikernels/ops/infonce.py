@@ -17,7 +17,6 @@ One autograd Function serves every backend; the compiled op also carries ``regis
 from __future__ import annotations
 
 import math
-import os
 from typing import Tuple
 
 import torch
@@ -55,6 +54,7 @@ def _triton_backward(grad_terms, grad_lse, x, y, lse, temperature, exclude_self,
 
 OP.register("cpp", (_cpp_forward, _cpp_backward))
 OP.register("triton", (_triton_forward, _triton_backward))
+OP.register("reference", (_ref.infonce_lse, _ref.infonce_lse_backward))
 
 # The Triton kernels hold the whole feature dimension in one tile (BLOCK_D = next_pow2(D)) and
 # need two tiles of at least 16 rows in shared memory: (16 + 16) * BLOCK_D * element bytes must
@@ -70,18 +70,16 @@ def triton_fits(d: int, dtype: torch.dtype) -> bool:
 
 
 def _launcher(x: torch.Tensor, backend: str):
-    """The op's launcher; in automatic mode a feature dimension too wide for the Triton kernels goes
-    to the next backend in the device's order (the same numbers up to rounding)."""
-    name, impl = OP.launcher(x.device, backend)
-    if name != "triton" or x.device.type != "cuda" or triton_fits(x.shape[-1], x.dtype):
-        return impl
-    if backend in (None, "auto") and os.environ.get(_backend.ENV_VAR, "auto").strip().lower() in ("", "auto"):
-        for other in OP.auto_order.get(x.device.type, ()):
-            if other != "triton" and other in OP.impls and _backend._available(other, OP.name, x.device) is None:
-                return OP.launcher(x.device, other)[1]
-    raise ValueError(f"the Triton infonce_lse kernels hold D in one tile: D={x.shape[-1]} in {x.dtype} needs more "
-                     f"shared memory than they use ({TRITON_TILE_BYTES // 1024} KiB); use backend='cpp' or 'reference'")
-OP.register("reference", (_ref.infonce_lse, _ref.infonce_lse_backward))
+    """The op's launcher: a feature dimension too wide for the Triton kernels on a GPU is passed
+    to the next backend in automatic mode (the same numbers up to rounding) and refused when
+    Triton is asked for by name."""
+    wide = x.device.type == "cuda" and not triton_fits(x.shape[-1], x.dtype)
+    name, impl = OP.launcher(x.device, backend, unfit=("triton",) if wide else ())
+    if wide and name == "triton":
+        raise ValueError(f"the Triton infonce_lse kernels hold D in one tile: D={x.shape[-1]} in {x.dtype} needs "
+                         f"more shared memory than they use ({TRITON_TILE_BYTES // 1024} KiB); use backend='cpp' "
+                         "or 'reference'")
+    return impl
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:
