@@ -100,19 +100,39 @@ def test_auto_order_prefers_triton_on_cuda_only():
     assert "triton" not in OP.auto_order["cpu"]
 
 
-def test_gpu_tiles_stay_within_the_shared_memory_budget(monkeypatch):
-    """Compiled (not interpreted) automatic tiles: two tiles of (BLOCK_R + BLOCK_J) x BLOCK_D
-    elements fit TRITON_TILE_BYTES wherever triton_fits admits D, and tl.dot's 16 minimum holds."""
+def test_compiled_tiles_come_from_the_gpu_table(monkeypatch):
+    """Compiled (not interpreted) automatic tiles are GPU_TILES' entry for the opmath and BLOCK_D,
+    clamped to the shapes; an explicit tile is the caller's (rounded up to a power of two)."""
     from xaikernels.kernels.triton import infonce as k
-    from xaikernels.ops.infonce import TRITON_TILE_BYTES, triton_fits
+    from xaikernels.ops.infonce import TRITON_MAX_BLOCK_D, triton_fits
 
     monkeypatch.setattr(k, "_interpreting", lambda: False)
-    for dtype, esize in ((torch.float32, 4), (torch.bfloat16, 4), (torch.float64, 8)):
-        for d in (1, 16, 17, 128, 129, 256, 257, 512, 513):
-            for n, nk in ((1, 1), (7, 21), (1024, 8192)):
-                br, bj, bd = k._blocks(n, nk, d, 0, 0, esize)
-                assert min(br, bj, bd) >= 16 and bd >= d
-                if triton_fits(d, dtype):
-                    assert (br + bj) * bd * esize <= TRITON_TILE_BYTES, (dtype, d, n, br, bj, bd)
-    # an explicit tile is the caller's choice and is kept (rounded up to a power of two)
-    assert k._blocks(1024, 8192, 128, 48, 100, 4)[:2] == (64, 128)
+    for fp64, dtype in ((False, torch.float32), (False, torch.bfloat16), (True, torch.float64)):
+        assert max(k.GPU_TILES[fp64]) == TRITON_MAX_BLOCK_D[fp64]
+        for d in (1, 16, 17, 33, 64, 100, 128, 129, 256, 257, 512, 513):
+            if not triton_fits(d, dtype):
+                continue
+            br, bj, bd, warps = k._blocks(1024, 8192, d, 0, 0, fp64)
+            assert (br, bj, warps) == k.GPU_TILES[fp64][bd] and bd >= d and bd == max(16, 1 << (d - 1).bit_length())
+            br, bj, _, _ = k._blocks(3, 5, d, 0, 0, fp64)
+            assert (br, bj) == (16, 16)
+    assert k._blocks(1024, 8192, 128, 48, 100, False)[:2] == (64, 128)
+
+
+def test_compiled_tiles_fit_in_99_kib_of_shared_memory():
+    """Compile-only (no GPU): the widest automatic tiles of each dtype, built for sm_90 by Triton's
+    own ptxas, ask for at most 99 KiB of shared memory per block (bench/triton_resources.py; fp64
+    D = 129 with the former tiles asked for 321 KiB and failed to launch on an H100)."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("triton.backends.nvidia")
+    if spec is None or not (Path(spec.origin).parent / "bin" / "cuobjdump").exists():
+        pytest.skip("Triton without its NVIDIA backend tools")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "bench" / "triton_resources.py"), "--check", "--widest"],
+                       capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stdout.count("smem") == 9  # 3 dtypes x 3 kernels compiled

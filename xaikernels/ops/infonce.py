@@ -56,17 +56,17 @@ OP.register("cpp", (_cpp_forward, _cpp_backward))
 OP.register("triton", (_triton_forward, _triton_backward))
 OP.register("reference", (_ref.infonce_lse, _ref.infonce_lse_backward))
 
-# The Triton kernels hold the whole feature dimension in one tile (BLOCK_D = next_pow2(D)) and
-# need two tiles of at least 16 rows in shared memory: (16 + 16) * BLOCK_D * element bytes must
-# stay within TRITON_TILE_BYTES (measured on an H100: 32 x 256 fp64 rows pass; 96 x 256 fp64 rows
-# ask for 321 KiB, past its 227 KiB).
-TRITON_TILE_BYTES = 64 * 1024
+# The Triton kernels hold the whole feature dimension in one tile (BLOCK_D = next_pow2(D)); their
+# compiled tiles (xaikernels.kernels.triton.infonce.GPU_TILES) go up to BLOCK_D = 512 in fp32
+# opmath and 256 in fp64 within 99 KiB of shared memory (fp64 BLOCK_D = 256 with the former
+# 32 x 64 tiles asked for 321 KiB on an H100, past its 227 KiB).
+TRITON_MAX_BLOCK_D = {False: 512, True: 256}
 
 
 def triton_fits(d: int, dtype: torch.dtype) -> bool:
-    """Whether the Triton kernels take feature dimension ``d`` in ``dtype`` (opmath bytes)."""
+    """Whether the compiled Triton kernels take feature dimension ``d`` in ``dtype``."""
     bd = max(16, 1 << max(int(d) - 1, 0).bit_length())
-    return 32 * bd * (8 if dtype == torch.float64 else 4) <= TRITON_TILE_BYTES
+    return bd <= TRITON_MAX_BLOCK_D[dtype == torch.float64]
 
 
 def _launcher(x: torch.Tensor, backend: str):
@@ -76,9 +76,9 @@ def _launcher(x: torch.Tensor, backend: str):
     wide = x.device.type == "cuda" and not triton_fits(x.shape[-1], x.dtype)
     name, impl = OP.launcher(x.device, backend, unfit=("triton",) if wide else ())
     if wide and name == "triton":
-        raise ValueError(f"the Triton infonce_lse kernels hold D in one tile: D={x.shape[-1]} in {x.dtype} needs "
-                         f"more shared memory than they use ({TRITON_TILE_BYTES // 1024} KiB); use backend='cpp' "
-                         "or 'reference'")
+        raise ValueError(f"the Triton infonce_lse kernels hold D in one tile: D={x.shape[-1]} in {x.dtype} is "
+                         f"more than its widest tile (BLOCK_D = {TRITON_MAX_BLOCK_D[x.dtype == torch.float64]}); use "
+                         "backend='cpp' or 'reference'")
     return impl
 
 

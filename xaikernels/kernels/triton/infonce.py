@@ -179,25 +179,36 @@ def _pow2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
 
-def _blocks(n: int, nk: int, d: int, block_rows: int, block_cols: int,
-            esize: int = 4) -> Tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_J, BLOCK_D).  tl.dot needs every dimension >= 16 and a power of two; a
-    requested tile is rounded up to one.  The interpreter pays per program and per loop trip, so
-    it gets the largest tiles the shapes allow; on a GPU automatic tiles shrink until the two
-    tiles' (BLOCK_R + BLOCK_J) x BLOCK_D elements of ``esize`` bytes fit TRITON_TILE_BYTES."""
-    from xaikernels.ops.infonce import TRITON_TILE_BYTES
+# Compiled tiles by opmath and BLOCK_D: (BLOCK_R, BLOCK_J, num_warps), from the sm_90 resource
+# usage of the three tile kernels (`bench/triton_resources.py` → bench/results/triton_resources.md).
+# fp32 opmath (fp32, fp16 and bf16 inputs) multiplies on the CUDA cores ("ieee"), and the dX
+# kernel holds [BLOCK_J, BLOCK_D] operand and accumulator tiles in registers: 32 x 32 tiles on 4
+# warps spilled 4.6 KB per thread at BLOCK_D = 128 and 7.5 KB at 256 (the tiles the H100 run of
+# bench/results/gpu.md used); the table's tiles spill nothing up to 128, 304 bytes at 256 and
+# 3 KB at 512.  fp64 goes to the tensor cores (DMMA) and spills nothing.  Every entry asks for at
+# most 99 KiB of shared memory per block (the smallest opt-in limit of sm_80-sm_90 GPUs; an H100
+# allows 227 KiB): fp64 BLOCK_D = 256 with 32 x 32 tiles would need 201 KiB.
+GPU_TILES = {
+    False: {16: (32, 32, 4), 32: (32, 32, 8), 64: (16, 32, 8), 128: (16, 16, 8), 256: (16, 16, 8), 512: (16, 16, 8)},
+    True: {16: (32, 32, 4), 32: (32, 32, 4), 64: (32, 32, 4), 128: (16, 32, 4), 256: (16, 16, 4)},
+}
 
-    br_cap, bj_cap = (64, 256) if _interpreting() else (32, 64)
+
+def _blocks(n: int, nk: int, d: int, block_rows: int, block_cols: int,
+            fp64: bool = False) -> Tuple[int, int, int, int]:
+    """(BLOCK_R, BLOCK_J, BLOCK_D, num_warps).  tl.dot needs every dimension >= 16 and a power of
+    two; a requested tile is rounded up to one.  The interpreter pays per program and per loop
+    trip, so it gets the largest tiles the shapes allow; compiled kernels take GPU_TILES (a D past
+    its widest BLOCK_D is refused by :func:`xaikernels.ops.infonce.triton_fits` before this)."""
     bd = _pow2(d, 16, 1 << 20)
-    if not _interpreting():
-        while (br_cap + bj_cap) * bd * esize > TRITON_TILE_BYTES and max(br_cap, bj_cap) > 16:
-            if bj_cap >= br_cap:
-                bj_cap //= 2
-            else:
-                br_cap //= 2
+    if _interpreting():
+        br_cap, bj_cap, warps = 64, 256, 4
+    else:
+        table = GPU_TILES[bool(fp64)]
+        br_cap, bj_cap, warps = table[min(bd, max(table))]
     br = _pow2(block_rows, 16, 1 << 20) if block_rows > 0 else _pow2(n, 16, br_cap)
     bj = _pow2(block_cols, 16, 1 << 20) if block_cols > 0 else _pow2(nk, 16, bj_cap)
-    return br, bj, bd
+    return br, bj, bd, warps
 
 
 def _out(shape, dtype: torch.dtype, device) -> torch.Tensor:
@@ -222,10 +233,10 @@ def infonce_lse(x: torch.Tensor, y: torch.Tensor, temperature: float, exclude_se
     terms = _out((n, k), x.dtype, x.device)
     if n * k == 0:
         return terms.to(x.dtype), lse.fill_(float("-inf"))
-    br, bj, bd = _blocks(n, n * k, d, block_rows, block_cols, 8 if x.dtype == torch.float64 else 4)
+    br, bj, bd, warps = _blocks(n, n * k, d, block_rows, block_cols, x.dtype == torch.float64)
     tau, acc = _tau(temperature, x), _acc(x.dtype)
     _lse_kernel[(triton.cdiv(n, br),)](x, y, tau, lse, n, k, d, EXCLUDE=bool(exclude_self), BLOCK_R=br,
-                                       BLOCK_J=bj, BLOCK_D=bd, ACC=acc, M0=_M0)
+                                       BLOCK_J=bj, BLOCK_D=bd, ACC=acc, M0=_M0, num_warps=warps)
     _pos_kernel[(n,)](x, y, tau, lse, lse, lse, terms, lse, lse, k, d, EXCLUDE=bool(exclude_self),
                       BACKWARD=False, BLOCK_K=_pow2(k, 16, 4096 // bd if not _interpreting() else 1024),
                       BLOCK_D=bd, ACC=acc)
@@ -248,12 +259,12 @@ def infonce_lse_backward(grad_terms: torch.Tensor, grad_lse: torch.Tensor, x: to
     # O(N*K) workspace: the positive pairs' gradient c and the row weights g.
     c = torch.empty((n, k), dtype=acc_t, device=x.device)
     g = torch.empty((n,), dtype=acc_t, device=x.device)
-    br, bj, bd = _blocks(n, n * k, d, block_rows, block_cols, 8 if x.dtype == torch.float64 else 4)
+    br, bj, bd, warps = _blocks(n, n * k, d, block_rows, block_cols, x.dtype == torch.float64)
     tau, acc, ex = _tau(temperature, x), _acc(x.dtype), bool(exclude_self)
     _pos_kernel[(n,)](x, y, tau, lse, grad_terms, grad_lse, c, c, g, k, d, EXCLUDE=ex, BACKWARD=True,
                       BLOCK_K=_pow2(k, 16, 4096 // bd if not _interpreting() else 1024), BLOCK_D=bd, ACC=acc)
     _grad_kernel[(triton.cdiv(n * k, bj),)](x, y, tau, lse, g, c, dx, dy, n, k, d, EXCLUDE=ex, GRAD_X=True,
-                                            BLOCK_R=br, BLOCK_J=bj, BLOCK_D=bd, ACC=acc)
+                                            BLOCK_R=br, BLOCK_J=bj, BLOCK_D=bd, ACC=acc, num_warps=warps)
     _grad_kernel[(triton.cdiv(n, br),)](x, y, tau, lse, g, c, dx, dy, n, k, d, EXCLUDE=ex, GRAD_X=False,
-                                        BLOCK_R=br, BLOCK_J=bj, BLOCK_D=bd, ACC=acc)
+                                        BLOCK_R=br, BLOCK_J=bj, BLOCK_D=bd, ACC=acc, num_warps=warps)
     return dx.to(x.dtype), dy.to(y.dtype)

@@ -1,0 +1,142 @@
+"""Compile-only resource report of the Triton InfoNCE kernels for an H100 (sm_90), without a GPU.
+
+Triton compiles ahead of time for a named target (``triton.compile(ASTSource, target=GPUTarget(
+"cuda", 90, 32))``, with the ``ptxas`` and ``cuobjdump`` its wheel bundles), so the shared memory a
+launch needs and each thread's registers and stack (spills) can be read on a machine with no GPU.
+For every entry of ``GPU_TILES`` (:mod:`xaikernels.kernels.triton.infonce`) this compiles the
+three tile kernels (the forward logsumexp ``lse``; the backward's ``dX`` and ``dY`` branches of
+``_grad_kernel``) and reports shared memory, registers and stack bytes; ``--former`` adds the tiles
+the kernels used before the table (32 × 64 rows on 4 warps, what the H100 run of ``gpu.md`` used).
+
+Usage (repository root)::
+
+    .venv/bin/python bench/triton_resources.py [--former]     # → bench/results/triton_resources.md
+    .venv/bin/python bench/triton_resources.py --check --widest   # exit 1 if a launch would not fit
+
+``--check`` fails when an automatic configuration needs more than 99 KiB of shared memory per
+block (the smallest opt-in limit among sm_80-sm_90 GPUs; an H100 allows 227 KiB): the launch
+would fail there.  The test suite runs it on the widest entries.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "0"  # compile, do not interpret (before the kernels are defined)
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+H100_SMEM = 232448  # bytes of shared memory a block may opt in to on sm_90
+SMEM_LIMIT = 101376  # 99 KiB: the smallest opt-in limit among sm_80-sm_90 GPUs (sm_86 / sm_89)
+
+
+def _tools():
+    import triton
+
+    base = Path(triton.backends.nvidia.__file__).parent / "bin"
+    return base / "cuobjdump"
+
+
+def usage(fn, signature, constexprs, num_warps):
+    """(shared bytes, registers per thread, stack bytes per thread) of one compiled kernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    ck = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                        target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(ck.asm["cubin"])
+    try:
+        out = subprocess.run([str(_tools()), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                             check=True).stdout
+    finally:
+        os.unlink(f.name)
+    fields = dict(tok.split(":", 1) for line in out.splitlines() if line.strip().startswith("REG")
+                  for tok in line.split())
+    return int(ck.metadata.shared), int(fields["REG"]), int(fields["STACK"])
+
+
+def kernels(dt: str, br: int, bj: int, bd: int, warps: int):
+    """Usage of the three tile kernels for input dtype ``dt`` ("fp32", "bf16", "fp64")."""
+    import triton.language as tl
+
+    from xaikernels.kernels.triton import infonce as k
+
+    acc = tl.float64 if dt == "fp64" else tl.float32
+    a = "*fp64" if dt == "fp64" else "*fp32"
+    lse = {"X": "*" + dt, "Y": "*" + dt, "TAU": a, "LSE": a, "N": "i32", "K": "i32", "D": "i32",
+           "EXCLUDE": "constexpr", "BLOCK_R": "constexpr", "BLOCK_J": "constexpr", "BLOCK_D": "constexpr",
+           "ACC": "constexpr", "M0": "constexpr"}
+    grad = {"X": "*" + dt, "Y": "*" + dt, "TAU": a, "LSE": a, "G": a, "C": a, "DX": "*" + dt, "DY": "*" + dt,
+            "N": "i32", "K": "i32", "D": "i32", "EXCLUDE": "constexpr", "GRAD_X": "constexpr",
+            "BLOCK_R": "constexpr", "BLOCK_J": "constexpr", "BLOCK_D": "constexpr", "ACC": "constexpr"}
+    tiles = {"BLOCK_R": br, "BLOCK_J": bj, "BLOCK_D": bd, "ACC": acc, "EXCLUDE": True}
+    return {"lse": usage(k._lse_kernel, lse, {**tiles, "M0": k._M0}, warps),
+            "dX": usage(k._grad_kernel, grad, {**tiles, "GRAD_X": True}, warps),
+            "dY": usage(k._grad_kernel, grad, {**tiles, "GRAD_X": False}, warps)}
+
+
+def configs(widest: bool, former: bool):
+    from xaikernels.kernels.triton.infonce import GPU_TILES
+
+    out = []
+    for dt in ("fp32", "bf16", "fp64"):
+        table = GPU_TILES[dt == "fp64"]
+        bds = [max(table)] if widest else sorted(table)
+        for bd in bds:
+            out.append((dt, bd, *table[bd], "table"))
+            if former and dt != "fp64" and bd in (128, 256):
+                out.append((dt, bd, 32, 64, 4, "former"))
+    return out
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--widest", action="store_true", help="only the widest BLOCK_D of each dtype")
+    ap.add_argument("--former", action="store_true", help="add the tiles used before GPU_TILES")
+    ap.add_argument("--check", action="store_true", help="exit 1 if shared memory exceeds 99 KiB; write nothing")
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args(argv)
+    rows, over = [], []
+    t0 = time.perf_counter()
+    for dt, bd, br, bj, warps, which in configs(args.widest, args.former):
+        res = kernels(dt, br, bj, bd, warps)
+        rows.append((dt, bd, br, bj, warps, which, res))
+        line = " ".join(f"{k}: smem {v[0]} reg {v[1]} stack {v[2]}" for k, v in res.items())
+        print(f"{dt} BLOCK_D={bd} {br}x{bj} w{warps} ({which}): {line}", flush=True)
+        if which == "table" and max(v[0] for v in res.values()) > SMEM_LIMIT:
+            over.append((dt, bd))
+    if args.check:
+        if over:
+            print(f"shared memory past {SMEM_LIMIT} bytes: {over}")
+            return 1
+        return 0
+    import triton
+
+    command = shlex.join([".venv/bin/python", os.path.relpath(__file__, ROOT), *argv])
+    lines = ["# Triton InfoNCE kernels: compiled resources on sm_90 (no GPU needed)", "",
+             f"`{command}` ({time.strftime('%Y-%m-%d %H:%M')}; Triton {triton.__version__}, compiled for "
+             f"`GPUTarget('cuda', 90, 32)`, {time.perf_counter() - t0:.0f} s).  Per kernel: shared memory per block "
+             "(bytes; sm_86/89 GPUs allow 101,376, an H100 232,448), registers per thread, stack bytes per thread (spills to local "
+             "memory; 0 = none).  `table` = the automatic tiles (`GPU_TILES`), `former` = the tiles before it.", "",
+             "| input | BLOCK_D | tiles (R × J, warps) | | lse smem / reg / stack | dX smem / reg / stack "
+             "| dY smem / reg / stack |", "|---|---|---|---|---|---|---|"]
+    for dt, bd, br, bj, warps, which, res in rows:
+        cells = " | ".join(f"{v[0]} / {v[1]} / {v[2]}" for v in res.values())
+        lines.append(f"| {dt} | {bd} | {br} × {bj}, {warps} | {which} | {cells} |")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "triton_resources.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
