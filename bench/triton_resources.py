@@ -1,4 +1,4 @@
-"""Compile-only resource report of the Triton InfoNCE kernels for an H100 (sm_90), without a GPU.
+"""Compile-only resource report of the Triton kernels (InfoNCE; with --lrp the LRP rules) for an H100 (sm_90), without a GPU.
 
 Triton compiles ahead of time for a named target (``triton.compile(ASTSource, target=GPUTarget(
 "cuda", 90, 32))``, with the ``ptxas`` and ``cuobjdump`` its wheel bundles), so the shared memory a
@@ -10,7 +10,7 @@ the kernels used before the table (32 × 64 rows on 4 warps, what the H100 run o
 
 Usage (repository root)::
 
-    .venv/bin/python bench/triton_resources.py [--former]     # → bench/results/triton_resources.md
+    .venv/bin/python bench/triton_resources.py [--former] [--lrp]   # → bench/results/triton_resources.md
     .venv/bin/python bench/triton_resources.py --check --widest   # exit 1 if a launch would not fit
 
 ``--check`` fails when an automatic configuration needs more than 99 KiB of shared memory per
@@ -83,6 +83,27 @@ def kernels(dt: str, br: int, bj: int, bd: int, warps: int):
             "dY": usage(k._grad_kernel, grad, {**tiles, "GRAD_X": False}, warps)}
 
 
+def lrp_kernels(dt: str, rule: int, warps: int = 4):
+    """Usage of the LRP rule kernels' forward and backward for ``rule`` (their launch: 32 x 32 x 32
+    tiles on ``warps`` warps, for large layers)."""
+    import triton.language as tl
+
+    from xaikernels.kernels.triton import lrp as L
+
+    acc = tl.float64 if dt == "fp64" else tl.float32
+    a = "*" + dt
+    common = {"M": "i32", "O": "i32", "I": "i32", "sxm": "i32", "sxi": "i32", "slm": "i32", "sli": "i32"}
+    fwd = {"X": a, "W": a, "B": a, "LO": a, "HI": a, "Z": a, "S1": a, "S2": a, **common,
+           **{k: "fp32" for k in ("EPS_HI", "EPS_LO", "GAMMA_HI", "GAMMA_LO")},
+           **{k: "constexpr" for k in ("RULE", "HAS_BIAS", "BM", "BO", "BK", "ACC")}}
+    bwd = {"R": a, "X": a, "W": a, "LO": a, "HI": a, "S1": a, "S2": a, "OUT": a, **common, "ssm": "i32",
+           **{k: "fp32" for k in ("ALPHA_HI", "ALPHA_LO", "BETA_HI", "BETA_LO", "GAMMA_HI", "GAMMA_LO")},
+           **{k: "constexpr" for k in ("RULE", "BM", "BO", "BI", "ACC")}}
+    return {"fwd": usage(L._fwd_kernel, fwd, {"RULE": rule, "HAS_BIAS": True, "BM": 32, "BO": 32, "BK": 32,
+                                              "ACC": acc}, warps),
+            "bwd": usage(L._bwd_kernel, bwd, {"RULE": rule, "BM": 32, "BO": 32, "BI": 32, "ACC": acc}, warps)}
+
+
 def configs(widest: bool, former: bool):
     from xaikernels.kernels.triton.infonce import GPU_TILES
 
@@ -103,6 +124,7 @@ def main(argv=None):
     ap.add_argument("--widest", action="store_true", help="only the widest BLOCK_D of each dtype")
     ap.add_argument("--former", action="store_true", help="add the tiles used before GPU_TILES")
     ap.add_argument("--check", action="store_true", help="exit 1 if shared memory exceeds 99 KiB; write nothing")
+    ap.add_argument("--lrp", action="store_true", help="add the LRP rule kernels (report only)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
     rows, over = [], []
@@ -122,7 +144,7 @@ def main(argv=None):
     import triton
 
     command = shlex.join([".venv/bin/python", os.path.relpath(__file__, ROOT), *argv])
-    lines = ["# Triton InfoNCE kernels: compiled resources on sm_90 (no GPU needed)", "",
+    lines = ["# Triton kernels: compiled resources on sm_90 (no GPU needed)", "", "## InfoNCE tile kernels", "",
              f"`{command}` ({time.strftime('%Y-%m-%d %H:%M')}; Triton {triton.__version__}, compiled for "
              f"`GPUTarget('cuda', 90, 32)`, {time.perf_counter() - t0:.0f} s).  Per kernel: shared memory per block "
              "(bytes; sm_86/89 GPUs allow 101,376, an H100 232,448), registers per thread, stack bytes per thread (spills to local "
@@ -132,6 +154,16 @@ def main(argv=None):
     for dt, bd, br, bj, warps, which, res in rows:
         cells = " | ".join(f"{v[0]} / {v[1]} / {v[2]}" for v in res.values())
         lines.append(f"| {dt} | {bd} | {br} × {bj}, {warps} | {which} | {cells} |")
+    if args.lrp:
+        from xaikernels.kernels.triton.lrp import _CODE
+
+        lines += ["", "## LRP rule kernels (their launch for large layers: 32 × 32 × 32 tiles, 4 warps)", "",
+                  "| input | rule | fwd smem / reg / stack | bwd smem / reg / stack |", "|---|---|---|---|"]
+        for dt in ("fp32", "fp64"):
+            for name, code in _CODE.items():
+                res = lrp_kernels(dt, code)
+                print(f"lrp {dt} {name}: {res}", flush=True)
+                lines.append(f"| {dt} | {name} | " + " | ".join(f"{v[0]} / {v[1]} / {v[2]}" for v in res.values()) + " |")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "triton_resources.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
