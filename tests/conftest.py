@@ -1,13 +1,14 @@
 """Test configuration.
 
-Environment first: Triton's interpreter must be switched on before any module that defines
-Triton kernels is imported, Numba's OpenMP layer is ~100x slower on small kernels here, and
-torch threads are pinned for stable numbers.
+Environment first: without a GPU, Triton's interpreter must be switched on before any module
+that defines Triton kernels is imported (with one, the kernels compile and tests/test_gpu.py
+runs them); Numba's OpenMP layer is ~100x slower on small kernels here; torch threads are
+pinned for stable numbers.
 """
 import os
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 # Without a GPU the Triton kernels run in the interpreter on CPU tensors; with one they compile
 # (tests/test_gpu.py).  Set before any module that defines Triton kernels is imported.

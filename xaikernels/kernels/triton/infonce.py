@@ -182,10 +182,10 @@ def _pow2(n: int, lo: int, hi: int) -> int:
 # Compiled tiles by opmath and BLOCK_D: (BLOCK_R, BLOCK_J, num_warps), from the sm_90 resource
 # usage of the three tile kernels (`bench/triton_resources.py` → bench/results/triton_resources.md).
 # fp32 opmath (fp32, fp16 and bf16 inputs) multiplies on the CUDA cores ("ieee"), and the dX
-# kernel holds [BLOCK_J, BLOCK_D] operand and accumulator tiles in registers: 32 x 32 tiles on 4
-# warps spilled 4.6 KB per thread at BLOCK_D = 128 and 7.5 KB at 256 (the tiles the H100 run of
-# bench/results/gpu.md used); the table's tiles spill nothing up to 128, 304 bytes at 256 and
-# 3 KB at 512.  fp64 goes to the tensor cores (DMMA) and spills nothing.  Every entry asks for at
+# kernel holds [BLOCK_J, BLOCK_D] operand and accumulator tiles in registers: the tiles the H100
+# runs of bench/results/gpu.md used (32 x 64 on 4 warps; 32 x 32 at BLOCK_D = 256 in the second)
+# spill 5.1 KB per thread at BLOCK_D = 128 and 7.5-9.1 KB at 256; the table's tiles spill nothing
+# up to 128, 304 bytes at 256 and 3 KB at 512.  fp64 goes to the tensor cores (DMMA) and spills nothing.  Every entry asks for at
 # most 99 KiB of shared memory per block (the smallest opt-in limit of sm_80-sm_90 GPUs; an H100
 # allows 227 KiB): fp64 BLOCK_D = 256 with 32 x 32 tiles would need 201 KiB.
 GPU_TILES = {
