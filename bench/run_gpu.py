@@ -8,7 +8,8 @@ Needs a CUDA device (none on the development machines or CI; run it where one is
   rounds (each round calls every backend once), CUDA-synchronised wall time; peak memory is the
   caching allocator's maximum above the start (:func:`xaikernels.benchmark.peak_memory`).
 * **methods**: Integrated Gradients and SmoothGrad (n = 50) beside Captum, LRP composites beside
-  Zennit, Grad-CAM beside Captum's ``LayerGradCam``, on the ResNet-18 replica (224², batch 8)
+  Zennit, Grad-CAM beside Captum's ``LayerGradCam``, KernelSHAP and LIME (one image, an 8 × 8 grid
+  of superpixels, 512 samples) beside Captum's ``KernelShap`` / ``Lime``, on the ResNet-18 replica (224², batch 8)
   and the VGG-16-like model (64², batch 32) from :mod:`xaikernels.models.zoo`.  "unit" = one
   forward + backward of the model.
 
@@ -16,6 +17,8 @@ Usage (repository root, on a GPU machine)::
 
     python bench/run_gpu.py             # a few minutes on an H100
     python bench/run_gpu.py --quick     # small shapes, seconds
+    .venv/bin/python bench/run_gpu.py --device cpu --quick --repeats 1 --warmup 0 --out-dir /tmp/x
+                                        # dry run of the script's code paths on a machine without a GPU
 
 Appends rows to ``bench/results/gpu.jsonl`` and writes ``bench/results/gpu.md`` with the command.
 """
@@ -49,11 +52,16 @@ from xaikernels.reference.lrp import ConvGeom, RuleParams  # noqa: E402
 DEV = torch.device("cuda")
 
 
+def _sync():
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _sync_timed(fn):
-    torch.cuda.synchronize()
+    _sync()
     t0 = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    _sync()
     return time.perf_counter() - t0
 
 
@@ -259,6 +267,23 @@ def run_methods(args):
                         return attributor(x.clone(), onehot)
 
                 fam[key]["zennit"] = zfn
+        # perturbation methods on one image: 8 x 8 grid of superpixels, Captum's KernelShap / Lime
+        # with the same feature mask and sample count
+        x1, t1 = x[:1], int(target[0])
+        h, w = shape[2:]
+        grid = (torch.arange(h, device=DEV)[:, None] * 8 // h * 8 + torch.arange(w, device=DEV)[None, :] * 8 // w)
+        n_pert = 64 if args.quick else 512
+        fam["kernel_shap (1 image, 64 features)"] = {"ours": lambda: xaikernels.kernel_shap(
+            model, x1, t1, feature_mask=grid, n_samples=n_pert, batch_size=n_pert)}
+        fam["lime_image (1 image, 64 features)"] = {"ours": lambda: xaikernels.lime_image(
+            model, x1, t1, segments=grid.cpu().numpy(), n_samples=n_pert, batch_size=n_pert)}
+        if ca is not None:
+            ks, lm = ca.KernelShap(model), ca.Lime(model)
+            fmask = grid[None, None].expand(1, shape[1], h, w)
+            fam["kernel_shap (1 image, 64 features)"]["captum"] = lambda: ks.attribute(
+                x1, target=t1, feature_mask=fmask, n_samples=n_pert, perturbations_per_eval=n_pert)
+            fam["lime_image (1 image, 64 features)"]["captum"] = lambda: lm.attribute(
+                x1, target=t1, feature_mask=fmask, n_samples=n_pert, perturbations_per_eval=n_pert)
         m_unit = peak_memory(unit, DEV)
         for method, provs in fam.items():
             fns = {"unit": unit, **provs}
@@ -284,9 +309,13 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--parts", nargs="*", default=["ops", "methods"], choices=["ops", "methods"])
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--device", default="cuda",
+                    help="cuda (the benchmark), or cpu for a dry run of the script's code paths (writes gpu_dryrun.md)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("run_gpu.py needs a CUDA device")
+    global DEV
+    DEV = torch.device(args.device)
+    if DEV.type == "cuda" and not torch.cuda.is_available():
+        print("run_gpu.py needs a CUDA device (or --device cpu for a dry run)")
         return 2
     command = shlex.join(["python", os.path.relpath(__file__), *argv])
     rows = []
@@ -294,10 +323,11 @@ def main(argv=None):
         rows += run_ops(args)
     if "methods" in args.parts:
         rows += run_methods(args)
-    meta = dict(command=command, device=torch.cuda.get_device_name(), versions=versions(),
+    meta = dict(command=command, device=torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu (dry run)",
+                versions=versions(),
                 triton=_dist("triton"), cuda=torch.version.cuda, date=time.strftime("%Y-%m-%d %H:%M"))
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    with open(args.out_dir / "gpu.jsonl", "a") as f:
+    with open(args.out_dir / ("gpu.jsonl" if DEV.type == "cuda" else "gpu_dryrun.jsonl"), "a") as f:
         for r in rows:
             f.write(json.dumps({**meta, **r}) + "\n")
     lines = ["# GPU benchmark", "", f"`{command}` on {meta['device']} ({meta['date']}; torch {torch.__version__}, "
@@ -305,19 +335,20 @@ def main(argv=None):
              "(CUDA-synchronised wall time); peak = the caching allocator's maximum above the start.", ""]
     ops = [r for r in rows if r["part"] == "ops"]
     if ops:
-        lines += ["## Ops (forward + backward on CUDA tensors)", "",
+        lines += [f"## Ops (forward + backward on {DEV.type} tensors)", "",
                   "| case | ms per backend | speedup vs reference | peak MiB |", "|---|---|---|---|"]
         for r in ops:
             lines.append(f"| {r['case']} | {_fmt(r['ms'])} | {_fmt(r['speedup_vs_reference'], '{:.2f}×')} | "
                          f"{_fmt(r['peak_mib'], '{:.1f}')} |")
     meth = [r for r in rows if r["part"] == "methods"]
     if meth:
-        lines += ["", "## Methods beside the peers (CUDA)", "",
+        lines += ["", f"## Methods beside the peers ({DEV.type})", "",
                   "| model | method | ms | × unit | speedup of ours | peak × unit |", "|---|---|---|---|---|---|"]
         for r in meth:
             lines.append(f"| {r['model']} b{r['batch']} | {r['method']} | {_fmt(r['ms'])} | {_fmt(r['x_unit'], '{:.2f}')} | "
                          f"{_fmt(r['speedup'], '{:.2f}×')} | {_fmt(r['peak_x_unit'], '{:.2f}')} |")
-    (args.out_dir / ("gpu_quick.md" if args.quick else "gpu.md")).write_text("\n".join(lines) + "\n")
+    name = "gpu_dryrun.md" if DEV.type != "cuda" else ("gpu_quick.md" if args.quick else "gpu.md")
+    (args.out_dir / name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
