@@ -10,11 +10,11 @@ the kernels used before the table (32 × 64 rows on 4 warps, what the H100 run o
 
 Usage (repository root)::
 
-    .venv/bin/python bench/triton_resources.py [--former] [--lrp]   # → bench/results/triton_resources.md
+    .venv/bin/python bench/triton_resources.py [--former] [--lrp] [--all]  # → bench/results/triton_resources.md
     .venv/bin/python bench/triton_resources.py --check --widest   # exit 1 if a launch would not fit
 
-``--check`` fails when an automatic configuration needs more than 99 KiB of shared memory per
-block (the smallest opt-in limit among sm_80-sm_90 GPUs; an H100 allows 227 KiB): the launch
+``--check`` compiles the widest InfoNCE tiles and every other kernel (``--all``'s set) and fails
+when one needs more than 99 KiB of shared memory per block (the smallest opt-in limit among sm_80-sm_90 GPUs; an H100 allows 227 KiB): the launch
 would fail there.  The test suite runs it on the widest entries.
 """
 from __future__ import annotations
@@ -104,6 +104,50 @@ def lrp_kernels(dt: str, rule: int, warps: int = 4):
             "bwd": usage(L._bwd_kernel, bwd, {"RULE": rule, "BM": 32, "BO": 32, "BI": 32, "ACC": acc}, warps)}
 
 
+def other_kernels():
+    """(name, usage) of the remaining Triton kernels at their GPU launch tiles, fp32 and fp64:
+    Grad-CAM's two kernels, the bottleneck's (Philox noise or given, forward and backward), the
+    path / noise batch and the streaming accumulation (every mode)."""
+    import triton.language as tl
+
+    from xaikernels.kernels.triton import bottleneck as B
+    from xaikernels.kernels.triton import grad_cam as G
+    from xaikernels.kernels.triton import paths as PT
+
+    out = []
+    for dt in ("fp32", "fp64"):
+        acc = tl.float64 if dt == "fp64" else tl.float32
+        p = "*" + dt
+        row = {k: p for k in ("G", "A", "GO", "O", "W", "DA", "DG")}
+        row.update(C="i32", S="i32", BLOCK_S="constexpr", BACKWARD="constexpr", RELU="constexpr", ACC="constexpr")
+        for bw in (False, True):
+            out.append((f"grad_cam row {dt} backward={bw}", usage(
+                G._row_kernel, row, {"BLOCK_S": 4096, "BACKWARD": bw, "RELU": True, "ACC": acc}, 4)))
+        ws = {"A": p, "W": p, "OUT": p, "C": "i32", "S": "i32", "BLOCK_C": "constexpr", "BLOCK_S": "constexpr",
+              "RELU": "constexpr", "ACC": "constexpr"}
+        out.append((f"grad_cam weighted sum {dt}", usage(
+            G._weighted_sum_kernel, ws, {"BLOCK_C": 64, "BLOCK_S": 1024, "RELU": True, "ACC": acc}, 4)))
+        ib = {k: p for k in ("X", "AL", "NZ", "MU", "SD", "EPS", "GZ", "GK", "Z", "KL", "DX", "DA")}
+        ib.update(C="i32", S="i32", seed="i64", **{k: "constexpr" for k in (
+            "ALPHA_PER_CH", "HAS_NOISE", "BACKWARD", "BLOCK_C", "BLOCK_S", "ACC")})
+        for noise in (False, True):
+            for bw in (False, True):
+                out.append((f"info_bottleneck {dt} noise={'given' if noise else 'philox'} backward={bw}", usage(
+                    B._bottleneck_kernel, ib, {"ALPHA_PER_CH": False, "HAS_NOISE": noise, "BACKWARD": bw,
+                                               "BLOCK_C": 16, "BLOCK_S": 256, "ACC": acc}, 4)))
+        batch = {"X": p, "B": p, "ALPHA": "*fp64", "SIGMA": p, "EPS": "*fp32", "OUT": p, "seed": "i64", "p0": "i64",
+                 "N": "i32", "M": "i32", **{k: "constexpr" for k in ("NOISE", "HAS_EPS", "ACC", "BLOCK")}}
+        for noise in (False, True):
+            out.append((f"paths batch {dt} noise={noise}", usage(
+                PT._batch_kernel, batch, {"NOISE": noise, "HAS_EPS": False, "ACC": acc, "BLOCK": 4096}, 4)))
+        accum = {"A": p, "Bm": p, "G": "*fp32", "W": p, "p0": "i64", "rows": "i32", "N": "i32", "M": "i32",
+                 **{k: "constexpr" for k in ("MODE", "ACC", "BLOCK")}}
+        for mode in (0, 1, 2):
+            out.append((f"paths accumulate {dt} mode={mode}", usage(
+                PT._accumulate_kernel, accum, {"MODE": mode, "ACC": acc, "BLOCK": 4096}, 4)))
+    return out
+
+
 def configs(widest: bool, former: bool):
     from xaikernels.kernels.triton.infonce import GPU_TILES
 
@@ -125,6 +169,7 @@ def main(argv=None):
     ap.add_argument("--former", action="store_true", help="add the tiles used before GPU_TILES")
     ap.add_argument("--check", action="store_true", help="exit 1 if shared memory exceeds 99 KiB; write nothing")
     ap.add_argument("--lrp", action="store_true", help="add the LRP rule kernels (report only)")
+    ap.add_argument("--all", action="store_true", help="add the other kernels (Grad-CAM, bottleneck, paths)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
     rows, over = [], []
@@ -136,6 +181,12 @@ def main(argv=None):
         print(f"{dt} BLOCK_D={bd} {br}x{bj} w{warps} ({which}): {line}", flush=True)
         if which == "table" and max(v[0] for v in res.values()) > SMEM_LIMIT:
             over.append((dt, bd))
+    others = other_kernels() if (args.check or args.all) else []
+    for name, res in others:
+        print(f"{name}: smem {res[0]} reg {res[1]} stack {res[2]}", flush=True)
+        if res[0] > SMEM_LIMIT:
+            over.append(name)
+    print(f"compiled {3 * len(rows) + len(others)} kernels for sm_90")
     if args.check:
         if over:
             print(f"shared memory past {SMEM_LIMIT} bytes: {over}")
@@ -164,6 +215,9 @@ def main(argv=None):
                 res = lrp_kernels(dt, code)
                 print(f"lrp {dt} {name}: {res}", flush=True)
                 lines.append(f"| {dt} | {name} | " + " | ".join(f"{v[0]} / {v[1]} / {v[2]}" for v in res.values()) + " |")
+    if others:
+        lines += ["", "## Other kernels (their GPU launch tiles)", "", "| kernel | smem / reg / stack |", "|---|---|"]
+        lines += [f"| {name} | {res[0]} / {res[1]} / {res[2]} |" for name, res in others]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "triton_resources.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
