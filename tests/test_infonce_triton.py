@@ -133,6 +133,11 @@ def test_triton_kernels_compile_for_sm90_within_99_kib_of_shared_memory():
     spec = importlib.util.find_spec("triton.backends.nvidia")
     if spec is None or not (Path(spec.origin).parent / "bin" / "cuobjdump").exists():
         pytest.skip("Triton without its NVIDIA backend tools")
+    try:  # the ahead-of-time API the script uses (Triton 3.x)
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"this Triton has no ahead-of-time compile API: {exc}")
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run([sys.executable, str(root / "bench" / "triton_resources.py"), "--check", "--widest"],
                        capture_output=True, text=True, timeout=600, cwd=root)
