@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import xaikernels  # noqa: E402
 from xaikernels import _backend  # noqa: E402
-from xaikernels.benchmark import peak_memory, versions  # noqa: E402
+from xaikernels.benchmark import peak_memory, time_rounds, versions  # noqa: E402
 from xaikernels.models.zoo import resnet18_like, vgg16_like  # noqa: E402
 from xaikernels.ops import paths as P  # noqa: E402
 from xaikernels.ops.bottleneck import info_bottleneck  # noqa: E402
@@ -52,28 +52,9 @@ from xaikernels.reference.lrp import ConvGeom, RuleParams  # noqa: E402
 DEV = torch.device("cuda")
 
 
-def _sync():
-    if DEV.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _sync_timed(fn):
-    _sync()
-    t0 = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - t0
-
-
 def _rounds(fns, repeats, warmup):
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    ts = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            ts[k].append(_sync_timed(fn))
-    return {k: statistics.median(v) for k, v in ts.items()}
+    """Median seconds of each callable (:func:`xaikernels.benchmark.time_rounds`)."""
+    return {k: statistics.median(v) for k, v in time_rounds(fns, repeats, warmup, DEV).items()}
 
 
 def _live(op, names):

@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from xaikernels.benchmark import peak_memory, versions  # noqa: E402
+from xaikernels.benchmark import peak_memory, time_rounds, versions  # noqa: E402
 from xaikernels.methods.lrp import lrp  # noqa: E402
 from xaikernels.models.zoo import resnet18_like, vgg16_like  # noqa: E402
 
@@ -60,20 +60,6 @@ def _zennit():
     except Exception as exc:  # pragma: no cover - reported in the output
         print(f"zennit unavailable: {exc}")
         return None
-
-
-def _time_rounds(fns, repeats, warmup):
-    """Seconds of each fn per round, timed round-robin so that load drift hits all alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    ts = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            ts[k].append(time.perf_counter() - t0)
-    return ts
 
 
 def _paired(num, den):
@@ -132,7 +118,7 @@ def main(argv=None):
                         attributor(x.clone(), onehot)
 
                 fns["zennit"] = zfn
-            ts = _time_rounds(fns, args.repeats, args.warmup)
+            ts = time_rounds(fns, args.repeats, args.warmup)
             t = {k: statistics.median(v) for k, v in ts.items()}
             m_ours = peak_memory(fns["ours"])
             x_unit, lo, hi = _paired(ts["ours"], ts["unit"])
@@ -153,7 +139,7 @@ def main(argv=None):
         for r in rows:
             f.write(json.dumps({**meta, **r}) + "\n")
     if args.quick:
-        shown = rows
+        shown = [{**meta, **r} for r in rows]
     else:
         # the latest full-size row of every (model, composite) in the log: a run of one model
         # updates its rows and keeps the other model's

@@ -512,6 +512,36 @@ def _gc_paused():
             gc.enable()
 
 
+def time_rounds(fns: Dict[Any, Callable[[], Any]], repeats: int, warmup: int = 0,
+                device: torch.device | str = "cpu",
+                on_round: Optional[Callable[[int], None]] = None) -> Dict[Any, List[float]]:
+    """Seconds of each callable per round: ``warmup`` untimed calls of each, then ``repeats``
+    rounds in which every callable runs once, the order rotating from round to round, with the
+    cyclic GC paused (collected between rounds) and the device synchronised around each call,
+    so that slow drifts of a shared machine hit all callables alike."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    keys = list(fns)
+    out: Dict[Any, List[float]] = {k: [] for k in keys}
+    with _gc_paused(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in range(repeats):
+            k0 = r % len(keys) if keys else 0
+            for k in keys[k0:] + keys[:k0]:
+                _sync(device)
+                t0 = time.perf_counter()
+                fns[k]()
+                _sync(device)
+                out[k].append(time.perf_counter() - t0)
+            gc.collect()
+            if on_round is not None:
+                on_round(r)
+    return out
+
+
 @dataclass
 class _Entry:
     method: str
@@ -563,17 +593,12 @@ def _measure(
                 "measured with them in place"
             )
     live = [e for e in entries if e.error is None]
+    times = time_rounds({i: e.fn for i, e in enumerate(live)}, repeats, 0, device,
+                        lambda r: log(f"  round {r + 1}/{repeats}"))
+    for i, e in enumerate(live):
+        e.times.extend(times[i])
     with _gc_paused(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for r in range(repeats):
-            k = r % len(live) if live else 0
-            for e in live[k:] + live[:k]:
-                t0 = time.perf_counter()
-                e.fn()
-                _sync(device)
-                e.times.append(time.perf_counter() - t0)
-            gc.collect()
-            log(f"  round {r + 1}/{repeats}")
         if memory:
             for e in live:
                 e.peak = peak_memory(e.fn, device)
