@@ -125,28 +125,21 @@ def op_cases(quick):
 
     geom = ConvGeom((1, 1), (1, 1), (1, 1), 1)
     s = (2, 16, 28, 28) if quick else (16, 64, 56, 56)
-    xl = rn(*s).clamp_min(0)
-    w = rn(s[1], s[1], 3, 3) * 0.05
-    bias = rn(s[1]) * 0.1
-    rl = rn(*s)
-    for rname, rule in [("epsilon", RuleParams("epsilon", eps=1e-6)), ("zplus", RuleParams("zplus", eps=1e-6)),
-                        ("alpha2beta1", RuleParams("alphabeta", eps=1e-6, alpha=2.0, beta=1.0))]:
-        def lrpc(b, rule=rule):
-            xg = xl.detach().requires_grad_(True)
-            z = lrp_layer(xg, lambda: (w, bias), rule, geom, b)
-            return torch.autograd.grad(z, xg, rl)
+    eps, zplus = RuleParams("epsilon", eps=1e-6), RuleParams("zplus", eps=1e-6)
+    ab = RuleParams("alphabeta", eps=1e-6, alpha=2.0, beta=1.0)
+    sl = (64, 1024) if quick else (256, 4096)
+    layers = [("lrp_conv", f"{tuple(s)} 3×3", rn(*s).clamp_min(0), rn(s[1], s[1], 3, 3) * 0.05, rn(s[1]) * 0.1,
+               rn(*s), geom, [("epsilon", eps), ("zplus", zplus), ("alpha2beta1", ab)]),
+              ("lrp_linear", f"{sl}", rn(*sl).clamp_min(0), rn(sl[1], sl[1]) * 0.02, None, rn(*sl), None,
+               [("epsilon", eps), ("alpha2beta1", ab)])]
+    for op, shape, xl, w, bias, rl, g, rules in layers:
+        for rname, rule in rules:
+            def lrp_case(b, xl=xl, w=w, bias=bias, rl=rl, g=g, rule=rule):
+                xg = xl.detach().requires_grad_(True)
+                z = lrp_layer(xg, lambda: (w, bias), rule, g, b)
+                return torch.autograd.grad(z, xg, rl)
 
-        cases.append((f"lrp_conv {rname} fwd+bwd {tuple(s)} 3×3", "lrp_conv", ("triton", "reference"), lrpc))
-    s = (64, 1024) if quick else (256, 4096)
-    xli, wl, rli = rn(*s).clamp_min(0), rn(s[1], s[1]) * 0.02, rn(s[0], s[1])
-    for rname, rule in [("epsilon", RuleParams("epsilon", eps=1e-6)),
-                        ("alpha2beta1", RuleParams("alphabeta", eps=1e-6, alpha=2.0, beta=1.0))]:
-        def lrpl(b, rule=rule):
-            xg = xli.detach().requires_grad_(True)
-            z = lrp_layer(xg, lambda: (wl, None), rule, None, b)
-            return torch.autograd.grad(z, xg, rli)
-
-        cases.append((f"lrp_linear {rname} fwd+bwd {tuple(s)}", "lrp_linear", ("triton", "reference"), lrpl))
+            cases.append((f"{op} {rname} fwd+bwd {shape}", op, ("triton", "reference"), lrp_case))
     return cases
 
 

@@ -46,32 +46,36 @@ def test_backends_present():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("per_element", [False, True])
 def test_forward_backward_vs_oracle(backend, shape, dtype, per_element):
+    check_vs_oracle(backend, shape, dtype, per_element, torch.device("cpu"))
+
+
+def check_vs_oracle(backend: str, shape, dtype, per_element: bool, device: torch.device) -> None:
+    """The op by ``backend`` on ``device`` against the float64 oracle on CPU: values and gradients."""
     eps = 1e-3
     x, alpha, noise, mu, std = _inputs(shape, per_element, dtype, seed=hash((shape, per_element)) % 2**31)
-    x.requires_grad_(True)
-    alpha.requires_grad_(True)
-    z, kl = info_bottleneck(x, alpha, mu, std, noise=noise, eps=eps, backend=backend)
+    xd, ad = (t.to(device, copy=True).requires_grad_(True) for t in (x, alpha))
+    z, kl = info_bottleneck(xd, ad, mu.to(device), std.to(device), noise=noise.to(device), eps=eps, backend=backend)
     assert xaikernels.last_backend("info_bottleneck") == backend
-    assert z.shape == x.shape and z.dtype == dtype
+    assert z.shape == x.shape and z.dtype == dtype and z.device == xd.device
     assert kl.shape == (shape[0], *shape[2:]) and kl.dtype == dtype
 
-    xo, ao = x.detach().double().requires_grad_(True), alpha.detach().double().requires_grad_(True)
+    xo, ao = x.double().requires_grad_(True), alpha.double().requires_grad_(True)
     z_o, kl_o = oracle(xo, ao, noise.double(), mu.double(), std.double(), eps)
     rtol, atol = TOL[dtype]
     scale = max(1.0, shape[1] ** 0.5)  # kl and a broadcast alpha's gradient sum over C channels
-    torch.testing.assert_close(z.double(), z_o.detach(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(z.double().cpu(), z_o.detach(), rtol=rtol, atol=atol)
     # log(eps) makes kl's magnitude ~C*7: compare relative to that size.
-    torch.testing.assert_close(kl.double(), kl_o.detach(), rtol=rtol * scale, atol=atol * scale * 10)
+    torch.testing.assert_close(kl.double().cpu(), kl_o.detach(), rtol=rtol * scale, atol=atol * scale * 10)
 
     gen = torch.Generator().manual_seed(4)
     gz = torch.randn(z.shape, generator=gen, dtype=torch.float64).to(dtype)
     gk = torch.randn(kl.shape, generator=gen, dtype=torch.float64).to(dtype)
-    dx, da = torch.autograd.grad((z * gz).sum() + (kl * gk).sum(), (x, alpha))
+    dx, da = torch.autograd.grad((z * gz.to(device)).sum() + (kl * gk.to(device)).sum(), (xd, ad))
     dx_o, da_o = torch.autograd.grad((z_o * gz.double()).sum() + (kl_o * gk.double()).sum(), (xo, ao))
-    torch.testing.assert_close(dx.double(), dx_o, rtol=rtol, atol=atol * 10)
+    torch.testing.assert_close(dx.double().cpu(), dx_o, rtol=rtol, atol=atol * 10)
     # d kl / d alpha = -1/alpha near the floor is ~1e3: relative tolerance on the whole tensor.
     big = max(1.0, da_o.abs().max().item())
-    torch.testing.assert_close(da.double(), da_o, rtol=rtol * scale, atol=atol * scale * big)
+    torch.testing.assert_close(da.double().cpu(), da_o, rtol=rtol * scale, atol=atol * scale * big)
 
 
 def test_zero_alpha_is_identity_and_one_is_noise():

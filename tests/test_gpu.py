@@ -15,12 +15,10 @@ import torch
 import xaikernels
 from xaikernels import _backend
 from xaikernels.ops import paths as P
-from xaikernels.ops.bottleneck import info_bottleneck
 from xaikernels.ops.grad_cam import grad_cam_reduce
 from xaikernels.ops.infonce import infonce_lse
 from xaikernels.ops.lrp import lrp_layer
 from xaikernels.reference import lrp as lrp_ref
-from xaikernels.reference import paths as R
 
 from conftest import TOL
 
@@ -141,7 +139,7 @@ def test_infonce_wide_features_go_to_cpp_in_auto_mode_and_raise_for_triton(d, dt
 
 # -------------------------------------------------------------------------- info_bottleneck
 from test_bottleneck_op import _inputs as ib_inputs  # noqa: E402
-from test_bottleneck_op import oracle as ib_oracle  # noqa: E402
+from test_bottleneck_op import check_vs_oracle as check_ib_vs_oracle  # noqa: E402
 
 IB_SHAPES = [(1, 1, 1), (2, 3, 5), (3, 4, 7, 9), (1, 16, 300), (2, 5, 17, 23), (2, 64, 28, 28)]
 
@@ -150,30 +148,7 @@ IB_SHAPES = [(1, 1, 1), (2, 3, 5), (3, 4, 7, 9), (1, 16, 300), (2, 5, 17, 23), (
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("per_element", [False, True])
 def test_bottleneck_cuda_vs_oracle(shape, dtype, per_element):
-    eps = 1e-3
-    x, alpha, noise, mu, std = ib_inputs(shape, per_element, dtype, seed=hash((shape, per_element)) % 2**31)
-    xc, ac, nc, mc, sc = _cu(x, alpha, noise, mu, std)
-    xc.requires_grad_(True)
-    ac.requires_grad_(True)
-    z, kl = info_bottleneck(xc, ac, mc, sc, noise=nc, eps=eps, backend="triton")
-    assert xaikernels.last_backend("info_bottleneck") == "triton"
-    assert z.device.type == "cuda" and z.dtype == dtype and kl.shape == (shape[0], *shape[2:])
-
-    xo, ao = x.double().requires_grad_(True), alpha.double().requires_grad_(True)
-    z_o, kl_o = ib_oracle(xo, ao, noise.double(), mu.double(), std.double(), eps)
-    rtol, atol = TOL[dtype]
-    scale = max(1.0, shape[1] ** 0.5)
-    torch.testing.assert_close(z.double().cpu(), z_o.detach(), rtol=rtol, atol=atol)
-    torch.testing.assert_close(kl.double().cpu(), kl_o.detach(), rtol=rtol * scale, atol=atol * scale * 10)
-
-    gen = torch.Generator().manual_seed(4)
-    gz = torch.randn(z.shape, generator=gen, dtype=torch.float64).to(dtype)
-    gk = torch.randn(kl.shape, generator=gen, dtype=torch.float64).to(dtype)
-    dx, da = torch.autograd.grad((z * gz.to(CUDA)).sum() + (kl * gk.to(CUDA)).sum(), (xc, ac))
-    dx_o, da_o = torch.autograd.grad((z_o * gz.double()).sum() + (kl_o * gk.double()).sum(), (xo, ao))
-    torch.testing.assert_close(dx.double().cpu(), dx_o, rtol=rtol, atol=atol * 10)
-    big = max(1.0, da_o.abs().max().item())
-    torch.testing.assert_close(da.double().cpu(), da_o, rtol=rtol * scale, atol=atol * scale * big)
+    check_ib_vs_oracle("triton", shape, dtype, per_element, CUDA)
 
 
 def test_bottleneck_in_kernel_noise_is_standard_normal_and_replayed_in_backward():
@@ -256,7 +231,7 @@ def test_lrp_triton_cuda_low_precision_within_2x_of_plain_torch(layer, rule_name
 
 
 # ------------------------------------------------------------------------- paths / noise
-from test_paths_ops import _oracle_state, check_noise_statistics, check_philox_stream  # noqa: E402
+from test_paths_ops import _oracle_state, check_noise_statistics, check_path_and_noisy, check_philox_stream  # noqa: E402,E501
 
 
 def test_philox_stream_on_gpu_matches_reference():
@@ -267,24 +242,7 @@ def test_philox_stream_on_gpu_matches_reference():
 @pytest.mark.parametrize("shape", [(1, 1), (1, 37), (3, 123), (5, 7), (2, 150_001)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_make_path_and_noisy_cuda_vs_reference(shape, dtype):
-    gen = torch.Generator().manual_seed(1)
-    n, m = shape
-    x = torch.randn(shape, generator=gen).to(dtype)
-    b = torch.randn(shape, generator=gen).to(dtype)
-    alphas = torch.rand(6, generator=gen, dtype=torch.float64)
-    sigma = torch.rand(n, generator=gen)
-    xc, bc, sc = _cu(x, b, sigma)
-    rtol, atol = TOL[dtype]
-    for p0, p1 in [(0, 6 * n), (1, 2 * n + 1), (3, 3)]:
-        got = P.make_path(xc, bc, alphas, p0, p1, backend="triton")
-        assert xaikernels.last_backend("make_path") == "triton" and got.device.type == "cuda"
-        torch.testing.assert_close(got.cpu(), R.make_path(x, b, alphas, p0, p1), rtol=rtol, atol=atol)
-        got = P.make_noisy(xc, sc, 99, p0, p1, backend="triton")
-        torch.testing.assert_close(got.cpu(), R.make_noisy(x, sigma, 99, p0, p1),
-                                   rtol=max(rtol, 1e-5), atol=max(atol, 5e-6))
-    noise = torch.randn(6 * n, m, generator=gen)
-    torch.testing.assert_close(P.make_noisy(xc, sc, 0, 2, 5, noise.to(CUDA), backend="triton").cpu(),
-                               R.make_noisy(x, sigma, 0, 2, 5, noise), rtol=rtol, atol=atol)
+    check_path_and_noisy("triton", shape, dtype, CUDA)
 
 
 def test_noise_statistics_cuda():

@@ -84,25 +84,30 @@ def test_noise_statistics(backend):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_make_path_and_noisy_vs_reference(backend, shape, dtype):
-    if backend == "numba" and dtype in (torch.float16, torch.bfloat16):
-        pass  # the numba launcher computes in fp32 and casts, which is what we check
+    # numba computes in fp32 and casts for fp16/bf16, which is what the tolerances check
+    check_path_and_noisy(backend, shape, dtype, CPU)
+
+
+def check_path_and_noisy(backend: str, shape, dtype, device: torch.device) -> None:
+    """Path and noisy rows made by ``backend`` on ``device`` against the reference on CPU."""
     gen = torch.Generator().manual_seed(1)
     n, m = shape
     x = torch.randn(shape, generator=gen).to(dtype)
     b = torch.randn(shape, generator=gen).to(dtype)
     alphas = torch.rand(6, generator=gen, dtype=torch.float64)
     sigma = torch.rand(n, generator=gen)
+    xd, bd, sd = x.to(device), b.to(device), sigma.to(device)
     rtol, atol = TOL[dtype]
     for p0, p1 in [(0, 6 * n), (1, 2 * n + 1), (3, 3)]:
-        got = P.make_path(x, b, alphas, p0, p1, backend=backend)
-        assert last_backend("make_path") == backend
-        torch.testing.assert_close(got, R.make_path(x, b, alphas, p0, p1), rtol=rtol, atol=atol)
-        got = P.make_noisy(x, sigma, 99, p0, p1, backend=backend)
+        got = P.make_path(xd, bd, alphas, p0, p1, backend=backend)
+        assert last_backend("make_path") == backend and got.device == xd.device
+        torch.testing.assert_close(got.cpu(), R.make_path(x, b, alphas, p0, p1), rtol=rtol, atol=atol)
+        got = P.make_noisy(xd, sd, 99, p0, p1, backend=backend)
         # the noise itself is fp32 with transcendental-rounding differences between backends
-        torch.testing.assert_close(got, R.make_noisy(x, sigma, 99, p0, p1),
+        torch.testing.assert_close(got.cpu(), R.make_noisy(x, sigma, 99, p0, p1),
                                    rtol=max(rtol, 1e-5), atol=max(atol, 5e-6))
     noise = torch.randn(6 * n, m, generator=gen)
-    torch.testing.assert_close(P.make_noisy(x, sigma, 0, 2, 5, noise, backend=backend),
+    torch.testing.assert_close(P.make_noisy(xd, sd, 0, 2, 5, noise.to(device), backend=backend).cpu(),
                                R.make_noisy(x, sigma, 0, 2, 5, noise), rtol=rtol, atol=atol)
 
 
