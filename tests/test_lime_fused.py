@@ -281,6 +281,30 @@ def test_builder_batches_bitmaps_ahead_in_chunks(monkeypatch, L):
         fn(30, 38, np.empty((8, 1, L, 1)))
 
 
+@needs_numba
+@pytest.mark.parametrize("rows_per_chunk", [None, 70, 128])
+def test_builder_batches_full_bitmap_blocks(monkeypatch, rows_per_chunk):
+    """Chunks of bitmaps holding whole blocks of rows (the bitmap kernel's fixed-size loop)
+    and a partial one, rows of several words with a partial last word: build_perturbed's
+    rows, batch by batch."""
+    from xaikernels.kernels.numba import perturb as K
+
+    L = 3 * 67
+    if rows_per_chunk is not None:
+        monkeypatch.setattr(K, "_BITMAP_BYTES", 8 * ((L + 63) // 64) * rows_per_chunk)
+    rng = np.random.RandomState(5)
+    x, fill = rng.randn(1, L // 3, 3), rng.randn(1, L // 3, 3)
+    seg = rng.randint(0, 11, L // 3).astype(np.int64)
+    masks = (rng.rand(301, 11) < 0.5).astype(np.uint8)
+    ref = np.empty((301, 1, L // 3, 3))
+    R.build_perturbed(x, fill, seg, masks, ref)
+    fn = P.PerturbedBuilder(x, fill, seg, backend="numba").batches(masks)
+    for s0 in range(0, 301, 10):
+        s1 = min(301, s0 + 10)
+        out = fn(s0, s1, np.full((s1 - s0, 1, L // 3, 3), np.nan))
+        np.testing.assert_array_equal(out, ref[s0:s1])
+
+
 # --------------------------------------------------------------------- discretisation
 def test_vectorised_discretize_equals_searchsorted():
     from xaikernels.methods.lime import TabularSampler

@@ -635,3 +635,83 @@ def test_lime_text_draws_statistics_and_other_generators():
         P.lime_text_draws(np.random.default_rng(0), 5, 5)
     with pytest.raises(ValueError):
         P.lime_text_draws(rs, 0, 5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("S,F", [(2, 6), (7, 30), (25, 50)])
+def test_underdetermined_fit_is_lstsq_minimum_norm(backend, S, F):
+    """Fewer samples than features without a penalty (KernelSHAP's default n_samples=25 on a
+    wide input): the minimum-norm weighted least squares that lstsq (scikit-learn's
+    LinearRegression) returns, not inverted rounding noise of the Gram's null space —
+    including KernelSHAP-like weights spanning six orders of magnitude."""
+    rng = np.random.RandomState(S * F)
+    X = (rng.rand(S, F) < 0.5).astype(np.float64)
+    X[0] = 1.0
+    y = X @ rng.randn(F) + 0.1 * rng.randn(S)
+    w = rng.rand(S) + 0.05
+    w[0] = 1e6
+    out = P.fit_surrogate(X, y[:, None], w, alpha=0.0, backend=backend)
+    xm = (w @ X) / w.sum()
+    ym = (w @ y) / w.sum()
+    q = np.sqrt(w)
+    # rcond above rounding: weighted centring leaves S - 1 directions, and lstsq's default
+    # cut (eps·σ_max) would invert the noise of the S-th
+    coef = np.linalg.lstsq((X - xm) * q[:, None], (y - ym) * q, rcond=1e-10)[0]
+    np.testing.assert_allclose(out["coef"][0], coef, rtol=1e-6, atol=1e-7 * np.abs(coef).max())
+    np.testing.assert_allclose(out["intercept"][0], ym - xm @ coef, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("const", [0.3, 1.0, -7.1e5])
+def test_constant_target_scores_one(backend, const):
+    """A constant model output (a saturated classifier) is fitted exactly by the intercept:
+    R² = 1 in every fit (dense, tabular Gram, batched), never rounding noise over rounding
+    noise (it read 1.9 to 18 before)."""
+    rng = np.random.RandomState(2)
+    S, F = 500, 6
+    X = (rng.rand(S, F) < 0.5).astype(np.uint8)
+    X[0] = 1
+    Y = np.column_stack([np.full(S, const), rng.randn(S)])
+    w = rng.rand(S) + 0.01
+    for sel in ("none", "auto", "forward_selection", "lasso_path"):
+        fit = P.fit_lime(X, Y, [0, 1], w, weights="weights", feature_selection=sel, num_features=3,
+                         backend=backend)
+        assert fit["score"][0] == 1.0
+        assert 0.0 <= fit["score"][1] < 1.0
+        np.testing.assert_allclose(fit["local_pred"][0], const, rtol=1e-9)
+    Xf = X.astype(np.float64)
+    g = np.zeros((F + 1, F + 1))
+    Za = np.hstack([Xf, np.ones((S, 1))])
+    g[:] = (Za * w[:, None]).T @ Za
+    fit = P.fit_lime_gram(X, Y, [0, 1], w, g, backend=backend)
+    assert fit["score"][0] == 1.0
+    out = P.fit_surrogate(Xf, Y, w, alpha=1.0, backend=backend)
+    assert out["score"][0] == 1.0 and out["score"][1] < 1.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e-6, 1e-8])
+def test_lasso_path_stops_as_sklearn_lars_path(backend, scale):
+    """lasso_path selection follows scikit-learn's lars_path (as lime), its stopping rule
+    included: once the largest inactive correlation over the number of rows is at most
+    float32's eps the path ends, and when that happens at once (a target that barely
+    varies) lime keeps every feature."""
+    from sklearn.linear_model import lars_path
+
+    rng = np.random.RandomState(4)
+    S, F, k = 300, 8, 2
+    X = rng.randn(S, F)
+    y = scale * np.tanh(X @ rng.randn(F))
+    w = rng.rand(S) + 0.1
+    xm, ym = (w @ X) / w.sum(), (w @ y) / w.sum()
+    q = np.sqrt(w)
+    _, _, coefs = lars_path((X - xm) * q[:, None], (y - ym) * q, method="lasso", verbose=False)
+    nonzero = np.arange(F)
+    for i in range(coefs.shape[1] - 1, 0, -1):
+        nonzero = coefs[:, i].nonzero()[0]
+        if len(nonzero) <= k:
+            break
+    out = P.fit_surrogate(X, y[:, None], w, feature_selection="lasso_path", num_features=k, backend=backend)
+    assert sorted(np.nonzero(out["used"][0])[0].tolist()) == sorted(nonzero.tolist())
+    if scale == 1e-8:
+        assert len(nonzero) == F  # the path stopped at its start

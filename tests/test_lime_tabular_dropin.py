@@ -330,3 +330,41 @@ def test_random_state_equals_numpys(seed):
     for bad in (-1, 2**32):
         with pytest.raises(ValueError):
             XL._check_random_state(bad)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("draws", ["lime", "counter"])
+def test_constant_classifier_scores_as_lime(draws):
+    """A saturated classifier (the same probabilities for every sample): lime's score is 1
+    (scikit-learn's R² of a perfect fit); ours was rounding noise over rounding noise."""
+    lt_mod = pytest.importorskip("lime.lime_tabular")
+    X = np.random.RandomState(0).randn(200, 4)
+    for probs in ([0.0, 1.0], [0.3, 0.7]):
+        def sat(Z):
+            return np.tile(probs, (len(Z), 1))
+
+        ours = XL.LimeTabularExplainer(X, random_state=1, draws=draws).explain_instance(X[0], sat, num_samples=500)
+        theirs = lt_mod.LimeTabularExplainer(X, random_state=1).explain_instance(X[0], sat, num_samples=500)
+        assert ours.score == theirs.score == 1.0
+        assert ours.local_pred[0] == pytest.approx(theirs.local_pred[0], abs=1e-9)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("scale", [1.0, 1e-6, 1e-9])
+def test_lasso_path_on_small_outputs_equals_lime(scale):
+    """feature_selection='lasso_path' where the explained output barely varies: lime's
+    scikit-learn lars_path stops at float32's eps (alpha = C / n_samples) and then keeps
+    every feature; ours selects the same features."""
+    lt_mod = pytest.importorskip("lime.lime_tabular")
+    X = np.random.RandomState(0).randn(200, 4)
+    w = np.random.RandomState(1).randn(4)
+
+    def f(Z):
+        return scale * np.tanh(Z @ w)
+
+    kw = dict(random_state=1, mode="regression", feature_selection="lasso_path", discretize_continuous=False)
+    ours = XL.LimeTabularExplainer(X, draws="lime", **kw).explain_instance(X[0], f, num_features=2, num_samples=1000)
+    theirs = lt_mod.LimeTabularExplainer(X, **kw).explain_instance(X[0], f, num_features=2, num_samples=1000)
+    assert [i for i, _ in ours.local_exp[1]] == [i for i, _ in theirs.local_exp[1]]
+    np.testing.assert_allclose([v for _, v in ours.local_exp[1]], [v for _, v in theirs.local_exp[1]], rtol=1e-6,
+                               atol=1e-12)

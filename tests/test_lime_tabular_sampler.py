@@ -214,10 +214,10 @@ def test_explainer_fused_fit_equals_unfused():
     Y = pf(inv)
     labels = e1.top_labels
     fit = P.fit_lime(sc, Y, labels, w, weights="weights", feature_selection="auto", num_features=10)
+    lists = XL._local_exps(fit["coef"], fit["used"])
     for j, lab in enumerate(labels):
-        assert [f for f, _ in e1.local_exp[lab]] == [f for f, _ in XL._local_exp(fit["coef"][j], fit["used"][j])]
-        np.testing.assert_allclose([v for _, v in e1.local_exp[lab]],
-                                   [v for _, v in XL._local_exp(fit["coef"][j], fit["used"][j])], rtol=1e-9)
+        assert [f for f, _ in e1.local_exp[lab]] == [f for f, _ in lists[j]]
+        np.testing.assert_allclose([v for _, v in e1.local_exp[lab]], [v for _, v in lists[j]], rtol=1e-9)
         assert abs(e1.intercept[lab] - fit["intercept"][j]) < 1e-9
 
 
@@ -259,3 +259,26 @@ def test_binary_uint8_surrogate_rows(backend):
         np.testing.assert_array_equal(a[0].astype(np.float64), b[0])
         for i in range(1, 5):
             np.testing.assert_array_equal(a[i], b[i])
+
+
+def test_local_exps_sort_as_lime():
+    """All labels' lists at once equal lime's ``sorted(zip(used_features, coef), key=abs,
+    reverse=True)`` per label, used_features in selection order: ties in |coef| (signs
+    differing) keep selection order, labels may select different features and counts."""
+    from xaikernels import lime as XL
+
+    rng = np.random.RandomState(3)
+    L, F = 4, 9
+    coef = np.round(rng.randn(L, F), 1)
+    coef[0, :4] = [0.5, -0.5, 0.5, 0.0]
+    used = np.zeros((L, F), dtype=np.int64)
+    for j, k in enumerate([F, 5, 1, 3]):
+        sel = rng.permutation(F)[:k]
+        used[j, sel] = np.arange(1, k + 1)
+    used[0, :4] = [3, 1, 2, 4]
+    lists = XL._local_exps(coef, used)
+    for j in range(L):
+        feats = [int(f) for f in np.argsort(np.where(used[j] > 0, used[j], F + 1))[:np.count_nonzero(used[j])]]
+        expect = sorted(zip(feats, coef[j, feats].tolist()), key=lambda x: np.abs(x[1]), reverse=True)
+        assert lists[j] == expect
+        assert all(type(f) is int and type(v) is float for f, v in lists[j])

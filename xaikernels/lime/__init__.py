@@ -107,14 +107,22 @@ def _check_outputs(yss, n, mode="classification", need_2d=True, warn_proba=False
     return yss
 
 
-def _local_exp(coef_t, used_t):
-    """lime's ``sorted(zip(used_features, coef), key=abs, reverse=True)``: a stable argsort of
-    ``-|coef|`` keeps ties in selection order, as Python's reverse sort does."""
-    order = np.nonzero(used_t)[0]
-    order = order[np.argsort(used_t[order], kind="stable")]
-    vals = coef_t[order]
-    by = np.argsort(-np.abs(vals), kind="stable")
-    return list(zip(order[by].tolist(), vals[by].tolist()))
+def _local_exps(coef, used):
+    """lime's ``sorted(zip(used_features, coef), key=abs, reverse=True)`` for every label (row)
+    at once: ``used[j, f]`` > 0 is feature f's selection rank for label j.  Ties in |coef|
+    keep selection order, as Python's stable reverse sort does; one lexsort for all rows
+    instead of two argsorts per row (5 labels of 73 features: ~0.1 ms of lime_image's time)."""
+    L = coef.shape[0]
+    rows, feats = np.nonzero(used)
+    vals = coef[rows, feats]
+    order = np.lexsort((used[rows, feats], -np.abs(vals), rows))
+    feats, vals = feats[order].tolist(), vals[order].tolist()
+    ends = np.cumsum(np.bincount(rows, minlength=L)).tolist()
+    out, start = [], 0
+    for end in ends:
+        out.append(list(zip(feats[start:end], vals[start:end])))
+        start = end
+    return out
 
 
 def _rank_ids(segments):
@@ -233,9 +241,10 @@ class _SurrogateFitter:
     def _store(self, exp, fit, labels, yss):
         exp.score_per_label = {}
         exp.local_pred_per_label = {}
+        lists = _local_exps(fit["coef"], fit["used"])
         for j, lab in enumerate(labels):
             exp.intercept[lab] = float(fit["intercept"][j])
-            exp.local_exp[lab] = _local_exp(fit["coef"][j], fit["used"][j])
+            exp.local_exp[lab] = lists[j]
             exp.score = float(fit["score"][j])
             exp.local_pred = np.array([fit["local_pred"][j]])
             exp.score_per_label[lab] = exp.score
@@ -425,22 +434,29 @@ class LimeImageExplainer:
 
             bar = tqdm(total=num_samples)
         if consecutive:
-            fill_rows = P.PerturbedBuilder(x_apb, fill, seg_ids, backend=self.backend).batches(data)
+            builder = P.PerturbedBuilder(x_apb, fill, seg_ids, backend=self.backend)
+            fill_rows = builder.batches(data)
         else:
             feat = _lime_feature_map(segments, F)
             # pixels of no feature take a last mask column that is always 1 (never hidden)
             cols = np.hstack([data, np.ones((num_samples, 1), np.uint8)]) if feat.max() == F else data
-            fill_rows = P.PerturbedBuilder(x_apb, fill, feat, backend=self.backend).batches(cols)
+            builder = P.PerturbedBuilder(x_apb, fill, feat, backend=self.backend)
+            fill_rows = builder.batches(cols)
         dt = image.dtype
         # One buffer for every batch (the builder rewrites all of it each time, so a classifier
         # that scribbles on its input changes nothing), unless classifier_fn kept a reference to
         # it (stored the batch or a view of it, or returned one): then the next batch gets a
-        # fresh buffer, so what the classifier kept is never overwritten.
-        buf = None
+        # fresh buffer, so what the classifier kept is never overwritten.  The buffer may be a
+        # view (placed in memory for the blend): NumPy points views of it at its owner, so
+        # the owner's references count too.
+        buf = owner = None
+        held = 2
         for s0 in range(0, num_samples, bs):
             s1 = min(num_samples, s0 + bs)
             if buf is None or len(buf) != s1 - s0:
-                buf = np.empty((s1 - s0, H, W, C), dtype=dt)
+                buf = builder.new_out((s1 - s0, H, W, C), dt)
+                owner = buf if buf.base is None else buf.base
+                held = 2 if owner is buf else 3  # owner: our name, the argument (and buf.base)
             out = classifier_fn(fill_rows(s0, s1, buf))
             if type(out) is not np.ndarray:
                 out = np.asarray(out)
@@ -449,8 +465,8 @@ class LimeImageExplainer:
                                  f"images): ({s1 - s0}, K) expected, got shape {out.shape}")
             preds.append(out)
             out = None
-            if sys.getrefcount(buf) > 2:
-                buf = None
+            if sys.getrefcount(buf) > 2 or sys.getrefcount(owner) > held:
+                buf = owner = None
             if bar is not None:
                 bar.update(s1 - s0)
         if bar is not None:

@@ -260,6 +260,14 @@ class PerturbedBuilder:
         self._impl(masks, ov)
         return out
 
+    def new_out(self, shape, dtype=None) -> np.ndarray:
+        """An uninitialised C-contiguous NumPy buffer for batches of ``shape`` (default dtype:
+        the builder's), placed in memory where the backend blends fastest (the Numba
+        kernel's page offset, against 4K aliasing between its input and output streams)."""
+        dtype = self.dtype if dtype is None else dtype
+        place = getattr(self._impl, "new_out", None)
+        return place(shape, dtype) if place is not None else np.empty(shape, dtype=dtype)
+
     def batches(self, masks: np.ndarray):
         """``fn(s0, s1, out)`` writing rows ``s0..s1-1`` of ``masks`` into ``out`` — a
         C-contiguous NumPy array of ``s1 - s0`` inputs of this builder's dtype and size, any

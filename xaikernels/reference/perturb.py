@@ -191,9 +191,12 @@ def shapley_kernel(masks: np.ndarray, inf_weight: float) -> np.ndarray:
 
 def _pinv_solve(A: np.ndarray, b: np.ndarray, n_rows: int) -> np.ndarray:
     """Minimum-norm solution of the normal equations (what lstsq returns for rank-deficient
-    designs); eigenvalues below ``(eps · max(S, F))² · λ_max`` count as zero."""
+    designs); eigenvalues at most ``eps · max(S, F) · λ_max`` count as zero.  That is the
+    rounding noise of a Gram matrix's eigenvalues (a direction the design does not have
+    shows up as ±eps·λ_max, not 0), so fewer samples than features give lstsq's
+    minimum-norm answer instead of inverted noise."""
     lam, V = np.linalg.eigh(A)
-    cut = (np.finfo(np.float64).eps * max(n_rows, A.shape[0])) ** 2 * max(lam.max(initial=0.0), 0.0)
+    cut = np.finfo(np.float64).eps * max(n_rows, A.shape[0]) * max(lam.max(initial=0.0), 0.0)
     inv = np.where(lam > cut, 1.0 / np.where(lam > cut, lam, 1.0), 0.0)
     if b.ndim == 1:
         return V @ (inv * (V.T @ b))
@@ -228,7 +231,19 @@ def _gram(X, Y, w, fit_intercept):
     Yw = (Y - ybar) * sq
     ymean = (w @ Y) / sw
     Yt = (Y - ymean) * sq
-    return xbar, ybar, Xw.T @ Xw, Xw.T @ Yw, (Yw * Yw).sum(0), (Yt * Yt).sum(0)
+    tss = (Yt * Yt).sum(0)
+    ymax = np.abs(Y).max(0) if Y.shape[0] else np.zeros(Y.shape[1])
+    tss = np.where(tss <= tss_noise(sw, ymax, Y.shape[0]), 0.0, tss)
+    return xbar, ybar, Xw.T @ Xw, Xw.T @ Yw, (Yw * Yw).sum(0), tss
+
+
+def tss_noise(sw, ymax, n_rows):
+    """The weighted total sum of squares a constant target can show from rounding alone: its
+    weighted mean carries up to ~``n_rows`` ulps, so Σ w (y - ȳ)² of a constant is up to
+    ``sw·(n_rows·eps·max|y|)²`` instead of 0.  A TSS at or below it is taken as 0 (a constant
+    target, fitted exactly by the intercept: R² = 1), where 1 - RSS/TSS would divide rounding
+    noise by rounding noise (scores of 17 for a saturated classifier)."""
+    return sw * (n_rows * 2.220446049250313e-16 * ymax) ** 2
 
 
 def _rss(G, b, yy, beta):
@@ -236,8 +251,9 @@ def _rss(G, b, yy, beta):
 
 
 def _r2(rss, tss):
-    # a constant target (tss == 0) is fitted exactly by the intercept; the Gram-form rss is
-    # then rounding noise of either sign, so report 1 rather than a coin flip
+    # a constant target (tss == 0, rounding noise floored by tss_noise) is fitted exactly by
+    # the intercept; the Gram-form rss is then rounding noise of either sign, so report 1
+    # rather than a coin flip
     if tss > 0:
         return 1.0 - rss / tss
     return 1.0
@@ -248,13 +264,18 @@ def _stable_top(v: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
-def _lars_lasso_gram(G: np.ndarray, c0: np.ndarray, max_steps: int = 500) -> np.ndarray:
+LARS_ALPHA_EPS = float(np.finfo(np.float32).eps)  # scikit-learn's lars_path stopping tolerance
+
+
+def _lars_lasso_gram(G: np.ndarray, c0: np.ndarray, n_rows: int, max_steps: int = 500) -> np.ndarray:
     """Coefficient path of the lasso by LARS (Efron et al. 2004) from the Gram matrix ``G``
-    and correlations ``c0 = Xᵀy``: columns are the coefficients at each breakpoint, starting
-    at 0.  Mirrors scikit-learn's ``lars_path(method='lasso')`` on centred, weighted data."""
+    and correlations ``c0 = Xᵀy`` of ``n_rows`` rows: columns are the coefficients at each
+    breakpoint, starting at 0.  Mirrors scikit-learn's ``lars_path(method='lasso')`` on
+    centred, weighted data, its stopping rule included: the path ends once the largest
+    correlation of an inactive feature, over ``n_rows``, is at most float32's eps (so a
+    target that barely varies gives a path of one column, and lime then keeps every feature)."""
     F = G.shape[0]
     tiny = np.finfo(np.float64).tiny
-    eps = np.finfo(np.float64).eps
     beta = np.zeros(F)
     path = [beta.copy()]
     active: list = []
@@ -263,14 +284,12 @@ def _lars_lasso_gram(G: np.ndarray, c0: np.ndarray, max_steps: int = 500) -> np.
     drop = False
     for _ in range(max_steps):
         inactive = [j for j in range(F) if j not in active]
-        if not inactive and not drop:
+        if (np.max(np.abs(corr[inactive])) if inactive else 0.0) / n_rows <= LARS_ALPHA_EPS:
             break
         if not drop:
             cand = np.abs(corr[inactive])
             j = inactive[int(np.argmax(cand))]
             C = abs(corr[j])
-            if C < eps * 100:
-                break
             active.append(j)
             sign[j] = np.sign(corr[j])
         else:
@@ -341,7 +360,7 @@ def _select(code: int, G, b_t, yy_t, tss_t, x0, num_features: int, n_rows: int) 
             used.append(best)
         return np.array(used, dtype=np.int64)
     if code == 3:  # lasso_path: the last breakpoint of the LARS path with <= k nonzeros
-        path = _lars_lasso_gram(G, b_t)
+        path = _lars_lasso_gram(G, b_t, n_rows)
         nonzero = np.arange(F)
         for i in range(path.shape[1] - 1, 0, -1):
             nonzero = np.nonzero(path[:, i])[0]
