@@ -12,7 +12,12 @@ times, in one process and one thread (the image and quickshift segments of ``run
   time inside the builder, inside the surrogate fit, inside the classifier, and the rest;
 * the floors in place: the library time of whole explanations with the builder swapped for
   stand-ins that write the same bytes (a copy of the image; image XOR fill, which reads both
-  inputs as the builder does; nothing), interleaved round by round.
+  inputs as the builder does; nothing), interleaved round by round;
+* page offsets: the blend kernel alone (1000 samples in batches of 10) with the image, the
+  fill and the batch buffer placed at chosen offsets into their 4 KiB pages (every 64×64×3
+  float64 plane is 24 pages, so each stream keeps its offset from row to row), the builder's
+  own placement among them: streams that agree in their low 12 address bits stall each other
+  (4K aliasing).
 
 Usage::
 
@@ -83,6 +88,32 @@ def _floors(KP, explain, spent, repeats):
     return {k: 1e3 * statistics.median(v) for k, v in got.items()}
 
 
+def _offsets(KP, x_apb, fill, seg_ids, masks, repeats):
+    """Blend ms of 1000 samples in batches of 10 for (x, fill, out) page offsets."""
+    F = int(seg_ids.max()) + 1
+    A, Pn, Bn = x_apb.shape
+    L = Pn * Bn
+    W = (L + 63) >> 6
+    ptr, word, bits = KP._word_masks(seg_ids, np.int64(Bn), np.int64(F))
+    wp, wf, wq = KP._word_entries(ptr, word, W)
+    hb = np.empty((masks.shape[0], W), dtype=np.uint64)
+    KP._hidden_bitmaps(wp, wf, wq, bits, F, masks, 0, hb)
+    b = KP.Builder(x_apb, fill, seg_ids)
+    own = (b.xv.ctypes.data % 4096, b.fv.ctypes.data % 4096, b.OUT_OFFSET)
+    res = {}
+    for ox, of, oo in [(0, 0, 0), (0, 64, 128), (0, 0, 2048), (0, 2048, 64), (512, 1536, 2560), own]:
+        x = KP.placed_copy(x_apb.reshape(A, L), ox).view(np.uint64)
+        f = KP.placed_copy(fill.reshape(A, L), of).view(np.uint64)
+        out = KP.placed_empty((10, A, L), np.uint64, oo)
+
+        def blend():
+            for s0 in range(0, masks.shape[0], 10):
+                KP._blend_bitmaps(x, f, hb, s0, out)
+        label = f"x at {ox}, fill at {of}, batch at {oo}" + (" (the builder's)" if (ox, of, oo) == own else "")
+        res[label] = median_ms(blend, repeats)
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=30)
@@ -104,7 +135,8 @@ def main(argv=None):
     x_apb = P.as_apb(np.ascontiguousarray(img), "hwc")
     fill = M.segment_fill(x_apb, seg_ids, F, "mean")
     masks = P.sample_masks(1000, F, 1, first_row_ones=True)
-    rows = P.PerturbedBuilder(x_apb, fill, seg_ids).batches(masks)
+    builder = P.PerturbedBuilder(x_apb, fill, seg_ids)
+    rows = builder.batches(masks)
     Wc = np.random.RandomState(0).randn(16 * 16 * 3, 10) * 0.5
 
     def clf(b):
@@ -113,7 +145,7 @@ def main(argv=None):
         return e / e.sum(1, keepdims=True)
 
     def build():
-        buf = np.empty((10, 64, 64, 3))  # one buffer, as the drop-in reuses it
+        buf = builder.new_out((10, 64, 64, 3))  # one buffer, placed and reused as the drop-in does
         for s0 in range(0, 1000, 10):
             rows(s0, s0 + 10, buf)
 
@@ -169,6 +201,7 @@ def main(argv=None):
     res["  in the surrogate fit"] = p["fit"]
     res["  the rest (Python per batch, masks, fill, checks)"] = total - sum(p.values())
     floors = _floors(KP, explain, spent, args.repeats)
+    offsets = _offsets(KP, x_apb, fill, seg_ids, masks, args.repeats)
     cmd = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *(argv or sys.argv[1:])])
     lines = [f"# lime-image drop-in: where the library time goes ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"Command: `NUMBA_THREADING_LAYER=workqueue {cmd}` (one thread; medians of {args.repeats})", "",
@@ -178,6 +211,10 @@ def main(argv=None):
               "measured in lime's loop, where the classifier's reads evict between batches; the variants "
               "interleaved round by round:", "", "| builder | library ms |", "|---|---:|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in floors.items()]
+    lines += ["", "The blend kernel alone (1000 samples, batches of 10, bitmaps built ahead) by the page offsets "
+              "(bytes mod 4096) of the image, the fill and the batch buffer:", "", "| placement | blend ms |",
+              "|---|---:|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in offsets.items()]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "lime_image_profile.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

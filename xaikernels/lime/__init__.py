@@ -4,9 +4,9 @@ The package mirrors lime's modules, so that changing ``lime`` to ``xaikernels.li
 import is the whole switch: ``lime_image``, ``lime_tabular``, ``lime_text``, ``explanation``,
 ``discretize`` (lime's discretizer classes), ``lime_base`` (``LimeBase``, the surrogate fit
 custom explainers build on), ``wrappers.scikit_image`` (``SegmentationAlgorithm``) and
-``utils.generic_utils`` (``has_arg``) and ``submodular_pick`` (SP-LIME's
-``SubmodularPick``); the explainers and explanation classes are also here at the top.  Everything
-lime 0.2.0.1 exports is here.
+``utils.generic_utils`` (``has_arg``), ``exceptions`` (``LimeError``) and ``submodular_pick``
+(SP-LIME's ``SubmodularPick``); the explainers and explanation classes are also here at the
+top.  Everything lime 0.2.0.1 exports is here.
 
 ``LimeImageExplainer``, ``LimeTabularExplainer`` and ``LimeTextExplainer`` take lime's
 constructor and ``explain_instance`` arguments and return explanation objects with lime's
@@ -27,9 +27,20 @@ purpose:
 * lime keeps ``score`` and ``local_pred`` of the last explained label only; so do we, and
   ``score_per_label`` / ``local_pred_per_label`` add every label's values.
 * a classifier whose output has the wrong shape raises ``ValueError`` (lime fails later or
-  silently); rows that do not sum to 1 in classification warn, as lime's tabular explainer.
+  silently; a 1-D output of a tabular classifier raises lime's ``NotImplementedError``, also a
+  ``ValueError``); rows
+  that do not sum to 1 in classification warn, as lime's tabular explainer.
+* an unknown ``distance_metric`` raises scikit-learn's error before the classifier runs
+  (lime's image and text explainers raise it after).
 * all-zero kernel weights raise ``ValueError`` instead of fitting NaNs.
 * tabular: a discretised bin of zero width yields its edge value (lime returns a z-score).
+
+``distance_metric`` is any metric of scikit-learn's ``pairwise_distances`` (as lime):
+'euclidean' / 'l2' and 'cosine' are computed in the kernels (fused with the sampling for
+tabular data), other metrics by scikit-learn on the rows lime uses (the standardised
+neighbourhood, the coalitions), then weighted and fitted as usual.  ``Explanation.as_html``
+(``save_to_file``, ``show_in_notebook``) gives a self-contained HTML page without lime's
+JavaScript bundle.
 
 Tabular data may be scipy-sparse (sampled as lime does: no discretisation, normals at the
 row's non-zero columns, ``scaled = data ⊙ scale``), ``discretizer`` may be a lime discretizer
@@ -62,11 +73,12 @@ from xaikernels.ops import perturb as P
 from ._rng import _check_random_state, _legacy_random_state  # noqa: F401  (re-exported)
 from .discretize import (BaseDiscretizer, DecileDiscretizer, EntropyDiscretizer,  # noqa: F401
                          QuartileDiscretizer, StatsDiscretizer)
+from .exceptions import LimeError
 
 __all__ = ["LimeImageExplainer", "LimeTabularExplainer", "LimeTextExplainer", "ImageExplanation",
            "Explanation", "DomainMapper", "TableDomainMapper", "RecurrentTabularExplainer", "IndexedString", "IndexedCharacters",
            "TextDomainMapper", "BaseDiscretizer", "StatsDiscretizer", "QuartileDiscretizer", "DecileDiscretizer",
-           "EntropyDiscretizer"]
+           "EntropyDiscretizer", "LimeError"]
 
 
 def _check_draws(draws):
@@ -85,6 +97,45 @@ def _weights(distances, kernel_fn, kernel_width, backend):
     if w.shape != distances.shape:
         raise ValueError(f"kernel must return one weight per sample ({distances.shape}), got {w.shape}")
     return w
+
+
+# distance metrics the kernels compute themselves (lime's scikit-learn values to rounding);
+# 'l2' is scikit-learn's other name for euclidean_distances
+_KERNEL_METRICS = {"euclidean": "euclidean", "l2": "euclidean", "cosine": "cosine"}
+
+
+def _kernel_metric(metric):
+    """'euclidean' / 'cosine' when the kernels compute ``metric``'s distances, else None
+    (scikit-learn's ``pairwise_distances`` does, as in lime)."""
+    return _KERNEL_METRICS.get(metric) if isinstance(metric, str) else None
+
+
+def _check_metric(metric):
+    """Reject a ``distance_metric`` that scikit-learn's ``pairwise_distances`` would reject,
+    with scikit-learn's own error, before the classifier runs (lime finds out after it ran,
+    for images and texts).  Metric names, callables and 'precomputed' pass."""
+    if _kernel_metric(metric) is not None or callable(metric):
+        return
+    from sklearn.metrics import pairwise
+
+    valid = getattr(pairwise, "_VALID_METRICS", None)  # private: skip the early check without it
+    if valid is None or (isinstance(metric, str) and (metric in valid or metric == "precomputed")):
+        return
+    pairwise.pairwise_distances(np.zeros((1, 1)), metric=metric)  # raises scikit-learn's error
+    raise ValueError(f"unknown distance_metric {metric!r}")  # pragma: no cover  (scikit-learn accepted it)
+
+
+def _sklearn_distances(rows, metric):
+    """lime's ``pairwise_distances(rows, rows[0], metric=metric).ravel()`` (dense or sparse
+    ``rows``)."""
+    from sklearn.metrics import pairwise_distances
+
+    return np.asarray(pairwise_distances(rows, rows[0].reshape(1, -1), metric=metric), dtype=np.float64).ravel()
+
+
+class _NeedsProbabilities(NotImplementedError, ValueError):
+    """A classifier's 1-D output in classification mode: lime's ``NotImplementedError``, and a
+    ``ValueError`` as every other wrong output shape here."""
 
 
 def _check_outputs(yss, n, mode="classification", need_2d=True, warn_proba=False, backend="auto"):
@@ -388,10 +439,12 @@ class LimeImageExplainer:
             data[0] = 1
         else:
             data = P.sample_masks(num_samples, F, mask_seed, first_row_ones=True, backend=self.backend)
+        _check_metric(distance_metric)  # after lime's draws, before the classifier
+        metric = _kernel_metric(distance_metric)
         yss = self._predict(image, x_apb, fill, segments, seg_ids, F, consecutive, data, classifier_fn,
                             batch_size, progress_bar)
-        if distance_metric not in ("cosine", "euclidean"):
-            raise ValueError(f"distance metric must be 'cosine' or 'euclidean', got {distance_metric!r}")
+        # other metrics: scikit-learn's distances of lime's (int64) coalitions to row 0
+        distances = None if metric else _sklearn_distances(data.astype(np.int64), distance_metric)
         # the segmentation as given (lime's): feature f is the pixels where segments == f
         exp = ImageExplanation(image, segments)
         top = labels
@@ -399,7 +452,7 @@ class LimeImageExplainer:
             top = np.argsort(yss[0])[-top_labels:]
             exp.top_labels = list(top)
             exp.top_labels.reverse()
-        return self.base.fit(exp, data, yss, None, top, num_features, model_regressor, metric=distance_metric)
+        return self.base.fit(exp, data, yss, distances, top, num_features, model_regressor, metric=metric)
 
 
     def data_labels(self, image, fudged_image, segments, classifier_fn, num_samples, batch_size=10):
@@ -477,10 +530,32 @@ class LimeImageExplainer:
 
 # ------------------------------------------------------------------------------- explanation
 class DomainMapper:
+    """lime's ``DomainMapper``: feature ids -> names (``map_exp_ids``) and the instance's
+    view in lime's JavaScript page (``visualize_instance_html``), both to override; plus
+    ``instance_html``, the instance's view in :meth:`Explanation.as_html`'s page."""
+
+    def __init__(self):
+        pass
+
     def map_exp_ids(self, exp, **kwargs):
+        """``exp`` as given: (id, weight) pairs."""
         return exp
 
-    def visualize_instance_html(self, *args, **kwargs):
+    def visualize_instance_html(self, exp, label, div_name, exp_object_name, **kwargs):
+        """JavaScript drawing the instance with lime's bundled script: ``''`` here."""
+        return ""
+
+    def instance_html(self, exp, label, **kwargs):
+        """HTML (no JavaScript) of the instance for :meth:`Explanation.as_html`: ``''`` here.
+
+        Parameters
+        ----------
+        exp : list of (int, float)
+            (feature id, weight) pairs of ``label``.
+        label : int
+        **kwargs
+            ``as_html``'s keyword arguments (the mapper's options).
+        """
         return ""
 
 
@@ -508,7 +583,7 @@ class Explanation:
             self.max_value = 1.0
             self.dummy_label = 1
         else:
-            raise ValueError(f'Invalid explanation mode "{mode}". Should be either "classification" or "regression".')
+            raise LimeError(f'Invalid explanation mode "{mode}". Should be either "classification" or "regression".')
 
     def available_labels(self):
         if self.mode != "classification":
@@ -521,6 +596,51 @@ class Explanation:
 
     def as_map(self):
         return self.local_exp
+
+    def as_html(self, labels=None, predict_proba=True, show_predicted_value=True, **kwargs):
+        """The explanation as a self-contained HTML page (inline HTML and CSS, no JavaScript).
+
+        Parameters
+        ----------
+        labels : iterable of int, optional
+            Labels whose weights to chart (classification); every available label when None.
+        predict_proba : bool, default True
+            Show the prediction probabilities of the top classes (classification).
+        show_predicted_value : bool, default True
+            Show the predicted value within the neighbourhood's range (regression).
+        **kwargs
+            Passed to the domain mapper's ``instance_html``: ``show_table``, ``show_all``
+            (tabular), ``text``, ``opacity`` (text), as lime's ``visualize_instance_html``.
+
+        Returns
+        -------
+        str
+            The page: the prediction, one bar chart of feature weights per label, and the
+            instance (the first label's weights tint it).  lime's page shows the same parts
+            drawn by its bundled d3 script; as lime's, making it draws the 15-character id of
+            the page's div from ``random_state``.
+        """
+        from ._html import explanation_html
+
+        return explanation_html(self, labels=labels, predict_proba=predict_proba,
+                                show_predicted_value=show_predicted_value, **kwargs)
+
+    def save_to_file(self, file_path, labels=None, predict_proba=True, show_predicted_value=True, **kwargs):
+        """Write :meth:`as_html`'s page (UTF-8) to ``file_path``; other arguments as :meth:`as_html`."""
+        with open(file_path, "w", encoding="utf8") as fh:
+            fh.write(self.as_html(labels=labels, predict_proba=predict_proba,
+                                  show_predicted_value=show_predicted_value, **kwargs))
+
+    def show_in_notebook(self, labels=None, predict_proba=True, show_predicted_value=True, **kwargs):
+        """Display :meth:`as_html`'s page in a Jupyter notebook (needs IPython); arguments as
+        :meth:`as_html`."""
+        try:
+            from IPython.display import HTML, display
+        except ImportError as e:
+            raise ImportError("show_in_notebook needs IPython (pip install ipython); as_html() and save_to_file() "
+                              "give the page without it") from e
+        display(HTML(self.as_html(labels=labels, predict_proba=predict_proba,
+                                  show_predicted_value=show_predicted_value, **kwargs)))
 
     def as_pyplot_figure(self, label=1, **kwargs):
         import matplotlib.pyplot as plt
@@ -554,6 +674,41 @@ class TableDomainMapper(DomainMapper):
         names = self.discretized_feature_names if self.discretized_feature_names is not None else self.exp_feature_names
         return [(names[i], w) for i, w in exp]
 
+    def visualize_instance_html(self, exp, label, div_name, exp_object_name, show_table=True, show_all=False):
+        """lime's JavaScript call that shows the instance's feature table.
+
+        Parameters
+        ----------
+        exp : list of (int, float)
+            (feature id, weight) pairs.
+        label : int
+        div_name, exp_object_name : str
+            JavaScript names of the div to draw in and of lime's explanation object.
+        show_table : bool, default True
+            If False, return ``''``.
+        show_all : bool, default False
+            List every feature (sparse rows: every non-zero one), not only those of ``exp``.
+
+        Returns
+        -------
+        str
+            ``'<exp_object_name>.show_raw_tabular([[name, value, weight], ...], label, div_name);'``
+            with lime's whitespace.
+        """
+        if not show_table:
+            return ""
+        from ._html import table_rows
+
+        return "\n            %s.show_raw_tabular(%s, %d, %s);\n        " % (
+            exp_object_name, json.dumps(table_rows(self, exp, show_all), ensure_ascii=False), label, div_name)
+
+    def instance_html(self, exp, label, show_table=True, show_all=False):
+        """The instance's table of feature values, tinted by weight, for :meth:`Explanation.as_html`
+        (``show_table``, ``show_all`` as :meth:`visualize_instance_html`)."""
+        from ._html import table_instance_html
+
+        return table_instance_html(self, exp, label, show_table=show_table, show_all=show_all)
+
 
 def _is_sparse(a) -> bool:
     try:
@@ -579,7 +734,12 @@ def _stats_discretizer(stats, to_discretize, feature_names, random_state):
             raise ValueError(f"training_data_stats: feature {d} has no bin edges")
         edges[d] = qts
         st[d] = tuple(np.asarray(stats[k][d], dtype=np.float64) for k in ("means", "stds", "mins", "maxs"))
-    return StatsDiscretizer._adopt(edges, st, feature_names, random_state=random_state, data_stats=stats)
+    disc = StatsDiscretizer._adopt(edges, st, feature_names, random_state=random_state, data_stats=stats)
+    # lime keeps the given dicts themselves, and its undiscretize loops over every feature of
+    # ``means``: a categorical feature with statistics is "undiscretised" too (its values read
+    # as bin indices), which the draws="lime" neighbourhood reproduces
+    disc.means, disc.stds, disc.mins, disc.maxs = (stats.get(k) for k in ("means", "stds", "mins", "maxs"))
+    return disc
 
 
 _DISCRETIZERS = {"quartile": QuartileDiscretizer, "decile": DecileDiscretizer, "entropy": EntropyDiscretizer}
@@ -668,7 +828,42 @@ def _row_distances(scaled, metric):
         den = nrm * nrm[0]
         sim = np.divide(dot, den, out=np.zeros_like(dot), where=den > 0)
         return np.clip(1.0 - sim, 0.0, 2.0)
-    raise ValueError(f"distance_metric must be 'euclidean' or 'cosine' for sparse data, got {metric!r}")
+    raise ValueError(f"the kernels compute 'euclidean' or 'cosine' distances, got {metric!r}")
+
+
+class _Scaler:
+    """``StandardScaler(with_mean=False)``'s fitted attributes and ``transform`` without
+    scikit-learn (dense data)."""
+
+    with_mean, with_std, copy = False, True, True
+
+    def __init__(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        self.n_samples_seen_ = X.shape[0]
+        self.n_features_in_ = X.shape[1]
+        self.mean_ = X.mean(0)
+        self.var_ = X.var(0)
+        scale = np.sqrt(self.var_)
+        self.scale_ = np.where(scale < 10 * np.finfo(np.float64).eps, 1.0, scale)
+
+    def transform(self, X, copy=None):
+        return np.asarray(X, dtype=np.float64) / self.scale_
+
+
+def _fit_scaler(X, categorical):
+    """lime's ``scaler``: ``StandardScaler(with_mean=False).fit(X)``, then ``mean_`` 0 and
+    ``scale_`` 1 at the ``categorical`` features."""
+    try:
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:  # pragma: no cover  (lime itself needs scikit-learn)
+        scaler = _Scaler(X)
+    else:
+        scaler = StandardScaler(with_mean=False).fit(X)
+    for f in categorical:
+        if scaler.mean_ is not None:  # None for sparse data
+            scaler.mean_[f] = 0
+        scaler.scale_[f] = 1
+    return scaler
 
 
 class LimeTabularExplainer:
@@ -681,7 +876,9 @@ class LimeTabularExplainer:
     'entropy' | a lime discretizer object), ``sample_around_instance, random_state,
     training_data_stats``; plus ``backend`` and ``draws``.  Attributes as lime:
     ``feature_names``, ``categorical_features``, ``feature_values``, ``feature_frequencies``,
-    ``discretizer``, ``class_names``, ``random_state``.
+    ``discretizer``, ``class_names``, ``random_state``, ``scaler`` (fitted on first access);
+    static methods ``convert_and_round`` and ``validate_training_data_stats`` (which raises
+    ``ValueError`` where lime raises a plain ``Exception``).
 
     ``draws="counter"`` (default): the neighbourhood comes from one fused Numba kernel on the
     package's counter-based generator (lime's sampling law; reproducible, not lime's draws).
@@ -692,6 +889,12 @@ class LimeTabularExplainer:
     whose tree lime fits with the explainer's generator); 7.4 ms of library time against
     0.75 ms for ``"counter"`` in the same run at 5000 × 20 (one thread,
     ``bench/results/lime_parts.md``), lime's 24 ms in ``lime.md``.
+
+    ``training_data_stats`` whose ``means`` (``stds``, ``mins``, ``maxs``) also hold a
+    categorical feature: lime's discretizer "undiscretises" every feature of ``means``, so the
+    model sees truncated-normal draws at that categorical column (its values read as bin
+    indices).  ``draws="lime"`` reproduces this (and lime's stream); ``draws="counter"``, on
+    purpose, hands the model the categorical values themselves.
     """
 
     def __init__(self, training_data, mode="classification", training_labels=None, feature_names=None,
@@ -710,10 +913,9 @@ class LimeTabularExplainer:
         self.sample_around_instance = sample_around_instance
         self.training_data_stats = training_data_stats
         if training_data_stats:
-            missing = sorted(set(_STAT_KEYS) - set(training_data_stats))
-            if missing:
-                raise ValueError(f"Missing keys in training_data_stats. Details: {missing}")
+            self.validate_training_data_stats(training_data_stats)
         sparse = _is_sparse(training_data)
+        given = training_data  # lime's scaler is fitted on the data as given (float32 stays float32)
         if not sparse:
             training_data = np.asarray(training_data, dtype=np.float64)
             if training_data.ndim != 2:
@@ -771,6 +973,37 @@ class LimeTabularExplainer:
         self.feature_selection = feature_selection
         self.base = _fitter(kernel, kernel_width, feature_selection, verbose, backend)
         self._names = dict(self.discretizer.names) if self.discretizer is not None else {}
+        # lime's fitted StandardScaler, built on first use (scikit-learn's import is slow)
+        self._scaler, self._scaler_data = None, given
+
+    @property
+    def scaler(self):
+        """lime's ``scaler``: ``StandardScaler(with_mean=False)`` fitted on the training data,
+        with ``mean_`` 0 and ``scale_`` 1 at the categorical features (all of them once
+        discretised); scikit-learn's when importable, else an object with the same fitted
+        attributes and ``transform``.  Fitted on first access (the sampler keeps its own
+        statistics and never reads it)."""
+        if self._scaler is None:
+            self._scaler = _fit_scaler(self._scaler_data, self.categorical_features)
+            self._scaler_data = None
+        return self._scaler
+
+    @scaler.setter
+    def scaler(self, value):
+        self._scaler, self._scaler_data = value, None
+
+    @staticmethod
+    def convert_and_round(values):
+        """``values`` as strings with two decimals (lime's display of a row)."""
+        return ["%.2f" % v for v in values]
+
+    @staticmethod
+    def validate_training_data_stats(training_data_stats):
+        """Raise ``ValueError`` (an ``Exception``, as lime's) if ``training_data_stats`` lacks
+        any of the keys ``means, mins, maxs, stds, feature_values, feature_frequencies``."""
+        missing = sorted(set(_STAT_KEYS) - set(training_data_stats.keys()))
+        if missing:
+            raise ValueError(f"Missing keys in training_data_stats. Details: {missing}")
 
     def _init_sparse(self, X):
         """lime's statistics of sparse training data: ``StandardScaler(with_mean=False)``'s
@@ -796,6 +1029,7 @@ class LimeTabularExplainer:
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
         row_sparse = _is_sparse(data_row)
+        metric = _kernel_metric(distance_metric)
         lime_draws = self.draws == "lime" and self._sparse is None and not row_sparse
         if not lime_draws:
             seed = int(self.random_state.randint(0, 2**31 - 1))
@@ -811,10 +1045,10 @@ class LimeTabularExplainer:
                                  "sparse rows without discretisation)")
             if not row_sparse:
                 data_row = np.asarray(data_row, dtype=np.float64).reshape(-1)
-            if distance_metric not in ("euclidean", "cosine"):
-                raise ValueError(f"distance_metric must be 'euclidean' or 'cosine', got {distance_metric!r}")
             _, inverse, scaled_sp = self._sparse.sample(data_row, num_samples, seed, stream)
-            distances = _row_distances(scaled_sp, distance_metric)
+            _check_metric(distance_metric)
+            distances = (_row_distances(scaled_sp, metric) if metric
+                         else _sklearn_distances(scaled_sp.tocsr() if row_sparse else scaled_sp, distance_metric))
             scaled = scaled_sp.toarray() if row_sparse else scaled_sp
             scaled_row = scaled_sp[0]
             if row_sparse:
@@ -829,7 +1063,8 @@ class LimeTabularExplainer:
             data_row = np.asarray(data_row, dtype=np.float64).reshape(-1)
             plan = self.sampler.plan(data_row)
             scaled, inverse = self._lime_neighbourhood(data_row, num_samples)
-            distances = _row_distances(scaled, distance_metric)
+            _check_metric(distance_metric)
+            distances = _row_distances(scaled, metric) if metric else _sklearn_distances(scaled, distance_metric)
             scaled_row = scaled[0]
             values = ["%.2f" % v for v in data_row]
             dense_row = data_row
@@ -840,22 +1075,29 @@ class LimeTabularExplainer:
             plan = self.sampler.plan(data_row)
             # lime's default kernel and regressor: the sampler also sums the weighted Gram of
             # the surrogate rows, and the fit only adds the label products
-            fused = default_kernel and model_regressor is None
-            nb = P.tabular_neighbourhood(num_samples, seed, plan, metric=distance_metric, stream=stream,
-                                         kernel_width=self.base.kernel_width if default_kernel else None,
+            # (metrics other than euclidean / cosine: scikit-learn's distances after the kernel)
+            kernel_weights = default_kernel and metric is not None
+            fused = kernel_weights and model_regressor is None
+            nb = P.tabular_neighbourhood(num_samples, seed, plan, metric=metric or "euclidean", stream=stream,
+                                         kernel_width=self.base.kernel_width if kernel_weights else None,
                                          gram=fused, binary_uint8=fused, backend=self.backend)
             scaled, inverse, distances = nb[:3]
-            weights = nb[3] if default_kernel else None
+            weights = nb[3] if kernel_weights else None
             gram = nb[4] if fused else None
+            if metric is None:
+                _check_metric(distance_metric)
+                scaled = np.asarray(scaled, dtype=np.float64)
+                distances = _sklearn_distances(scaled, distance_metric)
             scaled_row = scaled[0].astype(np.float64)
             values = ["%.2f" % v for v in data_row]
             dense_row = data_row
         yss = np.asarray(predict_fn(inverse))
         if self.mode == "classification":
             if yss.ndim == 1:
-                raise ValueError("mode='classification' needs predict_fn to return (n_samples, n_classes) "
-                                 "probabilities (e.g. predict_proba); got a 1-D array. Use mode='regression' "
-                                 "for a regressor")
+                raise _NeedsProbabilities(
+                    "mode='classification' needs predict_fn to return (n_samples, n_classes) probabilities (e.g. "
+                    "predict_proba), got a 1-D array: pass a probability function, or use mode='regression' for "
+                    "a regressor")
             yss = _check_outputs(yss, num_samples, warn_proba=True, backend=self.backend)
             if self.class_names is None:
                 self.class_names = [str(x) for x in range(yss.shape[1])]
@@ -938,12 +1180,14 @@ class RecurrentTabularExplainer(LimeTabularExplainer):
     (n_samples, n_timesteps, n_features).  Training data and rows are flattened feature-major
     (``f0_t-2, f0_t-1, f0_t-0, f1_t-2, ...``, lime's names) and the perturbed rows are handed
     to the classifier reshaped back to (n, n_timesteps, n_features).  ``feature_names``
-    defaults to ``"0", "1", ...`` (lime requires them)."""
+    defaults to ``"0", "1", ...`` (lime requires them).  ``backend`` and ``draws`` (keyword
+    only) as :class:`LimeTabularExplainer`'s: ``draws="lime"`` gives lime's explanation for the
+    same ``random_state``."""
 
     def __init__(self, training_data, mode="classification", training_labels=None, feature_names=None,
                  categorical_features=None, categorical_names=None, kernel_width=None, kernel=None,
                  verbose=False, class_names=None, feature_selection="auto", discretize_continuous=True,
-                 discretizer="quartile", random_state=None, *, backend: str = "auto"):
+                 discretizer="quartile", random_state=None, *, backend: str = "auto", draws: str = "counter"):
         training_data = np.asarray(training_data)
         if training_data.ndim != 3:
             raise ValueError(f"training_data must be (n_samples, n_timesteps, n_features), got shape "
@@ -957,7 +1201,7 @@ class RecurrentTabularExplainer(LimeTabularExplainer):
                          categorical_features=categorical_features, categorical_names=categorical_names,
                          kernel_width=kernel_width, kernel=kernel, verbose=verbose, class_names=class_names,
                          feature_selection=feature_selection, discretize_continuous=discretize_continuous,
-                         discretizer=discretizer, random_state=random_state, backend=backend)
+                         discretizer=discretizer, random_state=random_state, backend=backend, draws=draws)
 
     def _make_predict_proba(self, func):
         """``func`` on flattened rows: each (n, D·T) batch reshaped to (n, T, D) first."""
@@ -1267,6 +1511,14 @@ class TextDomainMapper(DomainMapper):
         return "\n            %s.show_raw_text(%s, %d, %s, %s, %s);\n            " % (
             exp_object_name, json.dumps(occurrences), label, json.dumps(raw), div_name, json.dumps(opacity))
 
+    def instance_html(self, exp, label, text=True, opacity=True):
+        """The text with the occurrences of the features of ``exp`` highlighted (green
+        positive, red negative, stronger for larger weights with ``opacity``), for
+        :meth:`Explanation.as_html`; ``''`` when ``text`` is False."""
+        from ._html import text_instance_html
+
+        return text_instance_html(self, exp, label, text=text, opacity=opacity)
+
 
 class LimeTextExplainer:
     """lime's ``LimeTextExplainer`` on Numba kernels.
@@ -1361,9 +1613,16 @@ class LimeTextExplainer:
             data = np.ascontiguousarray(masks, dtype=np.uint8)
             if data.shape != (num_samples, F):
                 raise ValueError(f"masks must be ({num_samples}, {F}), got {data.shape}")
+        _check_metric(distance_metric)  # after lime's draws, before the classifier
+        metric = _kernel_metric(distance_metric)
         docs = [idx.raw_string()] + idx._render(data[1:], self.backend)
         yss = _check_outputs(classifier_fn(docs), num_samples, backend=self.backend)
-        distances = P.row_distances(data, np.ones(F), distance_metric, backend=self.backend) * 100
+        if metric:
+            distances = P.row_distances(data, np.ones(F), metric, backend=self.backend) * 100
+        else:  # lime's: scikit-learn's distances of the sparse float coalitions to row 0
+            import scipy.sparse as sps
+
+            distances = _sklearn_distances(sps.csr_matrix(data.astype(np.float64)), distance_metric) * 100
         if self.class_names is None:
             self.class_names = [str(x) for x in range(yss.shape[1])]
         exp = Explanation(TextDomainMapper(idx), class_names=self.class_names, random_state=self.random_state)
