@@ -364,3 +364,237 @@ def test_stem_tables_equal_captum(method, baseline):
         torch.manual_seed(0)
         custom.attribute(x, **kw)
         assert custom.stem_info == "off"
+
+
+# ------------------------------------------------------------------- fuzzing pass: errors
+def _outcome(fn):
+    """(exception type and message, or None; the warnings' categories and messages)."""
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        try:
+            fn()
+            exc = None
+        except Exception as e:  # noqa: BLE001 - compared against Captum's
+            exc = (type(e), str(e))
+    return exc, sorted((w.category.__name__, str(w.message)) for w in rec)
+
+
+def _same_outcome(fn):
+    torch.manual_seed(0)
+    a = _outcome(lambda: fn(captum_attr))
+    torch.manual_seed(0)
+    b = _outcome(lambda: fn(XCP))
+    assert b == a
+    return b
+
+
+_LIN = torch.nn.Linear(6, 3).eval()
+_X6 = torch.tensor([[0.3, -1.2, 0.8, 2.0, -0.4, 1.1]])
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap", "LimeLinReg"])
+@pytest.mark.parametrize("case", ["nan_out", "inf_out", "nan_baseline", "nan_input", "inf_input"])
+def test_non_finite_data_raise_sklearns_error(method, case):
+    """Non-finite model outputs reach the surrogate as scikit-learn sees them: Captum raises
+    scikit-learn's ``ValueError('Input y contains NaN.')`` (or infinity); the default Lasso
+    drop-in returned zeros, KernelShap raised with other wording."""
+    f = {"nan_out": lambda x: _LIN(x) * float("nan"), "inf_out": lambda x: _LIN(x) + float("inf")}.get(case, _LIN)
+    x = {"nan_input": _X6.clone().index_fill_(1, torch.tensor([0]), float("nan")),
+         "inf_input": _X6.clone().index_fill_(1, torch.tensor([0]), float("inf"))}.get(case, _X6)
+    kw = dict(baselines=float("nan")) if case == "nan_baseline" else {}
+
+    def run(mod):
+        if method == "LimeLinReg":
+            e = mod.Lime(f, interpretable_model=(XL if mod is XCP else _captum_models()).SkLearnLinearRegression())
+        else:
+            e = getattr(mod, method)(f)
+        return e.attribute(x, target=0, n_samples=20, **kw)
+
+    exc, _ = _same_outcome(run)
+    assert exc is not None and exc[0] is ValueError and exc[1].startswith("Input y contains")
+
+
+def _captum_models():
+    from captum._utils.models import linear_model
+
+    return linear_model
+
+
+@pytest.mark.parametrize("sim", [float("nan"), 0.0, -1.0])
+@pytest.mark.parametrize("model", ["lasso", "linear"])
+def test_bad_similarities_as_captum(sim, model):
+    """NaN, all-zero and negative sample weights: scikit-learn's errors (or, for the Lasso's
+    negative weights, its answer) as Captum gives them."""
+    def run(mod):
+        lib = XL if mod is XCP else _captum_models()
+        im = lib.SkLearnLasso(alpha=0.01) if model == "lasso" else lib.SkLearnLinearRegression()
+        out = mod.Lime(_LIN, interpretable_model=im, similarity_func=lambda o, p, z, **k: sim).attribute(
+            _X6, target=0, n_samples=20)
+        return out
+
+    torch.manual_seed(0)
+    a = _outcome(lambda: run(captum_attr))
+    torch.manual_seed(0)
+    b = _outcome(lambda: run(XCP))
+    assert b[0] == a[0]
+    if a[0] is None:
+        torch.manual_seed(0)
+        want = run(captum_attr)
+        torch.manual_seed(0)
+        _close(run(XCP), want)
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+def test_one_float_per_batch_of_samples_is_a_size_mismatch(method):
+    """A forward returning one Python float for a batch of several perturbations gives fewer
+    outputs than samples: Captum's TensorDataset raises; the drop-in read past the outputs."""
+    W = torch.randn(6, 3)
+
+    def f(x):
+        return float((x @ W).sum())
+
+    exc, _ = _same_outcome(lambda mod: getattr(mod, method)(f).attribute(_X6, n_samples=30, perturbations_per_eval=3))
+    assert exc == (AssertionError, "Size mismatch between tensors")
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+def test_zero_parameter_forward_as_captum(method):
+    """Captum calls a forward without parameters with no arguments (a closure)."""
+    def run(mod):
+        return getattr(mod, method)(lambda: torch.tensor([1.0])).attribute(_X6, n_samples=10)
+
+    a, b, same = _pair(run)
+    _close(b, a)
+    assert same
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+def test_argument_forms_as_captum(method):
+    """perturbations_per_eval as a float; additional_forward_args as a list (its items become
+    separate arguments) or a bare float (TypeError), as Captum's handling."""
+    W = torch.randn(6, 3)
+    a, b, same = _pair(lambda mod: getattr(mod, method)(_LIN).attribute(_X6, target=1, n_samples=20,
+                                                                       perturbations_per_eval=4.0))
+    _close(b, a)
+    assert same
+
+    def two(x, s, c):
+        return (x @ W) * s + c
+
+    a, b, same = _pair(lambda mod: getattr(mod, method)(two).attribute(
+        _X6, target=1, additional_forward_args=[2.0, 1.0], n_samples=20, perturbations_per_eval=3))
+    _close(b, a)
+    assert same
+    exc, _ = _same_outcome(lambda mod: getattr(mod, method)(lambda x, s: (x @ W) * s).attribute(
+        _X6, target=1, additional_forward_args=2.0, n_samples=20))
+    assert exc is not None and exc[0] is TypeError
+
+
+# ------------------------------------------------------------------ surrogate model, warnings
+def test_default_surrogates_are_linear_models_like_captums():
+    """Lime's / KernelShap's default interpretable models are nn.Modules with Captum's
+    LinearModel surface: callable, ``norm``, ``representation``, ``bias``, ``classes``,
+    ``fit`` returning ``train_time``."""
+    from captum._utils.models.linear_model import SkLearnLinearRegression as CaptumLinReg
+
+    for cls, captum_im in (("Lime", CaptumLasso(alpha=0.01)), ("KernelShap", CaptumLinReg())):
+        ours = getattr(XCP, cls)(_LIN).interpretable_model
+        theirs = getattr(captum_attr, cls)(_LIN).interpretable_model
+        assert type(ours).__name__ == type(theirs).__name__ and isinstance(ours, torch.nn.Module)
+        assert ours.construct_kwargs == theirs.construct_kwargs and ours.sklearn_module == theirs.sklearn_module
+        assert repr(ours) == repr(theirs)
+        with pytest.raises(AssertionError):
+            ours.representation()
+        assert ours.bias() is None and ours.classes() is None and ours.norm is None
+    for cls in ("Lime", "KernelShap"):
+        torch.manual_seed(0)
+        ce = getattr(captum_attr, cls)(_LIN)
+        ce.attribute(_X6, target=2, n_samples=40)
+        torch.manual_seed(0)
+        xe = getattr(XCP, cls)(_LIN)
+        xe.attribute(_X6, target=2, n_samples=40)
+        c, x = ce.interpretable_model, xe.interpretable_model
+        assert repr(x) == repr(c) and x.norm is None
+        _close(x.representation(), c.representation())
+        _close(x.bias(), c.bias())
+        z = torch.rand(5, 6)
+        _close(x(z), c(z))
+        for m in (x, c):
+            with pytest.raises(AttributeError):
+                m.classes()
+    torch.manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+        (torch.rand(30, 4) < 0.5).float(), torch.randn(30), torch.rand(30)), batch_size=30)
+    for ours, theirs in ((XL.SkLearnRidge(alpha=0.5), SkLearnRidge(alpha=0.5)),
+                         (XL.SkLearnLasso(alpha=0.01), CaptumLasso(alpha=0.01))):
+        stats = ours.fit(data)
+        theirs.fit(data)
+        assert set(stats) == {"train_time"}
+        _close(ours.representation(), theirs.representation())
+
+
+def test_lasso_convergence_warning_as_captum():
+    """scikit-learn's ConvergenceWarning when the lasso runs out of iterations (Captum's
+    wrapper, ours, or Captum's in the drop-in), with its message."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    torch.manual_seed(9)
+    m = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.ReLU(), torch.nn.Linear(20, 2)).eval()
+    x = torch.randn(1, 30) * 5
+    for lib in (XL, _captum_models()):
+        def run(mod, lib=lib):
+            im = (lib if mod is XCP else _captum_models()).SkLearnLasso(alpha=1e-5, max_iter=3)
+            return mod.Lime(m, interpretable_model=im).attribute(x, target=1, n_samples=100)
+
+        torch.manual_seed(0)
+        with pytest.warns(ConvergenceWarning) as rec_c:
+            want = run(captum_attr)
+        torch.manual_seed(0)
+        with pytest.warns(ConvergenceWarning) as rec_x:
+            got = run(XCP)
+        _close(got, want, tol=1e-3)
+        msg = [str(r.message) for r in rec_x if r.category is ConvergenceWarning]
+        assert len(msg) == 1 and msg[0].startswith("Objective did not converge. You might want to increase")
+        assert len([r for r in rec_c if r.category is ConvergenceWarning]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        XCP.Lime(m).attribute(x, target=1, n_samples=100)
+
+
+# ----------------------------------------------------------------- forward calls and RNG
+def test_hooked_conv_net_sees_captums_forward_calls():
+    """A conv net with a forward hook is called exactly as Captum calls it (no layout-probe
+    call, contiguous inputs)."""
+    from _models import SmallCNN
+
+    model = SmallCNN().eval()
+    x = torch.rand(1, 3, 16, 16)
+    seen = {}
+
+    def hook(mod, inp, out):
+        seen.setdefault("calls", []).append((inp[0].shape[0], inp[0].is_contiguous()))
+
+    h = model.register_forward_hook(hook)
+    try:
+        counts = []
+        for mod in (captum_attr, XCP):
+            seen.clear()
+            torch.manual_seed(0)
+            mod.Lime(model).attribute(x, target=1, n_samples=20, perturbations_per_eval=5)
+            counts.append(seen["calls"])
+    finally:
+        h.remove()
+    assert counts[1] == counts[0] == [(5, True)] * 4
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+@pytest.mark.parametrize("ppe", [1, 4])
+def test_forward_drawing_from_the_generator_equals_captum(method, ppe):
+    """Dropout in training mode draws from the global generator during the forward: the
+    samples are drawn batch by batch, interleaved with the forward calls, as Captum's."""
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 3)).train()
+    a, b, same = _pair(lambda mod: getattr(mod, method)(model).attribute(_X6, target=1, n_samples=30,
+                                                                         perturbations_per_eval=ppe))
+    _close(b, a)
+    assert same

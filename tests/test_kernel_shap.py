@@ -146,3 +146,81 @@ def test_stem_modes():
     assert kernel_shap(cnn, x[..., :8, :8], **small).extras["stem"].startswith("off: too little work")
     with pytest.raises(ValueError, match="stem must be"):
         kernel_shap(cnn, x, stem="yes", **kw)
+
+
+# ------------------------------------------------- Captum drop-in plumbing (no Captum needed)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lasso_fit_checks_before_the_kernel_and_reports_convergence(backend):
+    """Mismatched lengths or non-finite data raise before any kernel indexes them; the
+    convergence flag (scikit-learn's ConvergenceWarning case) agrees between backends."""
+    from xaikernels.ops import perturb as P
+
+    rng = np.random.RandomState(0)
+    X = (rng.rand(1, 40, 8) < 0.5).astype(np.float64)
+    y = X[0] @ rng.randn(8) + 0.1 * rng.randn(40)
+    w = rng.rand(1, 40)
+    for Y, W in ((y[None, :30, None], w), (y[None, :, None], w[:, :30]), (y[None, :, None], w[None])):
+        with pytest.raises(ValueError, match="shapes disagree"):
+            P.lasso_fit(X, Y, W, 0.01, backend=backend)
+    with pytest.raises(ValueError, match="non-finite"):
+        P.lasso_fit(X, np.where(np.arange(40) == 3, np.nan, y)[None, :, None], w, 0.01, backend=backend)
+    coef, icpt, info = P.lasso_fit(X, y[None, :, None], w, 1e-5, max_iter=3, return_info=True, backend=backend)
+    assert info.shape == (1, 1, 3) and info[0, 0, 2] == 0.0 and info[0, 0, 0] > info[0, 0, 1] > 0
+    _, _, info = P.lasso_fit(X, y[None, :, None], w, 0.01, return_info=True, backend=backend)
+    assert info[0, 0, 2] == 1.0 and info[0, 0, 0] <= info[0, 0, 1]
+
+
+def test_expected_rows_of_padding_windows_do_not_warn():
+    """A window wholly in padding (no segment) has one key, without log1p(-1) warning."""
+    from types import SimpleNamespace
+
+    from xaikernels.methods._stem import _expected_rows
+
+    wd = SimpleNamespace(segs=np.array([[-1, -1, -1], [0, 1, -1], [2, -1, -1]]))
+    with np.errstate(all="raise"):
+        got = _expected_rows(wd, 7)
+    assert got == pytest.approx(1 + 4 * (1 - 0.75 ** 7) + 2 * (1 - 0.5 ** 7), rel=1e-12)
+    assert _expected_rows(wd, 0) == 0.0
+
+
+def test_captum_lime_dropin_plumbing():
+    """Without Captum: a zero-parameter forward is called without arguments; one float per
+    batch of several samples is a size mismatch (not an out-of-bounds read); non-finite
+    outputs raise scikit-learn's error; the default surrogate is a callable nn.Module; the
+    lasso warns when it runs out of iterations."""
+    import warnings
+
+    import xaikernels.captum as XCP
+    from xaikernels.captum import _lime as XL
+
+    x = torch.tensor([[0.3, -1.2, 0.8, 2.0, -0.4, 1.1]])
+    for cls in (XCP.Lime, XCP.KernelShap):
+        torch.manual_seed(0)
+        assert cls(lambda: torch.tensor([1.0])).attribute(x, n_samples=10).shape == x.shape
+        with pytest.raises(AssertionError, match="Size mismatch between tensors"):
+            cls(lambda z: float(z.sum())).attribute(x, n_samples=30, perturbations_per_eval=3)
+        with pytest.raises(ValueError, match=r"^Input y contains NaN\.$"):
+            cls(lambda z: z.sum(1) * float("nan")).attribute(x, n_samples=20)
+        with pytest.raises(ValueError, match=r"^Input y contains infinity or a value too large"):
+            cls(lambda z: z.sum(1) + float("inf")).attribute(x, n_samples=20)
+    e = XCP.Lime(lambda z: z.sum(1))
+    assert isinstance(e.interpretable_model, (torch.nn.Module, XL.LinearModel))
+    torch.manual_seed(0)
+    e.attribute(x, n_samples=40)
+    im = e.interpretable_model
+    z = torch.rand(3, 6)
+    torch.testing.assert_close(im(z), z @ im.representation().T + im.bias())
+    with pytest.raises(AssertionError):
+        XL.SkLearnLasso().representation()
+    try:
+        from sklearn.exceptions import ConvergenceWarning
+    except ImportError:
+        ConvergenceWarning = XL.LassoConvergenceWarning
+    torch.manual_seed(9)
+    m = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.ReLU(), torch.nn.Linear(20, 2)).eval()
+    with pytest.warns(ConvergenceWarning, match="Objective did not converge"):
+        XCP.Lime(m, interpretable_model=XL.SkLearnLasso(alpha=1e-5, max_iter=3)).attribute(
+            torch.randn(1, 30) * 5, target=1, n_samples=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        XCP.Lime(m).attribute(torch.randn(1, 30), target=1, n_samples=100)

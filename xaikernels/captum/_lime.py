@@ -14,19 +14,31 @@ the input with ``from_interp_rep_transform`` or sampled in the input space and m
 additional_forward_args, feature_mask, n_samples=25, perturbations_per_eval=1,
 return_input_shape=True, show_progress=False)`` are subclasses, as in Captum.  With their
 default sampler and transform they take the fast path: the binary samples are drawn from
-``torch``'s global generator with Captum's own calls in Captum's order (so after
-``torch.manual_seed`` the samples are Captum's), the perturbed batches are built by the fused
-Numba kernel, the default exponential-kernel similarities come from per-feature sums (O(F)
-per sample) and the recognised surrogates (``SkLearnLasso``, ``SkLearnRidge``,
+``torch``'s global generator with Captum's own calls in Captum's order, each evaluation
+batch's samples just before its forward call (so after ``torch.manual_seed`` the samples,
+and the generator's state afterwards, are Captum's, also for a forward that itself draws
+from the generator, such as dropout in training mode), the perturbed batches are built by
+the fused Numba kernel, the default exponential-kernel similarities come from per-feature
+sums (O(F) per sample) and the recognised surrogates (``SkLearnLasso``, ``SkLearnRidge``,
 ``SkLearnLinearRegression``, Captum's or ours) are fitted by the Numba kernels on float32
-data, as Captum hands them.  Any other ``perturb_func`` / transform runs Captum's per-sample
-loop; any other similarity is called per sample; any other model is trained through its own
-``fit``.
+data, as Captum hands them, with scikit-learn's input checks, messages and
+``ConvergenceWarning``.  (Where the coalition tables may apply — an eval-mode ``nn.Module``
+on one image, see :class:`Lime` — all samples are drawn before the first forward call: the
+same samples, but a forward drawing from the generator itself would see another state.)
+Inputs or baselines that are not finite, and any other ``perturb_func`` / transform, run
+Captum's per-sample loop; any other similarity is called per sample; any other model is
+trained through its own ``fit``.
+
+The surrogates here (``SkLearnLasso``, ``SkLearnRidge``, ``SkLearnLinearRegression`` on
+``SkLearnLinearModel`` and ``LinearModel``) are ``nn.Module``s with the interface of
+Captum's: callable (``x @ W.T + b``), ``representation()``, ``bias()``, ``classes()``,
+``norm``, ``fit(DataLoader)``; Captum is not needed to use them.
 """
 from __future__ import annotations
 
 import inspect
 import math
+import time
 import warnings
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -44,64 +56,139 @@ __all__ = ["Lime", "KernelShap", "LimeBase", "get_exp_kernel_similarity_function
 
 
 # ------------------------------------------------------------------------ interpretable models
-class _LinearSurrogate:
-    """Minimal stand-ins for Captum's sklearn wrappers (usable without Captum installed):
-    ``representation()`` (1, F) and ``bias()`` after a fit."""
+class LinearModel(torch.nn.Module):
+    """Captum's ``LinearModel`` interface without Captum: an ``nn.Module`` whose ``linear``
+    (an ``nn.Linear``, built lazily by ``_construct_model_params`` when ``fit`` trains it) and
+    optional ``norm`` give ``model(x) = linear(norm(x))``; ``representation()`` is the weight
+    (out, F), ``bias()`` the intercept (out,), ``classes()`` the classifier's classes.
+    ``fit(train_data, **kwargs)`` calls ``train_fn(self, dataloader=train_data,
+    construct_kwargs=self.construct_kwargs, **kwargs)``."""
 
-    kind = "ridge"
+    SUPPORTED_NORMS: List[Optional[str]] = [None, "batch_norm", "layer_norm"]
 
-    def __init__(self, **kwargs):
+    def __init__(self, train_fn: Callable, **kwargs) -> None:
+        super().__init__()
+        self.norm: Optional[torch.nn.Module] = None
+        self.linear: Optional[torch.nn.Linear] = None
+        self.train_fn = train_fn
         self.construct_kwargs = kwargs
-        self._coef: Optional[Tensor] = None
-        self._bias: Optional[Tensor] = None
 
-    def fit(self, train_data):
-        """Fit on a DataLoader of (X, y, weights) batches, like Captum's wrappers: on the
-        Numba kernels for the plain settings, through scikit-learn for any other kwargs."""
-        X, y, w = (torch.cat(t).detach().cpu().numpy().astype(np.float64) for t in zip(*train_data))
-        y, w = y.reshape(-1), w.reshape(-1)
-        kind = _model_kind(self)
-        if kind is not None:
-            _fit_numpy(self, kind, X, y, w)
-            return {}
-        from sklearn import linear_model
+    def _construct_model_params(self, in_features: Optional[int] = None, out_features: Optional[int] = None,
+                                norm_type: Optional[str] = None, affine_norm: bool = False, bias: bool = True,
+                                weight_values: Optional[Tensor] = None, bias_value: Optional[Tensor] = None,
+                                classes: Optional[Tensor] = None) -> None:
+        """(Re)build ``linear`` (and ``norm``): from ``weight_values`` (F,) or (out, F) when
+        given, else ``in_features`` × ``out_features``.  Building the ``nn.Linear`` draws its
+        initialisation from torch's global generator, as Captum's does."""
+        if norm_type not in LinearModel.SUPPORTED_NORMS:
+            raise ValueError(f"{norm_type} not supported. Please use {LinearModel.SUPPORTED_NORMS}")
+        if weight_values is not None:
+            in_features = weight_values.shape[-1]
+            out_features = 1 if weight_values.dim() == 1 else weight_values.shape[0]
+        if in_features is None or out_features is None:
+            raise ValueError("Please provide `in_features` and `out_features` or `weight_values`")
+        if norm_type == "batch_norm":
+            self.norm = torch.nn.BatchNorm1d(in_features, eps=1e-8, affine=affine_norm)
+        elif norm_type == "layer_norm":
+            self.norm = torch.nn.LayerNorm(in_features, eps=1e-8, elementwise_affine=affine_norm)
+        else:
+            self.norm = None
+        self.linear = torch.nn.Linear(in_features, out_features, bias=bias)
+        if weight_values is not None:
+            self.linear.weight.data = weight_values
+        if bias_value is not None:
+            if not bias:
+                raise ValueError("`bias_value` is not None and bias is False")
+            self.linear.bias.data = bias_value
+        if classes is not None:
+            self.linear.classes = classes
 
-        cls = {"lasso": linear_model.Lasso, "ridge": linear_model.Ridge,
-               "linear": linear_model.LinearRegression}[self.kind]
-        mdl = cls(**self.construct_kwargs).fit(X, y, sample_weight=w)
-        _store(self, np.asarray(mdl.coef_, dtype=np.float64).reshape(-1), float(np.ravel(mdl.intercept_)[0]))
-        return {}
+    def fit(self, train_data, **kwargs):
+        """Train through ``train_fn`` on a DataLoader of (X, y[, w]) batches."""
+        return self.train_fn(self, dataloader=train_data, construct_kwargs=self.construct_kwargs, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert self.linear is not None
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.linear(x)
 
     def representation(self) -> Tensor:
-        if self._coef is None:
-            raise RuntimeError("the interpretable model has not been fitted")
-        return self._coef
+        """The fitted weight (out, F), detached (the bias is :meth:`bias`)."""
+        assert self.linear is not None
+        return self.linear.weight.detach()
 
     def bias(self) -> Optional[Tensor]:
-        return self._bias
+        if self.linear is None or self.linear.bias is None:
+            return None
+        return self.linear.bias.detach()
+
+    def classes(self) -> Optional[Tensor]:
+        # (a regression's linear layer has no ``classes``: AttributeError, as Captum's)
+        if self.linear is None or self.linear.classes is None:
+            return None
+        return self.linear.classes.detach()
 
 
-class SkLearnLasso(_LinearSurrogate):
-    kind = "lasso"
+class SkLearnLinearModel(LinearModel):
+    """A :class:`LinearModel` trained like scikit-learn's ``sklearn_module`` (e.g.
+    ``"linear_model.Lasso"``) built with ``kwargs``, on the float32 (X, y, w) it is handed
+    (Captum's ``SkLearnLinearModel``).  Lasso (``alpha``, ``max_iter``, ``tol``), Ridge
+    (``alpha``) and LinearRegression with their other settings at the defaults are fitted by
+    the Numba kernels, with scikit-learn's input checks, error messages and
+    ``ConvergenceWarning``; anything else by scikit-learn itself."""
+
+    def __init__(self, sklearn_module: str, **kwargs) -> None:
+        super().__init__(train_fn=sklearn_train_linear_model, **kwargs)
+        self.sklearn_module = sklearn_module
+
+    def fit(self, train_data, **kwargs):
+        """``kwargs`` go to the scikit-learn model's ``fit``."""
+        return super().fit(train_data=train_data, sklearn_trainer=self.sklearn_module, **kwargs)
 
 
-class SkLearnRidge(_LinearSurrogate):
-    kind = "ridge"
+class SkLearnLasso(SkLearnLinearModel):
+    """``sklearn.linear_model.Lasso(**kwargs)`` as a :class:`LinearModel` (Lime's default
+    surrogate, with ``alpha=0.01``)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(sklearn_module="linear_model.Lasso", **kwargs)
+
+    def fit(self, train_data, **kwargs):
+        return super().fit(train_data=train_data, **kwargs)
 
 
-class SkLearnLinearRegression(_LinearSurrogate):
-    kind = "linear"
+class SkLearnRidge(SkLearnLinearModel):
+    """``sklearn.linear_model.Ridge(**kwargs)`` as a :class:`LinearModel`."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(sklearn_module="linear_model.Ridge", **kwargs)
+
+    def fit(self, train_data, **kwargs):
+        return super().fit(train_data=train_data, **kwargs)
+
+
+class SkLearnLinearRegression(SkLearnLinearModel):
+    """``sklearn.linear_model.LinearRegression(**kwargs)`` as a :class:`LinearModel`
+    (KernelShap's surrogate)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(sklearn_module="linear_model.LinearRegression", **kwargs)
+
+    def fit(self, train_data, **kwargs):
+        return super().fit(train_data=train_data, **kwargs)
 
 
 _KNOWN = {"SkLearnLasso": "lasso", "SkLearnRidge": "ridge", "SkLearnLinearRegression": "linear"}
+_TRAINERS = {"linear_model.Lasso": "lasso", "linear_model.Ridge": "ridge",
+             "linear_model.LinearRegression": "linear"}
 _FAST_KWARGS = {"lasso": {"alpha", "max_iter", "tol"}, "ridge": {"alpha"}, "linear": set()}
 
 
-def _model_kind(m) -> Optional[str]:
-    kind = _KNOWN.get(type(m).__name__)
+def _kind_of(kind: Optional[str], kwargs) -> Optional[str]:
     if kind is None:
         return None
-    kw = dict(getattr(m, "construct_kwargs", {}) or {})
+    kw = dict(kwargs or {})
     if kw.get("fit_intercept", True) is not True:
         return None
     kw.pop("fit_intercept", None)
@@ -110,30 +197,144 @@ def _model_kind(m) -> Optional[str]:
     return kind
 
 
-def _store(m, coef: np.ndarray, icpt: float) -> None:
-    w = torch.tensor(coef, dtype=torch.float32).view(1, -1)
-    b = torch.tensor([icpt], dtype=torch.float32)
-    if isinstance(m, _LinearSurrogate):
-        # Captum's wrappers build an nn.Linear here, whose initialisation draws from the
-        # global generator; so do we, for the draws after a fit to stay Captum's
-        m.linear = torch.nn.Linear(w.shape[1], 1)
-        m.linear.weight.data, m.linear.bias.data = w, b
-        m._coef, m._bias = w, b
-    elif hasattr(m, "_construct_model_params"):  # Captum's LinearModel
-        m._construct_model_params(norm_type=None, weight_values=w, bias_value=b)
+def _model_kind(m) -> Optional[str]:
+    """The Numba-fitted kind of a surrogate (ours or Captum's, by class name), or None."""
+    return _kind_of(_KNOWN.get(type(m).__name__), getattr(m, "construct_kwargs", {}))
 
 
-def _fit_numpy(m, kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray) -> Tensor:
-    kw = dict(getattr(m, "construct_kwargs", {}) or {})
+def sklearn_train_linear_model(model: LinearModel, dataloader, construct_kwargs, sklearn_trainer: str = "Lasso",
+                               norm_input: bool = False, **fit_kwargs) -> dict:
+    """Captum's ``sklearn_train_linear_model`` contract: gather the DataLoader's (X, y[, w])
+    batches, fit ``sklearn.<sklearn_trainer>(**construct_kwargs)`` on them and store the
+    coefficients in ``model`` (``_construct_model_params``).  The recognised settings run on
+    the Numba kernels; returns ``{"train_time": seconds}``."""
+    xs, ys, ws = [], [], []
+    for data in dataloader:
+        if len(data) == 3:
+            x, y, w = data
+            ws.append(w.cpu().numpy())
+        else:
+            assert len(data) == 2
+            x, y = data
+        xs.append(x.cpu().numpy())
+        ys.append(y.cpu().numpy())
+    X, y = np.concatenate(xs, axis=0), np.concatenate(ys, axis=0)
+    w = np.concatenate(ws, axis=0) if ws else None
+    t0 = time.time()
+    kind = _kind_of(_TRAINERS.get(sklearn_trainer), construct_kwargs)
+    if kind is not None and w is not None and not norm_input and not fit_kwargs:
+        _fit_known(model, kind, dict(construct_kwargs), X, y, w)
+        return {"train_time": time.time() - t0}
+    mean = std = None
+    if norm_input:
+        mean, std = X.mean(0), X.std(0)
+        X = (X - mean) / std
+    mdl = _sklearn_fit(sklearn_trainer, construct_kwargs, X, y, w, fit_kwargs)
+    t1 = time.time()
+    classes = torch.IntTensor(mdl.classes_) if hasattr(mdl, "classes_") else None
+    coef = torch.FloatTensor(np.asarray(mdl.coef_))
+    out = coef.shape[0] if coef.dim() > 1 else 1
+    model._construct_model_params(norm_type=None, weight_values=coef.view(out, -1),
+                                  bias_value=torch.FloatTensor([mdl.intercept_]).squeeze().unsqueeze(0),
+                                  classes=classes)
+    if norm_input:
+        model.norm = _NormLayer(torch.as_tensor(mean), torch.as_tensor(std))
+    return {"train_time": t1 - t0}
+
+
+class _NormLayer(torch.nn.Module):
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def _sklearn_fit(trainer: str, construct_kwargs, X, y, w, fit_kwargs):
+    import sklearn
+    from sklearn import linear_model  # noqa: F401  (the submodules getattr walks)
+
+    cls = sklearn
+    for part in trainer.split("."):
+        cls = getattr(cls, part)
+    mdl = cls(**construct_kwargs)
+    try:
+        mdl.fit(X, y, sample_weight=w, **fit_kwargs)
+    except TypeError:
+        mdl.fit(X, y, **fit_kwargs)
+        warnings.warn("Sample weight is not supported for the provided linear model! Trained model without "
+                      "weighting inputs. For Lasso, please upgrade sklearn to a version >= 0.23.0.", stacklevel=1)
+    return mdl
+
+
+_SK_TRAINER = {"lasso": "linear_model.Lasso", "ridge": "linear_model.Ridge", "linear": "linear_model.LinearRegression"}
+
+
+def _sk_check(name: str, a: np.ndarray) -> None:
+    """scikit-learn's finiteness check and wording (``Input y contains NaN.``); the data
+    Captum hands its surrogates are float32."""
+    if not np.isfinite(a).all():
+        what = "NaN" if np.isnan(a).any() else f"infinity or a value too large for {a.dtype!r}"
+        raise ValueError(f"Input {name} contains {what}.")
+
+
+def _convergence_warning_class():
+    try:
+        from sklearn.exceptions import ConvergenceWarning
+
+        return ConvergenceWarning
+    except ImportError:
+        return LassoConvergenceWarning
+
+
+class LassoConvergenceWarning(UserWarning):
+    """Stand-in for scikit-learn's ``ConvergenceWarning`` where scikit-learn is absent."""
+
+
+_CONV_MSG = ("Objective did not converge. You might want to increase the number of iterations, check the scale "
+             "of the features or consider increasing regularisation.")
+
+
+def _fit_known(m, kind: str, kw: dict, X: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
+    """Fit a recognised surrogate on Captum's float32 (X, y, w) with scikit-learn's checks in
+    scikit-learn's order and wording; on the Numba kernels, or through scikit-learn for
+    negative weights (whose handling differs per estimator)."""
+    X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+    y = np.asarray(y, dtype=np.float32).reshape(-1)
+    w = np.asarray(w, dtype=np.float32).reshape(-1)
+    if not len(X) == len(y) == len(w):
+        raise ValueError(f"Found input variables with inconsistent numbers of samples: {[len(X), len(y), len(w)]}")
+    for name, a in (("X", X), ("y", y), ("sample_weight", w)):
+        _sk_check(name, a)
+    if (w < 0).any():
+        mdl = _sklearn_fit(_SK_TRAINER[kind], kw, X, y, w, {})
+        _store(m, np.asarray(mdl.coef_, dtype=np.float64).reshape(-1), float(np.ravel(mdl.intercept_)[0]))
+        return
+    if not (w != 0).any():
+        raise ValueError("Sample weights must contain at least one non-zero number.")
+    X64, y64, w64 = X.astype(np.float64), y.astype(np.float64), w.astype(np.float64)
     if kind == "lasso":
-        coef, icpt = P.lasso_fit(X[None], y[None, :, None], w[None], kw.get("alpha", 1.0),
-                                 max_iter=kw.get("max_iter", 1000), tol=kw.get("tol", 1e-4))
+        tol = kw.get("tol", 1e-4)
+        coef, icpt, info = P.lasso_fit(X64[None], y64[None, :, None], w64[None], kw.get("alpha", 1.0),
+                                       max_iter=kw.get("max_iter", 1000), tol=tol, return_info=True)
+        if not info[0, 0, 2]:
+            msg = f"{_CONV_MSG} Duality gap: {info[0, 0, 0]:.6e}, tolerance: {info[0, 0, 1]:.3e}"
+            warnings.warn(msg, _convergence_warning_class(), stacklevel=2)
         c, b = coef[0, 0], float(icpt[0, 0])
     else:
-        fit = P.fit_surrogate(X, y[:, None], w, alpha=float(kw.get("alpha", 1.0)) if kind == "ridge" else 0.0)
+        fit = P.fit_surrogate(X64, y64[:, None], w64, alpha=float(kw.get("alpha", 1.0)) if kind == "ridge" else 0.0)
         c, b = fit["coef"][0], float(fit["intercept"][0])
     _store(m, c, b)
-    return torch.tensor(c, dtype=torch.float32).view(1, -1)
+
+
+def _store(m, coef: np.ndarray, icpt: float) -> None:
+    # Captum's wrappers build an nn.Linear here (``_construct_model_params``), whose
+    # initialisation draws from the global generator; so does ours, for the draws after a
+    # fit to stay Captum's
+    w = torch.tensor(coef, dtype=torch.float32).view(1, -1)
+    b = torch.tensor([icpt], dtype=torch.float32)
+    m._construct_model_params(norm_type=None, weight_values=w, bias_value=b)
 
 
 # ------------------------------------------------------------------- Captum's lime.py helpers
@@ -226,9 +427,21 @@ def _reduce_list(vals: List[Any]) -> Any:
 
 
 def _expand_args(args, n):
+    # as Captum's: the arguments are iterated as given (a list's items become separate
+    # arguments, a float raises TypeError), tensors repeated n times along dim 0
     if args is None:
         return None
-    return tuple(torch.cat([x] * n, dim=0) if isinstance(x, Tensor) and x.dim() > 0 else x for x in _tup(args))
+    return tuple(torch.cat([x] * n, dim=0) if isinstance(x, Tensor) and x.dim() > 0 else x for x in args)
+
+
+def _hooked(model) -> bool:
+    """Forward hooks on an nn.Module (or any submodule) or global module hooks."""
+    from torch.nn.modules import module as mm
+
+    if getattr(mm, "_global_forward_hooks", None) or getattr(mm, "_global_forward_pre_hooks", None):
+        return True
+    return isinstance(model, torch.nn.Module) and any(m._forward_hooks or m._forward_pre_hooks
+                                                      for m in model.modules())
 
 
 def _expand_target(target, n):
@@ -349,6 +562,11 @@ class LimeBase(PerturbationAttribution):
     def _train(self, X: Tensor, y: Tensor, w: Tensor, count: int) -> Tensor:
         """Fit the interpretable model on float32 (X, y, w): the recognised linear models on
         the Numba kernels, anything else through its own ``fit`` (one batch of all rows)."""
+        # Captum wraps the three in a TensorDataset, whose constructor checks their lengths
+        # (a forward returning one float per batch of several samples trips it); checked
+        # before anything reads them
+        if not X.shape[0] == y.shape[0] == w.shape[0]:
+            raise AssertionError("Size mismatch between tensors")
         m = self.interpretable_model
         kind = _model_kind(m)
         if kind is None:
@@ -359,9 +577,9 @@ class LimeBase(PerturbationAttribution):
         # Captum's fit iterates a DataLoader once, and creating its iterator draws a base seed
         # from the global generator: draw it too, so that later draws stay Captum's
         torch.empty((), dtype=torch.int64).random_()
-        return _fit_numpy(m, kind, X.detach().cpu().numpy().astype(np.float64),
-                          y.detach().cpu().reshape(-1).numpy().astype(np.float64),
-                          w.detach().cpu().reshape(-1).numpy().astype(np.float64))
+        _fit_known(m, kind, dict(getattr(m, "construct_kwargs", {}) or {}), X.detach().cpu().numpy(),
+                   y.detach().cpu().numpy(), w.detach().cpu().numpy())
+        return m.representation()
 
     def attribute_future(self) -> None:
         raise NotImplementedError("LimeBase does not support attribution of future samples.")
@@ -390,7 +608,14 @@ class Lime(LimeBase):
     checked before use).  Set ``stem = "off"`` on the instance to evaluate the model as is;
     ``stem_info`` says what the last call did.  Without tables, a CPU conv net on one float32
     image input runs its batches channels-last where that reproduces its outputs on the first
-    batch (faster oneDNN kernels); ``layout_info`` says which layout the last call used."""
+    batch (faster oneDNN kernels); ``layout_info`` says which layout the last call used.
+
+    Forward calls: the tables check themselves against the model (and then evaluate only its
+    tail), and the layout check (:class:`~xaikernels.methods.lime.LayoutProbe`) evaluates the
+    model once more on two samples of the first batch, so such a model runs calls beyond
+    Captum's and sees channels-last batches.  A model with forward hooks on itself (or global
+    module hooks) gets neither and is called exactly as Captum calls it; hooks on a submodule
+    only turn the layout check off."""
 
     stem = "auto"
     stem_info = "off"
@@ -480,6 +705,10 @@ class Lime(LimeBase):
         per-sample loop otherwise."""
         if n_samples >= 1 and per_eval >= 1 and self._sampler() is not None \
                 and self._fast_ok(inputs, kwargs["baselines"]):
+            # Captum batches by ``len(batch) == perturbations_per_eval``: a float with an
+            # integral value batches as that int, any other number never fills a batch (all
+            # samples go in the final one)
+            per_eval = int(per_eval) if per_eval == int(per_eval) else n_samples
             with torch.no_grad():
                 return self._fast(inputs, target, args, n_samples, per_eval, show_progress, **kwargs)
         return LimeBase.attribute.__wrapped__(self, inputs, target=target, additional_forward_args=args,
@@ -495,12 +724,17 @@ class Lime(LimeBase):
     @staticmethod
     def _fast_ok(inputs, baselines) -> bool:
         # the kernel selects between the input and the baseline in the input's dtype; the
-        # default transform computes keep·x + (1-keep)·b, whose dtype / shape may differ
+        # default transform computes keep·x + (1-keep)·b, whose dtype / shape may differ, and
+        # whose values differ where x or b is not finite (0·inf = NaN)
         for x, b in zip(_tup(inputs), _tup(baselines)):
             if x.dtype.itemsize not in (1, 2, 4, 8) or x.is_complex():
                 return False
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                return False
+            if isinstance(b, float) and not math.isfinite(b):
+                return False
             if isinstance(b, Tensor):
-                if b.dtype != x.dtype:
+                if b.dtype != x.dtype or (b.is_floating_point() and not bool(torch.isfinite(b).all())):
                     return False
                 try:
                     if torch.broadcast_shapes(b.shape, x.shape) != x.shape:
@@ -521,11 +755,17 @@ class Lime(LimeBase):
         return True
 
     def _draw_masks(self, n: int, F: int, kwargs) -> np.ndarray:
-        # Captum draws torch.bernoulli(ones(1, F) * 0.5) per sample; one (n, F) call consumes
+        """Samples 0 .. n-1, drawn as Captum draws them (uint8 (n, F))."""
+        return self._draw_rows(0, n, F, kwargs)
+
+    def _draw_rows(self, s0: int, s1: int, F: int, kwargs) -> np.ndarray:
+        """Samples s0 .. s1-1 (drawing them consumes the global generator as Captum's
+        per-sample calls for these samples do; called in order, block by block)."""
+        # Captum draws torch.bernoulli(ones(1, F) * 0.5) per sample; one (k, F) call consumes
         # the generator identically (elementwise, in order)
         # (the probabilities come from NumPy: a torch fill of this size wakes the intra-op
         # thread pool, which on a loaded machine cost more than the whole draw)
-        return torch.bernoulli(torch.from_numpy(np.full((n, F), 0.5, np.float32))).numpy().astype(np.uint8)
+        return torch.bernoulli(torch.from_numpy(np.full((s1 - s0, F), 0.5, np.float32))).numpy().astype(np.uint8)
 
     def _fast_weights(self, masks, xs, bs, segs, F) -> Optional[np.ndarray]:
         mode = getattr(self.similarity_func, "_xk_exp", None)
@@ -542,8 +782,7 @@ class Lime(LimeBase):
         F = int(kwargs["num_interp_features"])
         inp = _tup(inputs)
         device = inp[0].device
-        masks = np.ascontiguousarray(self._draw_masks(n_samples, F, kwargs), dtype=np.uint8)
-        n = masks.shape[0]
+        n = n_samples
         xs = [x.detach().cpu().contiguous() for x in inp]
         bs = [(torch.full_like(x, b) if not isinstance(b, Tensor) else b.detach().cpu().expand_as(x)).contiguous()
               for x, b in zip(xs, _tup(kwargs["baselines"]))]
@@ -553,18 +792,34 @@ class Lime(LimeBase):
             if seg.size and (seg.min() < 0 or seg.max() >= F):
                 raise ValueError(f"feature_mask ids must lie in 0..{F - 1}")
             segs.append(np.ascontiguousarray(seg))
-        w = self._fast_weights(masks, xs, bs, segs, F)
-        tables = self._stem_tables(inp, xs, bs, segs, F, masks, args) if w is not None else None
+        no_params = len(inspect.signature(self.forward_func).parameters) == 0
+        # Captum draws each batch's samples just before evaluating it, so a forward that
+        # itself draws from the global generator (dropout in training mode) sees Captum's
+        # generator state: the samples are drawn batch by batch here too, except where the
+        # coalition tables may apply (they are planned from all samples: an eval-mode
+        # nn.Module on one image, whose forward does not draw)
+        # (a ``_draw_masks`` set on the instance, as tests do to inject samples, supplies them
+        # all up front too)
+        off = self._tables_off(xs, args, n, no_params)
+        self.stem_info = off or "off"
+        upfront = off is None or "_draw_masks" in vars(self)
+        masks = np.ascontiguousarray(self._draw_masks(n, F, kwargs), dtype=np.uint8) if upfront else None
+        w = self._fast_weights(masks, xs, bs, segs, F) if upfront else None
+        tables = self._stem_tables(inp, xs, bs, segs, F, masks, args) if w is not None and off is None else None
         builders = [P.PerturbedBuilder(_flat(x), _flat(b), seg) for x, b, seg in zip(xs, bs, segs)] \
             if tables is None else []
         # one image input to a CPU conv net: its batches run channels-last where that gives the
-        # model's own outputs (checked on the first batch; LayoutProbe)
+        # model's own outputs (LayoutProbe, checked on the first batch by one more call on two
+        # of its samples); not for a model with forward hooks (they would see that extra call)
         from xaikernels.methods.lime import LayoutProbe, channels_last_candidate
 
-        probe = LayoutProbe(self.forward_func, (), len(xs) == 1 and channels_last_candidate(
-            self.forward_func, tuple(xs[0].shape[1:]), xs[0].dtype, device)) if tables is None else None
+        probe = LayoutProbe(self.forward_func, (), len(xs) == 1 and not _hooked(self.forward_func)
+                            and channels_last_candidate(self.forward_func, tuple(xs[0].shape[1:]), xs[0].dtype,
+                                                        device)) \
+            if tables is None and not no_params else None
         outs: List[Tensor] = []
         sims: List[float] = []
+        blocks: List[np.ndarray] = []
         bar = _progress(math.ceil(n / per_eval), f"{self.get_name()} attribution") if show_progress else None
         exp_args, exp_target = _expand_args(args, per_eval), _expand_target(target, per_eval)
         for s0 in range(0, n, per_eval):
@@ -582,16 +837,21 @@ class Lime(LimeBase):
                 if bar is not None:
                     bar.update()
                 continue
+            if masks is not None:
+                block = masks[s0:s1]
+            else:
+                block = np.ascontiguousarray(self._draw_rows(s0, s1, F, kwargs), dtype=np.uint8)
+                blocks.append(block)
             batch = []
             for x, build in zip(xs, builders):
                 out = torch.empty((k,) + tuple(x.shape), dtype=x.dtype)
-                build(masks[s0:s1], out.view(k, 1, x.numel(), 1))
+                build(block, out.view(k, 1, x.numel(), 1))
                 batch.append(out.reshape((k * x.shape[0],) + tuple(x.shape[1:])).to(device))
-            if w is None:
+            if self._fast_weights_kind() is None:
                 rows = [x.shape[0] for x in xs]
                 for j in range(k):
                     pert = tuple(t[j * r:(j + 1) * r] for t, r in zip(batch, rows))
-                    z = torch.from_numpy(masks[s0 + j: s0 + j + 1]).long().to(device)
+                    z = torch.from_numpy(block[j: j + 1]).long().to(device)
                     s = self.similarity_func(inputs, pert if isinstance(inputs, tuple) else pert[0], z, **kwargs)
                     sims.append(float(s.flatten()[0]) if isinstance(s, Tensor) else float(s))
             a = exp_args if k == per_eval else _expand_args(args, k)
@@ -601,10 +861,42 @@ class Lime(LimeBase):
                 bar.update()
         if bar is not None:
             bar.close()
-        self.layout_info = "channels_last (the tables' tail)" if tables is not None else (probe.layout or "contiguous")
+        if masks is None:
+            masks = np.concatenate(blocks) if blocks else np.zeros((0, F), np.uint8)
+            w = self._fast_weights(masks, xs, bs, segs, F)
+        self.layout_info = "channels_last (the tables' tail)" if tables is not None else \
+            ((probe.layout if probe is not None else None) or "contiguous")
         y = _as_float_tensor(outs)
         wt = torch.tensor(np.asarray(sims if w is None else w), dtype=torch.float32)
         return self._train(torch.from_numpy(masks.astype(np.float32)), y, wt, n)
+
+    def _tables_off(self, xs, args, n: int, no_params: bool) -> Optional[str]:
+        """Why the coalition tables cannot apply, from the cheap conditions of
+        :meth:`_stem_tables` (which decide whether samples are drawn up front); None where
+        they might."""
+        from xaikernels.methods.lime import SMALL_WORK
+
+        m = self.forward_func
+        if getattr(self, "stem", "auto") == "off":
+            return "off"
+        if self._fast_weights_kind() is None:
+            return "off"  # (a custom similarity_func)
+        if no_params or not isinstance(m, torch.nn.Module) or m.training:
+            return "off: the forward is not an nn.Module in eval mode"
+        if len(xs) != 1 or xs[0].dim() != 4 or xs[0].shape[0] != 1:
+            return "off: not one image (1, C, H, W)"
+        if xs[0].dtype not in (torch.float32, torch.float64):
+            return f"off: the input is {xs[0].dtype} (tables: float32/float64 on CPU)"
+        if args is not None and _tup(args):
+            return "off: additional_forward_args are given"
+        if n * xs[0][0].numel() < SMALL_WORK:
+            return f"off: too little work for the tables' set-up (samples × input size < {SMALL_WORK:.0e})"
+        return None
+
+    def _fast_weights_kind(self) -> Optional[str]:
+        """Which similarity :meth:`_fast_weights` computes from the masks (None: the user's
+        function is called per sample)."""
+        return "exp" if getattr(self.similarity_func, "_xk_exp", None) is not None else None
 
     def _stem_tables(self, inp, xs, bs, segs, F, masks, args):
         """(plan, tail) of stem coalition tables (:mod:`xaikernels.methods._stem`) for one
@@ -711,11 +1003,12 @@ class KernelShap(Lime):
             return "shap"
         return super()._sampler()
 
-    def _draw_masks(self, n: int, F: int, kwargs) -> np.ndarray:
+    def _draw_rows(self, s0: int, s1: int, F: int, kwargs) -> np.ndarray:
         if self._sampler() != "shap":
-            return super()._draw_masks(n, F, kwargs)
-        head = np.vstack([np.ones((1, F), np.uint8), np.zeros((1, F), np.uint8)])[:n]
-        m = n - 2
+            return super()._draw_rows(s0, s1, F, kwargs)
+        # samples 0 and 1 are the full and the empty coalition (no draws)
+        head = np.vstack([np.ones((1, F), np.uint8), np.zeros((1, F), np.uint8)])[s0:min(s1, 2)]
+        m = s1 - max(s0, 2)
         if m <= 0:
             return head
         # Captum's generator, step by step: a size from the categorical, then randn(1, F);
@@ -748,9 +1041,14 @@ class KernelShap(Lime):
         thr = np.take_along_axis(np.sort(rand, axis=1), (F - sel - 1)[:, None], axis=1)
         return np.vstack([head, (rand > thr).astype(np.uint8)])
 
-    def _fast_weights(self, masks, xs, bs, segs, F) -> Optional[np.ndarray]:
+    def _fast_weights_kind(self) -> Optional[str]:
         sf = self.similarity_func
         if getattr(sf, "__func__", None) is KernelShap.kernel_shap_similarity_kernel and sf.__self__ is self:
+            return "shap"
+        return super()._fast_weights_kind()
+
+    def _fast_weights(self, masks, xs, bs, segs, F) -> Optional[np.ndarray]:
+        if self._fast_weights_kind() == "shap":
             k = masks.sum(1)
             return np.where((k == 0) | (k == F), self.inf_weight, 1.0)
         return super()._fast_weights(masks, xs, bs, segs, F)

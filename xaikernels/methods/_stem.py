@@ -682,7 +682,10 @@ def _expected_rows(w: Windows, n: int) -> float:
     probability ½ or by sizes; only used to order the depths before counting exactly)."""
     m = (w.segs >= 0).sum(1).astype(np.float64)
     k = np.exp2(m)
-    return float(np.sum(k * -np.expm1(n * np.log1p(-1.0 / k)))) if n else 0.0
+    # a window wholly in padding (m = 0, k = 1) has one key: log1p(-1) = -inf gives the term
+    # 1 exactly, written as -inf here rather than computed (which warns "divide by zero")
+    lg = np.where(m > 0, np.log1p(-1.0 / np.maximum(k, 2.0)), -np.inf)
+    return float(np.sum(k * -np.expm1(n * lg))) if n else 0.0
 
 
 def build_plans(stem: Stem, xs: Sequence[torch.Tensor], fills: Sequence[torch.Tensor], segs: Sequence[np.ndarray],

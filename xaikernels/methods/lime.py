@@ -119,7 +119,13 @@ class LayoutProbe:
     (``rtol=1e-3``, ``atol=1e-4·max|output|``).  A model that raises on channels-last input
     (a ``.view`` of a permuted activation), or whose outputs differ (a custom op reading raw
     memory), runs contiguous from then on, that batch included.  ``layout`` says which ran
-    and why."""
+    and why.
+
+    The check costs one forward call beyond the caller's batches (on two rows): comparing
+    layouts needs the model's output on the same rows in both, and running the whole first
+    batch twice would cost more.  That call, and the channels-last batches, are visible to
+    forward hooks and to code in ``forward``; callers that must reproduce another library's
+    forward calls exactly (the Captum drop-ins with hooked models) do not enable the probe."""
 
     def __init__(self, model, forward_args=(), enabled: bool = True):
         self.model = model

@@ -496,20 +496,30 @@ def fit_lime(X: np.ndarray, Y: np.ndarray, labels, wd: Optional[np.ndarray] = No
 
 
 def lasso_fit(X: np.ndarray, Y: np.ndarray, w: np.ndarray, alpha: float, *, max_iter: int = 1000,
-              tol: float = 1e-4, backend: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
+              tol: float = 1e-4, return_info: bool = False, backend: str = "auto"):
     """Weighted lasso ``1/(2Σw) Σ w_s (y_s - c - x_s·β)² + α|β|₁`` for every instance and
     target (scikit-learn's ``Lasso(alpha).fit(X, y, sample_weight=w)``, same algorithm and
-    stopping rule).  X (B, S, F), Y (B, S, T), w (B, S) → coef (B, T, F), intercept (B, T)."""
+    stopping rule).  X (B, S, F), Y (B, S, T) (or (B, S)), w (B, S) → coef (B, T, F),
+    intercept (B, T); with ``return_info`` also info (B, T, 3): the final duality gap, the
+    tolerance it was held to (``tol·|y_c|²``) and 1.0 where it met it, 0.0 where ``max_iter``
+    ran out first (where scikit-learn warns ``ConvergenceWarning``).
+
+    Shapes and finiteness are checked here (ValueError), before any kernel indexes the data."""
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
     if Y.ndim == 2:
         Y = Y[..., None]
+    if X.ndim != 3 or Y.ndim != 3 or w.ndim != 2 or Y.shape[:2] != X.shape[:2] or w.shape != X.shape[:2]:
+        raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, w {w.shape} (need (B, S, F), (B, S, T), (B, S))")
+    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+        raise ValueError("non-finite values in the surrogate data or model outputs")
     _check_weights(w)
     if not alpha > 0:
         raise ValueError(f"lasso needs alpha > 0, got {alpha}")
-    return _impl(OP_LASSO, backend)(np.ascontiguousarray(X), np.ascontiguousarray(Y),
-                                    np.ascontiguousarray(w), float(alpha), int(max_iter), float(tol))
+    coef, icpt, info = _impl(OP_LASSO, backend)(np.ascontiguousarray(X), np.ascontiguousarray(Y),
+                                                np.ascontiguousarray(w), float(alpha), int(max_iter), float(tol))
+    return (coef, icpt, info) if return_info else (coef, icpt)
 
 
 OP_CWLS = _define("constrained_wls", _ref.constrained_wls)

@@ -489,13 +489,15 @@ def _screen(Xc, R, beta, norm2, XtA, dual_norm, gap, l1, excluded):
 
 
 def lasso_cd(X: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float, max_iter: int = 1000,
-             tol: float = 1e-4) -> Tuple[np.ndarray, float]:
+             tol: float = 1e-4, info: Optional[np.ndarray] = None) -> Tuple[np.ndarray, float]:
     """Weighted lasso by cyclic coordinate descent: scikit-learn's ``Lasso(alpha)`` fitted with
     ``sample_weight``, i.e. minimise ``1/(2 Σw) Σ_s w_s (y_s - c - x_s·β)² + α|β|₁``.
 
     Same algorithm as scikit-learn's solver (cyclic updates from zero, the relative-update
     test, then the duality gap ``<= tol·|y_c|²``, gap-safe screening), so the answer matches
-    it to rounding rather than only to ``tol``.  Returns (β, intercept).
+    it to rounding rather than only to ``tol``.  Returns (β, intercept); ``info`` (3,), when
+    given, receives (final duality gap, scaled tolerance ``tol·|y_c|²``, 1.0 if the gap met it
+    else 0.0: scikit-learn's ``ConvergenceWarning`` case).
     """
     S, F = X.shape
     sw = w * (S / w.sum())
@@ -512,7 +514,9 @@ def lasso_cd(X: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float, max_iter
     R = yc.copy()
     tol_s = tol * float(yc @ yc)
     gap, dual_norm, XtA = _gap(Xc, yc, R, beta, l1)
-    if gap <= tol_s:
+    converged = gap <= tol_s
+    if converged:
+        _lasso_info(info, gap, tol_s, converged)
         return beta, ybar - float(xbar @ beta)
     excluded = norm2 == 0.0
     active = _screen(Xc, R, beta, norm2, XtA, dual_norm, gap, l1, excluded)
@@ -531,23 +535,33 @@ def lasso_cd(X: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float, max_iter
         if w_max == 0.0 or d_w_max / w_max <= tol or it == max_iter - 1:
             gap, dual_norm, XtA = _gap(Xc, yc, R, beta, l1)
             if gap <= tol_s:
+                converged = True
                 break
             active = _screen(Xc, R, beta, norm2, XtA, dual_norm, gap, l1, excluded)
+    _lasso_info(info, gap, tol_s, converged)
     return beta, ybar - float(xbar @ beta)
+
+
+def _lasso_info(info: Optional[np.ndarray], gap: float, tol_s: float, converged: bool) -> None:
+    if info is not None:
+        info[:] = (gap, tol_s, 1.0 if converged else 0.0)
 
 
 def lasso_fit(X: np.ndarray, Y: np.ndarray, w: np.ndarray, alpha: float, max_iter: int = 1000,
               tol: float = 1e-4) -> Tuple[np.ndarray, np.ndarray]:
     """:func:`lasso_cd` for every instance and target: (B, S, F), (B, S, T), (B, S) → coef
-    (B, T, F), intercept (B, T)."""
+    (B, T, F), intercept (B, T), info (B, T, 3) (see :func:`lasso_cd`)."""
     B, S, F = X.shape
     T = Y.shape[2]
+    if Y.shape[:2] != (B, S) or w.shape != (B, S):
+        raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, w {w.shape}")
     coef = np.zeros((B, T, F))
     icpt = np.zeros((B, T))
+    info = np.zeros((B, T, 3))
     for b in range(B):
         for t in range(T):
-            coef[b, t], icpt[b, t] = lasso_cd(X[b], Y[b, :, t], w[b], alpha, max_iter, tol)
-    return coef, icpt
+            coef[b, t], icpt[b, t] = lasso_cd(X[b], Y[b, :, t], w[b], alpha, max_iter, tol, info[b, t])
+    return coef, icpt, info
 
 
 def _kkt_pinv(A: np.ndarray, C: np.ndarray, delta: np.ndarray, n_rows: int) -> np.ndarray:

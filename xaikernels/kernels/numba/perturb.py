@@ -1413,7 +1413,7 @@ def _screen(Xc, R, beta, norm2, XtA, dual_norm, gap, l1, excluded, active):
 
 
 @njit(cache=True)
-def _lasso_one(X, y, w, alpha, max_iter, tol, beta_out):
+def _lasso_one(X, y, w, alpha, max_iter, tol, beta_out, info_out):
     S, F = X.shape
     tw = 0.0
     for s in range(S):
@@ -1453,7 +1453,8 @@ def _lasso_one(X, y, w, alpha, max_iter, tol, beta_out):
     tol_s = tol * yy
     XtA = np.empty(F)
     gap, dual_norm = _gap(Xc, yc, R, beta, l1, XtA)
-    if gap > tol_s:
+    converged = gap <= tol_s
+    if not converged:
         excluded = np.zeros(F, dtype=np.bool_)
         for f in range(F):
             excluded[f] = norm2[f] == 0.0
@@ -1482,8 +1483,12 @@ def _lasso_one(X, y, w, alpha, max_iter, tol, beta_out):
             if w_max == 0.0 or d_w_max / w_max <= tol or it == max_iter - 1:
                 gap, dual_norm = _gap(Xc, yc, R, beta, l1, XtA)
                 if gap <= tol_s:
+                    converged = True
                     break
                 n_act = _screen(Xc, R, beta, norm2, XtA, dual_norm, gap, l1, excluded, active)
+    info_out[0] = gap
+    info_out[1] = tol_s
+    info_out[2] = 1.0 if converged else 0.0
     c = ybar
     for f in range(F):
         beta_out[f] = beta[f]
@@ -1492,27 +1497,32 @@ def _lasso_one(X, y, w, alpha, max_iter, tol, beta_out):
 
 
 @njit(cache=True, parallel=True)
-def _lasso_all(X, Y, w, alpha, max_iter, tol, coef, icpt):
+def _lasso_all(X, Y, w, alpha, max_iter, tol, coef, icpt, info):
     B = X.shape[0]
     T = Y.shape[2]
     for k in prange(B * T):
         b = k // T
         t = k % T
-        icpt[b, t] = _lasso_one(X[b], Y[b, :, t].copy(), w[b], alpha, max_iter, tol, coef[b, t])
+        icpt[b, t] = _lasso_one(X[b], Y[b, :, t].copy(), w[b], alpha, max_iter, tol, coef[b, t], info[b, t])
 
 
 def lasso_fit(X, Y, w, alpha, max_iter=1000, tol=1e-4):
     """Weighted lasso for every instance and target: (B, S, F), (B, S, T), (B, S) → coef
-    (B, T, F), intercept (B, T).  See :func:`xaikernels.reference.perturb.lasso_cd`."""
+    (B, T, F), intercept (B, T), info (B, T, 3) = (final duality gap, scaled tolerance,
+    1.0 if converged else 0.0).  See :func:`xaikernels.reference.perturb.lasso_cd`."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     Y = np.ascontiguousarray(Y, dtype=np.float64)
     w = np.ascontiguousarray(w, dtype=np.float64)
     B, S, F = X.shape
     T = Y.shape[2]
+    # the jitted loops index Y and w by X's extents: refuse any other shapes here too
+    if Y.shape[:2] != (B, S) or w.shape != (B, S):
+        raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, w {w.shape}")
     coef = np.zeros((B, T, F))
     icpt = np.zeros((B, T))
-    _lasso_all(X, Y, w, float(alpha), int(max_iter), float(tol), coef, icpt)
-    return coef, icpt
+    info = np.zeros((B, T, 3))
+    _lasso_all(X, Y, w, float(alpha), int(max_iter), float(tol), coef, icpt, info)
+    return coef, icpt, info
 
 
 # ------------------------------------------------------------------------ constrained (SHAP)
