@@ -98,8 +98,8 @@ def _offsets(KP, x_apb, fill, seg_ids, masks, repeats):
     wp, wf, wq = KP._word_entries(ptr, word, W)
     hb = np.empty((masks.shape[0], W), dtype=np.uint64)
     KP._hidden_bitmaps(wp, wf, wq, bits, F, masks, 0, hb)
-    b = KP.Builder(x_apb, fill, seg_ids)
-    own = (b.xv.ctypes.data % 4096, b.fv.ctypes.data % 4096, b.OUT_OFFSET)
+    o = KP.Builder.OUT_OFFSET
+    own = ((o + KP._X_SHIFT) % 4096, (o + KP._FILL_SHIFT) % 4096, o)  # where batches() places them
     res = {}
     for ox, of, oo in [(0, 0, 0), (0, 64, 128), (0, 0, 2048), (0, 2048, 64), (512, 1536, 2560), own]:
         x = KP.placed_copy(x_apb.reshape(A, L), ox).view(np.uint64)

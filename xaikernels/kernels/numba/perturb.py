@@ -429,6 +429,10 @@ def placed_copy(a, offset):
     return out
 
 
+_X_SHIFT, _FILL_SHIFT = 2048, 3072  # page offsets of x and fill past the output's
+_PLACE_SLACK = 256  # output offsets this close to the placed-for one keep x and fill where they are
+
+
 class Builder:
     """``build_perturbed`` for one (x, fill, seg), prepared once (raw views, per-feature word
     bitmaps of the feature map) and then called per batch with no per-call set-up."""
@@ -445,19 +449,35 @@ class Builder:
         F = int(seg.max()) + 1 if seg.size else 0
         self.F = F
         self.ptr, self.word, self.bits = _word_masks(seg, np.int64(self.Bn), np.int64(F))
-        # x and fill copied to set page offsets, and batches best written at OUT_OFFSET
-        # (new_out): the blend reads x and fill while it writes the output, and streams whose
-        # addresses agree in their low 12 bits stall each other (4K aliasing) — 1.76 ms
-        # against 2.33 ms for lime's 1000 64×64×3 images by the offsets alone, which
-        # otherwise fall where the allocator puts them
-        self.xv = placed_copy(x, 0).view(self.raw).reshape(self.A, self.L)
-        self.fv = placed_copy(fill, 1024).view(self.raw).reshape(self.A, self.L)
+        self.xv = np.ascontiguousarray(x).view(self.raw).reshape(self.A, self.L)
+        self.fv = np.ascontiguousarray(fill).view(self.raw).reshape(self.A, self.L)
+        self._out_off = None  # the output page offset x and fill are placed for (None: not yet)
 
-    OUT_OFFSET = 2048  # page offset of output rows (rows of a plane whose size is a multiple of 4 KiB)
+    OUT_OFFSET = 2048  # page offset of new_out's buffers before any batch was built
 
     def new_out(self, shape, dtype):
-        """An uninitialised C-contiguous output buffer placed for the blend (OUT_OFFSET)."""
-        return placed_empty(shape, dtype, self.OUT_OFFSET)
+        """An uninitialised C-contiguous output buffer at the page offset x and fill are (or
+        will be) placed for."""
+        return placed_empty(shape, dtype, self.OUT_OFFSET if self._out_off is None else self._out_off)
+
+    def _place_for(self, ov):
+        """For the loop over model batches (:meth:`batches`): x and fill copied to page offsets
+        set against the output's.  The blend reads x and fill while it writes the output, and
+        streams whose addresses agree in their low 12 bits stall each other (4K aliasing) —
+        1.76 ms against 2.33 ms for lime's 1000 64×64×3 images by the offsets alone
+        (bench/results/lime_image_profile.md), which otherwise fall where the allocators put
+        them.  Output rows of a plane whose size is a multiple of 4 KiB all share one offset:
+        x goes 2 KiB and fill 3 KiB past it, moved again (one copy each) only when a batch's
+        output sits elsewhere.  (A whole build by ``__call__`` blends 16 rows at a time and
+        showed no such effect: its x and fill stay the caller's.)"""
+        off = ov.ctypes.data % _PAGE if ov.size else 0
+        if self._out_off is not None:
+            d = (off - self._out_off) % _PAGE
+            if min(d, _PAGE - d) <= _PLACE_SLACK:
+                return
+        self.xv = placed_copy(self.xv, (off + _X_SHIFT) % _PAGE)
+        self.fv = placed_copy(self.fv, (off + _FILL_SHIFT) % _PAGE)
+        self._out_off = off
 
     def __call__(self, masks, out):
         S = out.shape[0]
@@ -484,8 +504,8 @@ class Builder:
             raise ValueError(f"masks have {masks.shape[1]} features, the feature map uses {self.F}")
         masks = np.ascontiguousarray(masks, dtype=np.uint8)
         raw, A, L = self.raw, self.A, self.L
-        xv, fv, ptr, word, bits, F = self.xv, self.fv, self.ptr, self.word, self.bits, self.F
-        _check_plan(xv, fv, ptr, word, bits, masks)
+        ptr, word, bits, F = self.ptr, self.word, self.bits, self.F
+        _check_plan(self.xv, self.fv, ptr, word, bits, masks)
         par_min = _PARALLEL_MIN if numba.get_num_threads() > 1 else np.inf
         W = (L + 63) >> 6
         wp, wf, wq = _word_entries(ptr, word, W)
@@ -498,15 +518,16 @@ class Builder:
                 if s0 < 0 or s1 > masks.shape[0]:
                     raise ValueError(f"build: rows {s0}..{s1 - 1} past the end of the {masks.shape[0]} masks")
                 ov = out.reshape(n, A, L).view(raw)
+                self._place_for(ov)
                 if n * A * L >= par_min:
-                    _build_parallel(xv, fv, ptr, word, bits, masks[s0:s1], ov)
+                    _build_parallel(self.xv, self.fv, ptr, word, bits, masks[s0:s1], ov)
                     return out
                 if not (held[0] <= s0 and s1 <= held[1]):
                     r1 = min(masks.shape[0], s0 + max(n, chunk))
                     hb = held[2] if held[2].shape[0] >= r1 - s0 else np.empty((r1 - s0, W), dtype=np.uint64)
                     _hidden_bitmaps(wp, wf, wq, bits, F, masks, s0, hb[: r1 - s0])
                     held[:] = [s0, r1, hb]
-                _blend_bitmaps(xv, fv, held[2], s0 - held[0], ov)
+                _blend_bitmaps(self.xv, self.fv, held[2], s0 - held[0], ov)
             return out
 
         return fn
