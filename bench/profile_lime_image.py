@@ -96,7 +96,8 @@ def _offsets(KP, x_apb, fill, seg_ids, masks, repeats):
     W = (L + 63) >> 6
     ptr, word, bits = KP._word_masks(seg_ids, np.int64(Bn), np.int64(F))
     wp, wf, wq = KP._word_entries(ptr, word, W)
-    hb = np.empty((masks.shape[0], W), dtype=np.uint64)
+    B = KP._BITMAP_BLOCK
+    hb = np.empty(((masks.shape[0] + B - 1) // B, W, B), dtype=np.uint64)
     KP._hidden_bitmaps(wp, wf, wq, bits, F, masks, 0, hb)
     o = KP.Builder.OUT_OFFSET
     own = ((o + KP._X_SHIFT) % 4096, (o + KP._FILL_SHIFT) % 4096, o)  # where batches() places them

@@ -330,30 +330,27 @@ def _block_bitmaps(wp, wf, wq, bits, n_features, masks, r0, m, hid, scratch):
 
 @njit(cache=True)
 def _hidden_bitmaps(wp, wf, wq, bits, n_features, masks, r0, hb):
-    """``hb[r, w]``: the hidden elements of word ``w`` in masks row ``r0 + r``
-    (:func:`_block_bitmaps` for blocks of rows, transposed into ``hb`` (rows, W)); for a plan
-    checked by :func:`_check_plan`."""
-    n, W = hb.shape
-    if wp.shape[0] != W + 1 or r0 < 0 or r0 + n > masks.shape[0] or masks.shape[1] < n_features:
+    """``hb[k, w, c]``: the hidden elements of word ``w`` in masks row ``r0 + k·B + c``
+    (B = _BITMAP_BLOCK): :func:`_block_bitmaps` for blocks of rows, each written word-major
+    in place (no transpose); for a plan checked by :func:`_check_plan`."""
+    nblk, W, B = hb.shape
+    n = min(nblk * B, masks.shape[0] - r0)
+    if wp.shape[0] != W + 1 or B != _BITMAP_BLOCK or r0 < 0 or n < 0 or masks.shape[1] < n_features:
         raise ValueError("build: bitmap rows outside the masks, or a plan of another width")
-    B = _BITMAP_BLOCK
     hid = np.empty((n_features, B), dtype=np.uint64)
-    scratch = np.empty((W, B), dtype=np.uint64)
-    for b0 in range(0, n, B):
-        m = min(B, n - b0)
-        _block_bitmaps(wp, wf, wq, bits, n_features, masks, r0 + b0, m, hid, scratch)
-        for r in range(m):
-            for w in range(W):
-                hb[b0 + r, w] = scratch[w, r]
+    for k in range(min(nblk, (n + B - 1) // B)):
+        _block_bitmaps(wp, wf, wq, bits, n_features, masks, r0 + k * B, min(B, n - k * B), hid, hb[k])
 
 
 @njit(cache=True)
 def _blend_bitmaps(x, fill, hb, h0, out):
-    """Output row ``r`` = x with the elements hidden by ``hb[h0 + r]`` taken from fill."""
+    """Output row ``r`` = x with the elements hidden by bitmap row ``h0 + r`` of ``hb``
+    (:func:`_hidden_bitmaps`' blocks) taken from fill."""
     _check_out(x, out)
     S = out.shape[0]
     A, L = x.shape
-    if h0 < 0 or h0 + S > hb.shape[0] or hb.shape[1] != (L + 63) >> 6:
+    nblk, W, B = hb.shape
+    if h0 < 0 or h0 + S > nblk * B or W != (L + 63) >> 6 or B != _BITMAP_BLOCK:
         raise ValueError("build: bitmap rows outside hb, or hb of another width")
     full = L >> 6
     for a in range(A):
@@ -361,10 +358,12 @@ def _blend_bitmaps(x, fill, hb, h0, out):
         fa = fill[a]
         for w in range(full):
             for r in range(S):
-                _blend_word(out[r, a], xa, fa, w << 6, hb[h0 + r, w])
+                h = h0 + r
+                _blend_word(out[r, a], xa, fa, w << 6, hb[h // _BITMAP_BLOCK, w, h % _BITMAP_BLOCK])
         if full << 6 < L:
             for r in range(S):
-                _blend_tail(out[r, a], xa, fa, full << 6, hb[h0 + r, full])
+                h = h0 + r
+                _blend_tail(out[r, a], xa, fa, full << 6, hb[h // _BITMAP_BLOCK, full, h % _BITMAP_BLOCK])
 
 
 @njit(cache=True)
@@ -452,6 +451,7 @@ class Builder:
         self.xv = np.ascontiguousarray(x).view(self.raw).reshape(self.A, self.L)
         self.fv = np.ascontiguousarray(fill).view(self.raw).reshape(self.A, self.L)
         self._out_off = None  # the output page offset x and fill are placed for (None: not yet)
+        self._out_id = None  # id of the last output buffer checked (not a reference: it would count)
 
     OUT_OFFSET = 2048  # page offset of new_out's buffers before any batch was built
 
@@ -470,6 +470,9 @@ class Builder:
         x goes 2 KiB and fill 3 KiB past it, moved again (one copy each) only when a batch's
         output sits elsewhere.  (A whole build by ``__call__`` blends 16 rows at a time and
         showed no such effect: its x and fill stay the caller's.)"""
+        if id(ov.base) == self._out_id:  # the same (reused) output buffer as the last batch
+            return
+        self._out_id = id(ov.base)
         off = ov.ctypes.data % _PAGE if ov.size else 0
         if self._out_off is not None:
             d = (off - self._out_off) % _PAGE
@@ -510,7 +513,7 @@ class Builder:
         W = (L + 63) >> 6
         wp, wf, wq = _word_entries(ptr, word, W)
         chunk = max(1, _BITMAP_BYTES // (8 * W))
-        held = [0, 0, np.empty((0, W), dtype=np.uint64)]  # rows r0..r1-1 of masks, their bitmaps
+        held = [0, 0, np.empty((0, W, _BITMAP_BLOCK), dtype=np.uint64)]  # rows r0..r1-1 of masks, their bitmaps
 
         def fn(s0, s1, out):
             n = s1 - s0
@@ -524,8 +527,9 @@ class Builder:
                     return out
                 if not (held[0] <= s0 and s1 <= held[1]):
                     r1 = min(masks.shape[0], s0 + max(n, chunk))
-                    hb = held[2] if held[2].shape[0] >= r1 - s0 else np.empty((r1 - s0, W), dtype=np.uint64)
-                    _hidden_bitmaps(wp, wf, wq, bits, F, masks, s0, hb[: r1 - s0])
+                    nblk = (r1 - s0 + _BITMAP_BLOCK - 1) // _BITMAP_BLOCK
+                    hb = held[2] if held[2].shape[0] == nblk else np.empty((nblk, W, _BITMAP_BLOCK), dtype=np.uint64)
+                    _hidden_bitmaps(wp, wf, wq, bits, F, masks, s0, hb)
                     held[:] = [s0, r1, hb]
                 _blend_bitmaps(self.xv, self.fv, held[2], s0 - held[0], ov)
             return out
