@@ -369,3 +369,27 @@ def test_dropin_fused_fit_equals_custom_kernel_path(backend):
                                        rtol=1e-9, atol=1e-12)
             # R² in [0, 1]: near 0 (this random classifier) only an absolute bound is meaningful
             np.testing.assert_allclose(a.score_per_label[lab], b.score_per_label[lab], rtol=1e-9, atol=1e-12)
+
+
+@needs_numba
+def test_builder_batches_follow_the_output_buffers_page_offset():
+    """batches() places its copies of x and fill 2 and 3 KiB past the page offset of the
+    buffer each batch is written to (4K aliasing), moving them when the buffer moves; the
+    rows stay build_perturbed's whatever the buffers' offsets."""
+    from xaikernels.kernels.numba import perturb as K
+
+    rng = np.random.RandomState(3)
+    x, fill = rng.randn(1, 512, 3), rng.randn(1, 512, 3)  # planes of 12 KiB: rows share an offset
+    seg = rng.randint(0, 7, 512).astype(np.int64)
+    masks = (rng.rand(40, 7) < 0.5).astype(np.uint8)
+    ref = np.empty((40, 1, 512, 3))
+    R.build_perturbed(x, fill, seg, masks, ref)
+    b = P.PerturbedBuilder(x, fill, seg, backend="numba")
+    fn = b.batches(masks)
+    assert b.new_out((4, 1, 512, 3)).ctypes.data % 4096 == K.Builder.OUT_OFFSET
+    for i, off in enumerate([0, 2048, 136, 136, 3000, 0, 2048, 512, 1024, 4000]):
+        out = K.placed_empty((4, 1, 512, 3), np.float64, off)
+        fn(4 * i, 4 * i + 4, out)
+        np.testing.assert_array_equal(out, ref[4 * i:4 * i + 4])
+        assert (b._impl.xv.ctypes.data - off - 2048) % 4096 <= 256 or (off - b._impl.xv.ctypes.data + 2048) % 4096 <= 256
+        assert (b._impl.fv.ctypes.data - b._impl.xv.ctypes.data) % 4096 == 1024
