@@ -1087,9 +1087,9 @@ def fit_surrogate(X, Y, w, x0, alpha, fit_intercept=True, select=0, num_features
         else:
             Yt = (Y[b] - ym) * q
             TSS[b] = np.einsum("st,st->t", Yt, Yt)
-        # a constant target's rounding noise counts as 0 (reference.tss_noise)
         ymax = np.abs(Y[b]).max(0) if S else np.zeros(T)
-        TSS[b] = np.where(TSS[b] <= sw * (S * 2.220446049250313e-16 * ymax) ** 2, 0.0, TSS[b])
+        for t in range(T):
+            TSS[b, t] = _tss_floored(TSS[b, t], sw, ymax[t], S)
     coef = np.zeros((B, T, F))
     icpt = np.zeros((B, T))
     score = np.zeros((B, T))
