@@ -41,6 +41,30 @@ def test_unfit_backends_are_passed_over_in_auto_mode_only(monkeypatch):
     assert op.resolve(cpu, unfit=("numba",)) == "numba"
 
 
+def test_launcher_cache_follows_environment_and_registration(monkeypatch):
+    """launcher caches its resolutions, keyed on what resolve reads: a change of
+    XAIKERNELS_BACKEND or of the unfit set resolves again, a cached hit still records the
+    backend, a newly registered backend is seen, and an explicit request for a missing one
+    raises every time (errors are never cached)."""
+    op = _backend.define_op("cache_probe", {"cpu": ("numba", "reference")})
+    op.register("reference", lambda: "reference")
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    assert op.launcher(cpu)[0] == "reference"
+    op.register("numba", lambda: "numba")
+    assert op.launcher(cpu)[0] == "numba"
+    assert op.launcher(cpu, unfit=("numba",))[0] == "reference"
+    _backend._LAST.pop("cache_probe")
+    name, fn = op.launcher(cpu)
+    assert (name, fn()) == ("numba", "numba") and _backend.last_backend("cache_probe") == "numba"
+    monkeypatch.setenv(_backend.ENV_VAR, "reference")
+    assert op.launcher(cpu)[0] == "reference" and _backend.last_backend("cache_probe") == "reference"
+    for _ in range(2):
+        with pytest.raises(BackendUnavailableError, match="no 'cpp' kernel"):
+            op.launcher(cpu, "cpp")
+    _backend._OPS.pop("cache_probe")
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend"):
         grad_cam_reduce(A, G, backend="cuda-magic")

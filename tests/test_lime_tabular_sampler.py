@@ -261,10 +261,12 @@ def test_binary_uint8_surrogate_rows(backend):
             np.testing.assert_array_equal(a[i], b[i])
 
 
-def test_local_exps_sort_as_lime():
+@pytest.mark.parametrize("route", ["_local_exps", "_local_exps_small", "_local_exps_lexsort"])
+def test_local_exps_sort_as_lime(route):
     """All labels' lists at once equal lime's ``sorted(zip(used_features, coef), key=abs,
     reverse=True)`` per label, used_features in selection order: ties in |coef| (signs
-    differing) keep selection order, labels may select different features and counts."""
+    differing) keep selection order, labels may select different features and counts; the
+    Python sort (small sizes) and the lexsort route alike."""
     from xaikernels import lime as XL
 
     rng = np.random.RandomState(3)
@@ -276,9 +278,22 @@ def test_local_exps_sort_as_lime():
         sel = rng.permutation(F)[:k]
         used[j, sel] = np.arange(1, k + 1)
     used[0, :4] = [3, 1, 2, 4]
-    lists = XL._local_exps(coef, used)
+    lists = getattr(XL, route)(coef, used)
     for j in range(L):
         feats = [int(f) for f in np.argsort(np.where(used[j] > 0, used[j], F + 1))[:np.count_nonzero(used[j])]]
         expect = sorted(zip(feats, coef[j, feats].tolist()), key=lambda x: np.abs(x[1]), reverse=True)
         assert lists[j] == expect
         assert all(type(f) is int and type(v) is float for f, v in lists[j])
+
+
+def test_local_exps_nan_takes_the_lexsort():
+    """A NaN coefficient: the Python sort's order would be undefined, so the small route
+    declines and the lists are the lexsort's (NaN last, as NumPy sorts it)."""
+    from xaikernels import lime as XL
+
+    coef = np.array([[0.2, np.nan, -0.7, 0.1]])
+    used = np.array([[1, 2, 3, 4]])
+    assert XL._local_exps_small(coef, used) is None
+    lists = XL._local_exps(coef, used)
+    assert [f for f, _ in lists[0]] == [f for f, _ in XL._local_exps_lexsort(coef, used)[0]] == [2, 0, 3, 1]
+    assert [v for _, v in lists[0][:3]] == [-0.7, 0.2, 0.1] and np.isnan(lists[0][3][1])

@@ -161,6 +161,10 @@ class Op:
         self.name = name
         self.auto_order = auto_order  # device type -> backend preference
         self.impls: Dict[str, Callable] = {}
+        # launcher's resolutions by (device type, backend argument, the two environment
+        # variables it reads, unfit): availability is fixed per process (module and extension
+        # probes are cached), so a resolution is too; registering a backend clears it
+        self._resolved: Dict[tuple, Tuple[str, Callable]] = {}
 
     def register(self, backend: str, fn: Optional[Callable] = None):
         if backend not in BACKENDS:
@@ -168,6 +172,7 @@ class Op:
 
         def deco(f):
             self.impls[backend] = f
+            self._resolved.clear()
             return f
 
         return deco(fn) if fn is not None else deco
@@ -207,9 +212,17 @@ class Op:
         return "reference"
 
     def launcher(self, device: torch.device, backend: str = "auto", unfit: Tuple[str, ...] = ()):
-        name = self.resolve(device, backend, unfit)
-        _LAST[self.name] = name
-        return name, self.impls[name]
+        env = os.environ
+        key = (device.type, backend, env.get(ENV_VAR), env.get("TRITON_INTERPRET"), unfit)
+        hit = self._resolved.get(key)
+        if hit is None:
+            # a few microseconds warm, but tens right after other work has flushed the caches
+            # (every object resolve touches is a miss): a tabular LIME explanation calls three
+            # ops, each once
+            name = self.resolve(device, backend, unfit)
+            hit = self._resolved[key] = (name, self.impls[name])
+        _LAST[self.name] = hit[0]
+        return hit
 
 
 _LAST: Dict[str, str] = {}

@@ -29,10 +29,14 @@ SELECTIONS = ("auto", "none", "highest_weights", "forward_selection", "lasso_pat
 
 
 def _numba_attr(name):
-    def launcher(*args, **kwargs):
-        from xaikernels.kernels.numba import perturb as k
+    fn = []  # the kernel module's function, looked up on first call (Numba imported lazily)
 
-        return getattr(k, name)(*args, **kwargs)
+    def launcher(*args, **kwargs):
+        if not fn:
+            from xaikernels.kernels.numba import perturb as k
+
+            fn.append(getattr(k, name))
+        return fn[0](*args, **kwargs)
 
     launcher.__name__ = f"numba_{name}"
     return launcher

@@ -2414,9 +2414,11 @@ def _nb_chunk(c, nch, scaled, scaled8, inv, bm, dist, wts, width, base, row_offs
 # non-empty) are written from the bits.  Results do not depend on the blocking, nor on nch
 # (the number of chunks of blocks, one scratch set each).
 @njit(cache=True, parallel=True, error_model="numpy")
-def _neighbourhood_v(scaled, scaled8, inv, bm, dist, wts, width, base, row_offset, nch, kind, cdf, values, inst,
-                     center, scale, smean, sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, row0, cosine, gpart):
+def _neighbourhood_v(scaled, scaled8, inv, bm, dist, wts, width, seed, stream, row_offset, nch, kind, cdf, values,
+                     inst, center, scale, smean, sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, row0, cosine, gpart,
+                     g):
     n, D = inv.shape
+    base = _stream_base(seed, stream)
     usebm = bm.shape[0] > 0
     # the instance's surrogate row (standardised for kind 0, 1 otherwise) and its norm
     s0 = np.empty(D)
@@ -2452,6 +2454,9 @@ def _neighbourhood_v(scaled, scaled8, inv, bm, dist, wts, width, base, row_offse
         _nb_chunk(np.int64(c), nch, scaled, scaled8, inv, bm, dist, wts, width, base, row_offset, kind, cdf, values, center,
                   scale, smean, sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, row0, cosine, gpart, s0, n0, tab,
                   dtab, wtab, cst, few, jst, loc, hic)
+    if g.shape[0] and usebm and n > 0:
+        # the Gram of rows as bits by class popcounts, in the same call (one dispatch less)
+        _class_gram_masks(bm, wts, D, g)
 
 
 _neighbourhood_v_serial = _serial_twin(_neighbourhood_v, error_model="numpy")
@@ -2479,21 +2484,20 @@ def tabular_neighbourhood(n_rows, seed, stream, row_offset, kind, cdf, values, i
     # its count of ones
     by_class = gram and n > 0 and binary
     gpart = np.zeros(((n + _GRAM_BLK - 1) // _GRAM_BLK if gram and not by_class else 0, D + 1, D + 1))
-    base = np.uint64(_stream_base(np.uint64(seed % 2**64), np.uint64(stream % 2**64)))
-    threads = numba.get_num_threads()
-    par = inv.size >= _PAR_MIN_WORK and threads > 1  # as _pick
-    kernel = _neighbourhood_v if par else _neighbourhood_v_serial
-    nch = threads if par else 1
+    # as _pick, the thread count asked only for work worth a launch (the query alone costs
+    # ~20 µs when other work has flushed the caches)
+    nch = numba.get_num_threads() if inv.size >= _PAR_MIN_WORK else 1
+    kernel = _neighbourhood_v if nch > 1 else _neighbourhood_v_serial
+    # bits rows: the kernel also sums the Gram (by class popcounts) into g
+    g = np.empty((D + 1, D + 1) if by_class else (0, 0))
     kernel(scaled if not small else np.empty((0, D)), scaled if small else np.empty((0, D), dtype=np.uint8), inv, bm,
-           dist, wts, float(width), base, np.int64(row_offset), np.int64(nch), kind, cdf, values, inst, center, scale,
-           smean, sscale, ia, ib, bin_mean, bin_std, bin_min, bin_max, row0, metric == "cosine", gpart)
+           dist, wts, float(width), np.uint64(seed % 2**64), np.uint64(stream % 2**64), np.int64(row_offset),
+           np.int64(nch), kind, cdf, values, inst, center, scale, smean, sscale, ia, ib, bin_mean, bin_std, bin_min,
+           bin_max, row0, metric == "cosine", gpart, g if bm.shape[0] else g[:0])
     if not gram:
         return scaled, inv, dist, wts
     if by_class:
-        g = np.empty((D + 1, D + 1))
-        if bm.shape[0]:
-            _class_gram_masks(bm, wts, D, g)
-        elif not _class_gram_rows(scaled, wts, g):  # the kernel's weights are a table of the count
+        if not bm.shape[0] and not _class_gram_rows(scaled, wts, g):  # weights: a table of the count
             raise RuntimeError("tabular_neighbourhood: binary rows whose weights are not a function of their count")
         return scaled, inv, dist, wts, g
     return scaled, inv, dist, wts, _fold_gram(gpart)
