@@ -616,6 +616,57 @@ def test_lime_text_draws_replay_numpys_stream(backend, n, F, seed):
     assert a.randint(0, 2**31 - 1) == b.randint(0, 2**31 - 1)  # the stream continues as lime's
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n, skip, seed", [(0, 0, 0), (1, 0, 1), (623, 1, 2), (624, 0, 3), (625, 624, 4),
+                                           (73000, 1000, 5), (1249, 3, 2**32 - 1)])
+def test_lime_coin_flips_replay_numpys_stream(backend, n, skip, seed):
+    """lime image's ``randint(0, 2, n)``: the same bits, and the generator left where lime's
+    call leaves it (its key, position and gauss cache), from any position in the 624-word
+    block."""
+    a = np.random.RandomState(seed)
+    b = np.random.RandomState(seed)
+    a.randint(0, 7, skip)
+    b.randint(0, 7, skip)
+    b.standard_normal()  # a cached Gaussian, which the draws must leave alone
+    a.standard_normal()
+    m = P.lime_coin_flips(a, n, backend=backend)
+    assert m.dtype == np.uint8 and m.shape == (n,)
+    np.testing.assert_array_equal(m, b.randint(0, 2, n))
+    sa, sb = a.get_state(), b.get_state()
+    np.testing.assert_array_equal(sa[1], sb[1])
+    assert sa[2:] == sb[2:]
+    assert a.randint(0, 2**31 - 1) == b.randint(0, 2**31 - 1)
+
+
+@needs_numba
+def test_lime_coin_flips_state_routes_and_other_generators(monkeypatch):
+    """The in-place route (the bit generator's raw state) and the get_state / set_state round
+    trip it falls back to when the layout check fails give the same bits and states; another
+    bit generator takes NumPy's own call in auto mode, and an explicit Numba request for it
+    raises instead of drawing another stream."""
+    from xaikernels.kernels.numba import mt19937 as MT
+
+    assert MT._layout_ok()
+    a, b, c = (np.random.RandomState(11) for _ in range(3))
+    x = P.lime_coin_flips(a, 5000, backend="numba")
+    monkeypatch.setattr(MT, "_LAYOUT", [False])
+    y = P.lime_coin_flips(b, 5000, backend="numba")
+    np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(x, c.randint(0, 2, 5000))
+    assert a.randint(0, 10**6) == b.randint(0, 10**6) == c.randint(0, 10**6)
+    pcg, pcg2 = np.random.RandomState(np.random.PCG64(3)), np.random.RandomState(np.random.PCG64(3))
+    np.testing.assert_array_equal(P.lime_coin_flips(pcg, 100), pcg2.randint(0, 2, 100))
+    with pytest.raises(ValueError, match="MT19937"):
+        P.lime_coin_flips(pcg, 10, backend="numba")
+    with pytest.raises(TypeError):
+        P.lime_coin_flips(np.random.default_rng(0), 5)
+    with pytest.raises(ValueError):
+        P.lime_coin_flips(a, -1)
+    # bits statistics: a fair coin
+    z = P.lime_coin_flips(np.random.RandomState(0), 200000)
+    assert abs(z.mean() - 0.5) < 0.005
+
+
 @needs_numba
 def test_lime_text_draws_statistics_and_other_generators():
     rs = np.random.RandomState(0)

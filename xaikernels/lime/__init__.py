@@ -458,7 +458,8 @@ class LimeImageExplainer:
             if data.shape != (num_samples, F):
                 raise ValueError(f"masks must be ({num_samples}, {F}), got {data.shape}")
         elif lime_draws:
-            data = self.random_state.randint(0, 2, num_samples * F).reshape((num_samples, F)).astype(np.uint8)
+            data = P.lime_coin_flips(self.random_state, num_samples * F, backend=self.backend).reshape(
+                (num_samples, F))
             data[0] = 1
         else:
             data = P.sample_masks(num_samples, F, mask_seed, first_row_ones=True, backend=self.backend)

@@ -68,15 +68,22 @@ OP_STEM_REPS = _define("stem_representatives", _ref.stem_representatives)
 OP_STEM_LEVEL_IDS = _define("stem_level_ids", _ref.stem_level_ids)
 
 
-def _mt_launcher(*args, **kwargs):
-    from xaikernels.kernels.numba import mt19937 as k
+def _mt_attr(name):
+    def launcher(*args, **kwargs):
+        from xaikernels.kernels.numba import mt19937 as k
 
-    return k.lime_text_draws(*args, **kwargs)
+        return getattr(k, name)(*args, **kwargs)
+
+    launcher.__name__ = f"numba_{name}"
+    return launcher
 
 
 OP_LIME_TEXT_DRAWS = _backend.define_op("perturb_lime_text_draws", auto_order=_ORDER)
-OP_LIME_TEXT_DRAWS.register("numba", _mt_launcher)
+OP_LIME_TEXT_DRAWS.register("numba", _mt_attr("lime_text_draws"))
 OP_LIME_TEXT_DRAWS.register("reference", _ref.lime_text_draws)
+OP_LIME_COIN_FLIPS = _backend.define_op("perturb_lime_coin_flips", auto_order=_ORDER)
+OP_LIME_COIN_FLIPS.register("numba", _mt_attr("lime_coin_flips"))
+OP_LIME_COIN_FLIPS.register("reference", _ref.lime_coin_flips)
 
 
 def _impl(op, backend):
@@ -93,9 +100,23 @@ def lime_text_draws(random_state: np.random.RandomState, n_samples: int, n_words
         raise ValueError(f"need n_samples >= 1 and n_words >= 1, got {n_samples}, {n_words}")
     if not isinstance(random_state, np.random.RandomState):
         raise TypeError(f"random_state must be a numpy RandomState, got {type(random_state).__name__}")
-    if backend == "auto" and random_state.get_state(legacy=False)["bit_generator"] != "MT19937":
+    if backend == "auto" and type(getattr(random_state, "_bit_generator", None)) is not np.random.MT19937:
         backend = "reference"
     return _impl(OP_LIME_TEXT_DRAWS, backend)(random_state, int(n_samples), int(n_words))
+
+
+def lime_coin_flips(random_state: np.random.RandomState, n: int, backend: str = "auto") -> np.ndarray:
+    """lime image's coalitions, ``random_state.randint(0, 2, n)``, as uint8 with the generator
+    advanced as lime advances it.  The Numba kernel replays NumPy's legacy MT19937 stream in
+    place (:mod:`xaikernels.kernels.numba.mt19937`); a ``RandomState`` over another bit
+    generator takes the reference (NumPy's own call)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not isinstance(random_state, np.random.RandomState):
+        raise TypeError(f"random_state must be a numpy RandomState, got {type(random_state).__name__}")
+    if backend == "auto" and type(getattr(random_state, "_bit_generator", None)) is not np.random.MT19937:
+        backend = "reference"
+    return _impl(OP_LIME_COIN_FLIPS, backend)(random_state, int(n))
 
 
 # ----------------------------------------------------------------------------------- sampling

@@ -1022,6 +1022,12 @@ def stem_windows(seg_pad: np.ndarray, n_rows: int, n_cols: int, window: tuple, s
     return segs, ranks
 
 
+def lime_coin_flips(random_state: np.random.RandomState, n: int) -> np.ndarray:
+    """lime image's coalition draws, ``random_state.randint(0, 2, n)``, as uint8 (advancing
+    the generator as lime does)."""
+    return random_state.randint(0, 2, int(n)).astype(np.uint8)
+
+
 def lime_text_draws(random_state: np.random.RandomState, n_samples: int, n_words: int) -> np.ndarray:
     """lime's text coalitions, drawn exactly as lime draws them from ``random_state`` (and
     advancing it as lime does): (n_samples, n_words) uint8, row 0 all ones; row i ≥ 1 removes
