@@ -598,3 +598,83 @@ def test_forward_drawing_from_the_generator_equals_captum(method, ppe):
                                                                          perturbations_per_eval=ppe))
     _close(b, a)
     assert same
+
+
+class _TwoInputs(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, a, b):
+        return self.net(a) + self.net(b)
+
+
+def _result_of(fn):
+    try:
+        return "ok", fn()
+    except Exception as e:  # the exception's type and message are the outcome compared
+        return type(e).__name__, str(e)
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+@pytest.mark.parametrize("case", ["float_mask", "bool_mask", "uint8_mask", "int16_mask", "int32_mask", "mask_1x1x6",
+                                  "tuple_in_tensor_mask", "tuple_in_tensor_baseline"])
+def test_mask_and_baseline_forms_fail_or_work_as_captum(method, case):
+    """Feature masks Captum's transform cannot index with (float, bool, uint8, int8 / int16),
+    masks of another shape, and a tensor where a tuple is due with tuple inputs: the same
+    exception type and message as Captum, or (int32) the same attributions."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(6, 3)
+    x = torch.randn(1, 6)
+    ids = [[0, 0, 1, 1, 2, 2]]
+    kw, model, inp = {}, net, x
+    if case.endswith("_mask") and case[:-5] in ("float", "bool", "uint8", "int16", "int32"):
+        dt = {"float": torch.float32, "bool": torch.bool, "uint8": torch.uint8, "int16": torch.int16,
+              "int32": torch.int32}[case[:-5]]
+        kw["feature_mask"] = torch.tensor([[1, 0, 1, 0, 1, 0]] if dt == torch.bool else ids, dtype=dt)
+    elif case == "mask_1x1x6":
+        kw["feature_mask"] = torch.tensor([ids])
+    else:
+        model, inp = _TwoInputs(net), (torch.randn(1, 6), torch.randn(1, 6))
+        kw["feature_mask" if case.endswith("mask") else "baselines"] = (torch.tensor(ids) if case.endswith("mask")
+                                                                      else torch.zeros(1, 6))
+
+    def run(lib):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _result_of(lambda: getattr(lib, method)(model).attribute(inp, target=0, n_samples=20, **kw))
+
+    (ka, va), (kb, vb), same_state = _pair(run)
+    assert ka == kb, (va, vb)
+    if ka == "ok":
+        torch.testing.assert_close(vb, va, atol=1e-4, rtol=1e-4)
+        assert same_state
+    else:
+        assert va == vb
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+@pytest.mark.parametrize("dtype, base", [(torch.uint8, 300), (torch.uint8, -1), (torch.int8, 200), (torch.int16, 7)])
+def test_integer_baseline_outside_the_dtype_wraps_as_captum(method, dtype, base):
+    """A number baseline outside an integer input's range: Captum's transform multiplies the
+    hidden mask (in the input's dtype) by it, so it wraps (300 on uint8 is 44); the drop-in
+    hands the forward the same batches and returns the same attributions (it raised)."""
+    torch.manual_seed(3)
+    net = torch.nn.Linear(6, 3)
+    x = (torch.rand(1, 6) * 100).to(dtype)
+    seen = {}
+
+    def run(lib):
+        batches = seen.setdefault(lib.__name__, [])
+
+        def fwd(t):
+            batches.append(t.clone())
+            return net(t.float())
+        return getattr(lib, method)(fwd).attribute(x, baselines=base, target=0, n_samples=30,
+                                                   perturbations_per_eval=4)
+
+    a, b, same_state = _pair(run, seed=5)
+    ours, theirs = torch.cat(seen["xaikernels.captum"]), torch.cat(seen["captum.attr"])
+    assert ours.dtype == dtype and torch.equal(ours, theirs)
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert same_state

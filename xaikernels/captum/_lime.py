@@ -387,6 +387,18 @@ def default_from_interp_rep_transform(curr_sample: Tensor, original_inputs, **kw
     return tuple(one(original_inputs[j], masks[j], bases[j]) for j in range(len(masks)))
 
 
+def _fill_like(x: Tensor, b) -> Tensor:
+    """The baseline as a contiguous tensor like ``x``: a tensor broadcast, a number as Captum's
+    transform applies it (``hidden.to(x.dtype) * b``), so an integer outside an integer
+    dtype's range wraps as torch's scalar arithmetic wraps it (``300`` on uint8 inputs is
+    44) instead of failing ``full_like``'s range check."""
+    if isinstance(b, Tensor):
+        return b.detach().cpu().expand_as(x).contiguous()
+    if isinstance(b, int) and not isinstance(b, bool) and not x.dtype.is_floating_point and x.dtype != torch.bool:
+        return torch.ones_like(x) * b
+    return torch.full_like(x, b)
+
+
 def construct_feature_mask(feature_mask, formatted_inputs: Tuple[Tensor, ...]) -> Tuple[Tuple[Tensor, ...], int]:
     """(feature masks as a tuple, number of interpretable features): by default one feature
     per element of one example, numbered across the inputs; a given mask is shifted to start
@@ -704,7 +716,7 @@ class Lime(LimeBase):
         """One surrogate: the kernel path for the default sampler and transform, Captum's
         per-sample loop otherwise."""
         if n_samples >= 1 and per_eval >= 1 and self._sampler() is not None \
-                and self._fast_ok(inputs, kwargs["baselines"]):
+                and self._fast_ok(inputs, kwargs["baselines"], kwargs.get("feature_mask")):
             # Captum batches by ``len(batch) == perturbations_per_eval``: a float with an
             # integral value batches as that int, any other number never fills a batch (all
             # samples go in the final one)
@@ -722,10 +734,24 @@ class Lime(LimeBase):
         return "bernoulli" if self.perturb_func is default_perturb_func else None
 
     @staticmethod
-    def _fast_ok(inputs, baselines) -> bool:
+    def _fast_ok(inputs, baselines, masks=None) -> bool:
         # the kernel selects between the input and the baseline in the input's dtype; the
         # default transform computes keep·x + (1-keep)·b, whose dtype / shape may differ, and
-        # whose values differ where x or b is not finite (0·inf = NaN)
+        # whose values differ where x or b is not finite (0·inf = NaN).  The transform indexes
+        # the sample with the feature mask: a mask that is not int32 / int64 (float, bool,
+        # uint8 and int8 / int16 fail or index otherwise) or whose shape does not broadcast
+        # to the input's takes Captum's loop, which fails (or not) as Captum does
+        n_in = len(_tup(inputs))
+        if len(_tup(baselines)) != n_in or (masks is not None and len(_tup(masks)) != n_in):
+            return False  # a tensor where a tuple is due: Captum's loop indexes past its end
+        for fm, x in zip(_tup(masks) if masks is not None else (), _tup(inputs)):
+            if not isinstance(fm, Tensor) or fm.dtype not in (torch.int32, torch.int64):
+                return False
+            try:
+                if torch.broadcast_shapes(fm.shape, x.shape) != x.shape:
+                    return False
+            except RuntimeError:
+                return False
         for x, b in zip(_tup(inputs), _tup(baselines)):
             if x.dtype.itemsize not in (1, 2, 4, 8) or x.is_complex():
                 return False
@@ -784,8 +810,7 @@ class Lime(LimeBase):
         device = inp[0].device
         n = n_samples
         xs = [x.detach().cpu().contiguous() for x in inp]
-        bs = [(torch.full_like(x, b) if not isinstance(b, Tensor) else b.detach().cpu().expand_as(x)).contiguous()
-              for x, b in zip(xs, _tup(kwargs["baselines"]))]
+        bs = [_fill_like(x, b) for x, b in zip(xs, _tup(kwargs["baselines"]))]
         segs = []
         for x, fm in zip(xs, _tup(kwargs["feature_mask"])):
             seg = fm.detach().cpu().long().expand_as(x).reshape(-1).numpy().astype(np.int64)
