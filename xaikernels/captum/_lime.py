@@ -387,6 +387,14 @@ def default_from_interp_rep_transform(curr_sample: Tensor, original_inputs, **kw
     return tuple(one(original_inputs[j], masks[j], bases[j]) for j in range(len(masks)))
 
 
+def _spans(t: Tensor, x: Tensor) -> bool:
+    """Whether ``t`` broadcasts to exactly ``x``'s shape."""
+    try:
+        return torch.broadcast_shapes(t.shape, x.shape) == x.shape
+    except RuntimeError:
+        return False
+
+
 def _fill_like(x: Tensor, b) -> Tensor:
     """The baseline as a contiguous tensor like ``x``: a tensor broadcast, a number as Captum's
     transform applies it (``hidden.to(x.dtype) * b``), so an integer outside an integer
@@ -745,12 +753,7 @@ class Lime(LimeBase):
         if len(_tup(baselines)) != n_in or (masks is not None and len(_tup(masks)) != n_in):
             return False  # a tensor where a tuple is due: Captum's loop indexes past its end
         for fm, x in zip(_tup(masks) if masks is not None else (), _tup(inputs)):
-            if not isinstance(fm, Tensor) or fm.dtype not in (torch.int32, torch.int64):
-                return False
-            try:
-                if torch.broadcast_shapes(fm.shape, x.shape) != x.shape:
-                    return False
-            except RuntimeError:
+            if not isinstance(fm, Tensor) or fm.dtype not in (torch.int32, torch.int64) or not _spans(fm, x):
                 return False
         for x, b in zip(_tup(inputs), _tup(baselines)):
             if x.dtype.itemsize not in (1, 2, 4, 8) or x.is_complex():
@@ -760,12 +763,8 @@ class Lime(LimeBase):
             if isinstance(b, float) and not math.isfinite(b):
                 return False
             if isinstance(b, Tensor):
-                if b.dtype != x.dtype or (b.is_floating_point() and not bool(torch.isfinite(b).all())):
-                    return False
-                try:
-                    if torch.broadcast_shapes(b.shape, x.shape) != x.shape:
-                        return False
-                except RuntimeError:
+                if b.dtype != x.dtype or (b.is_floating_point() and not bool(torch.isfinite(b).all())) \
+                        or not _spans(b, x):
                     return False
             elif isinstance(b, bool):
                 if x.dtype != torch.bool:
