@@ -453,3 +453,20 @@ def test_html_page_draws_its_div_id_as_lime():
     ids = [re.search(r'id="top_div([A-Z0-9]{15})"', e.as_html()).group(1) for e in (ours, theirs)]
     assert ids[0] == ids[1]
     assert ours_ex.random_state.randint(1 << 30) == theirs_ex.random_state.randint(1 << 30)
+
+
+def test_id_generator_as_limes():
+    """``lime.explanation.id_generator``: the same id from the same RandomState, the generator
+    left where lime leaves it, and None failing as in lime."""
+    LE = pytest.importorskip("lime.explanation")
+    from xaikernels.lime import explanation as XE
+
+    for size in (15, 1, 40):
+        a, b = np.random.RandomState(7), np.random.RandomState(7)
+        assert XE.id_generator(size, a) == LE.id_generator(size, b)
+        assert a.randint(10**6) == b.randint(10**6)
+    assert len(XE.id_generator(random_state=np.random.RandomState(0))) == 15
+    with pytest.raises(AttributeError):
+        LE.id_generator(5)
+    with pytest.raises(AttributeError):
+        XE.id_generator(5)
