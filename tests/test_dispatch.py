@@ -62,6 +62,8 @@ def test_launcher_cache_follows_environment_and_registration(monkeypatch):
     for _ in range(2):
         with pytest.raises(BackendUnavailableError, match="no 'cpp' kernel"):
             op.launcher(cpu, "cpp")
+    with pytest.raises(ValueError, match="unknown backend"):  # unhashable: not a cache key
+        op.launcher(cpu, ["numba"])
     _backend._OPS.pop("cache_probe")
 
 

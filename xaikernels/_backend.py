@@ -214,13 +214,18 @@ class Op:
     def launcher(self, device: torch.device, backend: str = "auto", unfit: Tuple[str, ...] = ()):
         env = os.environ
         key = (device.type, backend, env.get(ENV_VAR), env.get("TRITON_INTERPRET"), unfit)
-        hit = self._resolved.get(key)
+        try:
+            hit = self._resolved.get(key)
+        except TypeError:  # an unhashable argument: resolve says what is wrong with it
+            hit, key = None, None
         if hit is None:
             # a few microseconds warm, but tens right after other work has flushed the caches
             # (every object resolve touches is a miss): a tabular LIME explanation calls three
             # ops, each once
             name = self.resolve(device, backend, unfit)
-            hit = self._resolved[key] = (name, self.impls[name])
+            hit = (name, self.impls[name])
+            if key is not None:
+                self._resolved[key] = hit
         _LAST[self.name] = hit[0]
         return hit
 
