@@ -139,12 +139,25 @@ def test_undiscretize_statistics_are_the_truncated_normals(mu, sd, lo, hi):
     assert abs(frac - 0.5) < 0.02
 
 
-def test_zero_width_bin_gives_its_edge():
-    disc = XD.BaseDiscretizer.__new__(XD.BaseDiscretizer)
+def test_zero_width_bin_gives_limes_z_score():
+    """A bin of zero width: lime's ``get_undiscretize_values`` returns the z-score of its edge,
+    ``(min - mean) / std`` (unscaled), and the drop-in does too; a wide bin's draw and the
+    generator's state after it equal lime's."""
+    def stats(d):
+        d.means, d.stds, d.mins, d.maxs = {0: [2.0, 3.0]}, {0: [1e-11, 1.0]}, {0: [2.0, 2.0]}, {0: [2.0, 4.0]}
+        d.means[0][0] = 1.5  # an edge off the mean: z-score (2 - 1.5) / 1e-11
+        return d
+
+    disc = stats(XD.BaseDiscretizer.__new__(XD.BaseDiscretizer))
     disc.random_state = np.random.RandomState(0)
-    disc.means, disc.stds, disc.mins, disc.maxs = {0: [2.0, 3.0]}, {0: [1e-11, 1.0]}, {0: [2.0, 2.0]}, {0: [2.0, 4.0]}
     x = disc.get_undiscretize_values(0, np.array([0, 0, 1]))
-    assert x[0] == 2.0 and x[1] == 2.0 and 2.0 <= x[2] <= 4.0
+    assert x[0] == x[1] == (2.0 - 1.5) / 1e-11 and 2.0 <= x[2] <= 4.0
+    LD = pytest.importorskip("lime.discretize")
+    theirs = stats(LD.BaseDiscretizer.__new__(LD.BaseDiscretizer))
+    theirs.random_state = np.random.RandomState(0)
+    y = theirs.get_undiscretize_values(0, np.array([0, 0, 1]))
+    np.testing.assert_allclose(x, y, rtol=1e-12)
+    assert disc.random_state.randint(10**6) == theirs.random_state.randint(10**6)
 
 
 def test_stats_discretizer_and_custom_bins(iris):

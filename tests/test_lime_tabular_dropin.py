@@ -368,3 +368,54 @@ def test_lasso_path_on_small_outputs_equals_lime(scale):
     assert [i for i, _ in ours.local_exp[1]] == [i for i, _ in theirs.local_exp[1]]
     np.testing.assert_allclose([v for _, v in ours.local_exp[1]], [v for _, v in theirs.local_exp[1]], rtol=1e-6,
                                atol=1e-12)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("case", ["constant_column", "entropy", "entropy_constant_categorical"])
+def test_lime_draws_equal_lime_on_constant_columns_and_entropy_bins(case):
+    """``draws="lime"`` reproduces lime's neighbourhood and explanation where it once did not:
+    a training column constant at a non-zero value (lime's undiscretize hands the model the
+    z-score 0.0 there, its zero-width-bin quirk) and entropy bins (lime's trees draw their
+    seeds from the explainer's generator, one per feature, which moves every later draw)."""
+    lt_mod = pytest.importorskip("lime.lime_tabular")
+    pytest.importorskip("sklearn")
+    X, y = _data(n=200, D=5, seed=4)
+    kw = dict(training_labels=y, discretizer="entropy") if case.startswith("entropy") else {}
+    if case != "entropy":
+        X[:, 4] = 1.5
+    cats = [2] if case == "entropy_constant_categorical" else None
+    pf = _clf(X.shape[1])
+    seen = {}
+    out = {}
+    for name, mod, extra in (("lime", lt_mod, {}), ("ours", XL, {"draws": "lime"})):
+        rows = seen.setdefault(name, [])
+
+        def fn(Z):
+            rows.append(np.array(Z, copy=True))
+            return pf(Z)
+        ex = mod.LimeTabularExplainer(X, categorical_features=cats, random_state=7, **kw, **extra)
+        e = ex.explain_instance(X[3], fn, num_samples=400, top_labels=2)
+        out[name] = e
+    np.testing.assert_allclose(seen["ours"][0], seen["lime"][0], rtol=1e-10, atol=1e-12)
+    a, b = out["lime"], out["ours"]
+    assert b.available_labels() == a.available_labels()
+    for lab in a.available_labels():
+        assert [f for f, _ in b.as_list(lab)] == [f for f, _ in a.as_list(lab)]
+        np.testing.assert_allclose([v for _, v in b.as_list(lab)], [v for _, v in a.as_list(lab)], rtol=1e-7,
+                                   atol=1e-10)
+        assert b.intercept[lab] == pytest.approx(a.intercept[lab], rel=1e-7, abs=1e-10)
+
+
+@needs_numba
+def test_counter_draws_give_a_constant_column_its_value():
+    """The counter-based sampler (the default draws) gives a zero-width bin its edge: the
+    model sees the training column's constant, not lime's z-score 0.0."""
+    X, _ = _data(n=200, D=5, seed=4)
+    X[:, 4] = 1.5
+    rows = []
+
+    def fn(Z):
+        rows.append(np.array(Z, copy=True))
+        return _clf(X.shape[1])(Z)
+    XL.LimeTabularExplainer(X, random_state=7).explain_instance(X[3], fn, num_samples=300)
+    assert np.all(rows[0][:, 4] == 1.5)

@@ -10,8 +10,11 @@ discretizer overrides.  Attributes as lime: ``to_discretize``, ``names``, ``lamb
 ``undiscretize`` draws by inverse CDF, one ``random_state.uniform`` per value of a bin of
 non-zero width mapped onto the bin's ``[Φ(a), Φ(b)]`` — what scipy's ``truncnorm.rvs`` does
 for lime, so the generator advances as lime's and the values equal lime's to rounding
-(without scipy).  A bin of zero width gives its edge value, where lime returns the z-score of
-the edge (a lime bug: ``minz`` is returned unscaled).
+(without scipy).  A bin of zero width gives what lime's gives: the z-score of its edge,
+``(min - mean) / std`` (lime returns ``minz`` unscaled, so a training column constant at 1.5
+comes back as 0.0, and the model sees 0.0).  Kept for the drop-in's sake: with
+``draws="lime"`` the explainer's neighbourhood is lime's.  The explainer's own counter-based
+sampler (the default draws) gives such a bin its edge value instead.
 """
 from __future__ import annotations
 
@@ -136,8 +139,9 @@ class BaseDiscretizer:
         std = np.asarray(self.stds[feature], dtype=np.float64)[values]
         lo = np.asarray(self.mins[feature], dtype=np.float64)[values]
         hi = np.asarray(self.maxs[feature], dtype=np.float64)[values]
-        ret = lo.copy()
-        wide = (lo - mean) / std != (hi - mean) / std
+        minz = (lo - mean) / std
+        ret = minz.copy()  # zero-width bins: lime's z-score of the edge (module docstring)
+        wide = minz != (hi - mean) / std
         u = self.random_state.uniform(size=int(np.count_nonzero(wide)))
         m, sd, a, b = mean[wide], std[wide], lo[wide], hi[wide]
         ret[wide] = _truncnorm_inverse(u, m, sd, a, b, *_edge_probs(m, sd, a, b))
@@ -173,7 +177,7 @@ class BaseDiscretizer:
         k = 0
         for j, (v, mean, std, lo, hi, _, (flip, pa, pb)) in enumerate(cols):
             vw = v[wide[j]]
-            col = lo[v]
+            col = ((lo - mean) / std)[v]  # zero-width bins: lime's z-score of the edge
             col[wide[j]] = _truncnorm_inverse(u[k:k + vw.size], mean[vw], std[vw], lo[vw], hi[vw], flip[vw], pa[vw],
                                               pb[vw])
             k += vw.size

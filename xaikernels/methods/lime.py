@@ -583,7 +583,7 @@ class TabularSampler:
     def __init__(self, training_data: np.ndarray, categorical_features: Sequence[int] = (),
                  discretize_continuous: bool = True, discretizer: str = "quartile",
                  training_labels: Optional[np.ndarray] = None, sample_around_instance: bool = False,
-                 random_state: int = 0, *, binning: Optional[Binning] = None,
+                 random_state=0, *, binning: Optional[Binning] = None,
                  value_table: Optional[Dict[int, tuple]] = None):
         X = np.asarray(training_data, dtype=np.float64)
         if X.ndim != 2 or X.shape[0] < 1:
