@@ -267,74 +267,168 @@ def _stable_top(v: np.ndarray, k: int) -> np.ndarray:
 LARS_ALPHA_EPS = float(np.finfo(np.float32).eps)  # scikit-learn's lars_path stopping tolerance
 
 
+LARS_DEGENERATE = 1e-7  # scikit-learn's smallest Cholesky pivot before a regressor is dropped
+_TINY32 = float(np.finfo(np.float32).tiny)
+_EPS = float(np.finfo(np.float64).eps)
+
+
+def _chol_of(G: np.ndarray, A: list) -> np.ndarray:
+    """Lower Cholesky factor of ``G[A, A]`` built column by column as scikit-learn's LARS
+    appends regressors (pivots floored at float64 eps)."""
+    n = len(A)
+    L = np.zeros((n, n))
+    for k in range(n):
+        w = _forward(L[:k, :k], G[A[k], A[:k]]) if k else np.zeros(0)
+        L[k, :k] = w
+        L[k, k] = max(math.sqrt(abs(G[A[k], A[k]] - _dot(w, w))), _EPS)
+    return L
+
+
+def _dot(a, b) -> float:
+    # sequential sums (the Numba twin's order: the path's ties and 1e-7 pivots are decided
+    # on the last bits, so both routes must round alike)
+    t = 0.0
+    for u, v in zip(a, b):
+        t += u * v
+    return t
+
+
+def _forward(L: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x = np.array(b, dtype=np.float64, copy=True)
+    for i in range(x.shape[0]):
+        t = x[i]
+        for k in range(i):
+            t -= L[i, k] * x[k]
+        x[i] = t / L[i, i]
+    return x
+
+
+def _cho_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
+    y = _forward(L, b)
+    for i in range(y.shape[0] - 1, -1, -1):
+        t = y[i]
+        for k in range(i + 1, y.shape[0]):
+            t -= L[k, i] * y[k]
+        y[i] = t / L[i, i]
+    return y
+
+
+def _min_pos(v: np.ndarray) -> float:
+    pos = v[v > 0]
+    return float(pos.min()) if pos.size else np.inf
+
+
 def _lars_lasso_gram(G: np.ndarray, c0: np.ndarray, n_rows: int, max_steps: int = 500) -> np.ndarray:
     """Coefficient path of the lasso by LARS (Efron et al. 2004) from the Gram matrix ``G``
     and correlations ``c0 = Xᵀy`` of ``n_rows`` rows: columns are the coefficients at each
     breakpoint, starting at 0.  Mirrors scikit-learn's ``lars_path(method='lasso')`` on
-    centred, weighted data, its stopping rule included: the path ends once the largest
-    correlation of an inactive feature, over ``n_rows``, is at most float32's eps (so a
-    target that barely varies gives a path of one column, and lime then keeps every feature)."""
+    centred, weighted data (lime's call) step for step, its safeguards and bookkeeping
+    included:
+
+    * features are kept in scikit-learn's working order (``indices``, permuted by the swaps
+      that move an entering feature to the front), which decides ties in correlation;
+    * the path ends once the largest correlation of an inactive feature, over ``n_rows``, is
+      at most float32's eps (a target that barely varies: one column, lime keeps every
+      feature), or once that correlation grows from one step to the next (rounding has
+      overtaken what is left to explain);
+    * a feature whose Cholesky pivot against the active set falls below 1e-7 (a duplicate or
+      a combination of active columns: more features than rows, repeated tokens) does not
+      enter: scikit-learn zeroes the correlation at its working position and swaps the
+      correlations back but not the features, so the two that traded places also trade
+      their correlations, and the path goes on;
+    * an ill-conditioned active set's equiangular direction is regularised as scikit-learn
+      does, and the direction's correlations are rounded to 15 decimals;
+    * a coefficient crossing zero leaves the active set (its breakpoint value as computed)
+      and its correlation is recomputed from the residual."""
     F = G.shape[0]
-    tiny = np.finfo(np.float64).tiny
-    beta = np.zeros(F)
-    path = [beta.copy()]
-    active: list = []
-    sign = np.zeros(F)
-    corr = c0.copy()
+    order = list(range(F))  # scikit-learn's indices: active first, then the working order
+    cov = np.array(c0, dtype=np.float64, copy=True)  # correlations of order[n_act:]
+    coef = np.zeros(F)
+    path = [coef.copy()]
+    sign: list = []
+    L = np.zeros((0, 0))
+    n_act = 0
     drop = False
-    for _ in range(max_steps):
-        inactive = [j for j in range(F) if j not in active]
-        if (np.max(np.abs(corr[inactive])) if inactive else 0.0) / n_rows <= LARS_ALPHA_EPS:
+    prev_C = None
+    n_iter = 0
+    while True:
+        if cov.size:
+            c_idx = int(np.argmax(np.abs(cov)))
+            C_ = cov[c_idx]
+            C = abs(C_)
+        else:
+            C = 0.0
+        if C / n_rows <= LARS_ALPHA_EPS or n_iter >= max_steps or n_act >= F:
             break
         if not drop:
-            cand = np.abs(corr[inactive])
-            j = inactive[int(np.argmax(cand))]
-            C = abs(corr[j])
-            active.append(j)
-            sign[j] = np.sign(corr[j])
-        else:
-            C = np.max(np.abs(corr[active])) if active else 0.0
-        drop = False
-        A = np.array(active)
-        s = sign[A]
-        GA = G[np.ix_(A, A)] * s[:, None] * s[None, :]
-        try:
-            ones_sol = np.linalg.solve(GA, np.ones(len(A)))
-        except np.linalg.LinAlgError:
-            break
-        denom = ones_sol.sum()
-        if denom <= 0:
-            break
-        AA = 1.0 / math.sqrt(denom)
-        wdir = AA * ones_sol * s  # direction in β for the active set
-        a = G[:, A] @ wdir  # correlation change per unit step
-        gamma = C / AA
-        for jj in range(F):
-            if jj in active:
+            m, n = n_act, c_idx + n_act
+            cov[c_idx], cov[0] = cov[0], cov[c_idx]
+            order[n], order[m] = order[m], order[n]
+            j = order[m]
+            A = order[:m]
+            w = _forward(L, G[j, A]) if m else np.zeros(0)
+            diag = max(math.sqrt(abs(G[j, j] - _dot(w, w))), _EPS)
+            if diag < LARS_DEGENERATE:
+                cov[0] = 0.0
+                cov[c_idx], cov[0] = cov[0], cov[c_idx]
                 continue
-            for num, den in ((C - corr[jj], AA - a[jj]), (C + corr[jj], AA + a[jj])):
-                if den > tiny:
-                    g = num / den
-                    if 0 < g < gamma:
-                        gamma = g
-        # lasso modification: a coefficient crossing zero leaves the active set
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = -beta[A] / wdir
-        z_pos = np.where(z > 0, z, np.inf)
-        idx = int(np.argmin(z_pos))
-        if z_pos[idx] < gamma:
-            gamma = z_pos[idx]
+            L2 = np.zeros((m + 1, m + 1))
+            L2[:m, :m] = L
+            L2[m, :m] = w
+            L2[m, m] = diag
+            L = L2
+            cov = cov[1:]
+            sign.append(float(np.sign(C_)))
+            n_act += 1
+        if n_iter > 0 and prev_C < C:
+            break  # alpha increasing: scikit-learn's early stop
+        A = np.array(order[:n_act], dtype=np.int64)
+        s = np.array(sign)
+        ls = _cho_solve(L, s)
+        if ls.size == 1 and ls[0] == 0:
+            ls[0], AA = 1.0, 1.0
+        else:
+            tot = _dot(ls, s)
+            AA = 1.0 / math.sqrt(tot) if tot > 0 else np.inf
+            i = 0
+            while not np.isfinite(AA):
+                L_ = L.copy()
+                L_[np.diag_indices_from(L_)] += (2.0 ** i) * _EPS
+                ls = _cho_solve(L_, s)
+                AA = 1.0 / math.sqrt(max(_dot(ls, s), _EPS))
+                i += 1
+            ls = ls * AA
+        inact = np.array(order[n_act:], dtype=np.int64)
+        a = np.around(np.array([_dot(G[f, A], ls) for f in inact]), 15)
+        gamma = min(_min_pos((C - cov) / (AA - a + _TINY32)), _min_pos((C + cov) / (AA + a + _TINY32)), C / AA)
+        drop = False
+        z = -coef[A] / (ls + _TINY32)
+        z_pos = _min_pos(z)
+        if z_pos < gamma:
+            gamma = z_pos
             drop = True
-        beta[A] += gamma * wdir
-        corr -= gamma * a
+            out = [int(i) for i in np.nonzero(z == z_pos)[0][::-1]]
+        n_iter += 1
+        prev = coef
+        coef = np.zeros(F)
+        coef[A] = prev[A] + gamma * ls
+        cov = cov - gamma * a
+        path.append(coef.copy())
         if drop:
-            j_out = active[idx]
-            beta[j_out] = 0.0
-            active.pop(idx)
-            sign[j_out] = 0.0
-        path.append(beta.copy())
-        if not drop and len(active) == F:
-            break
+            for ii in out:
+                for i in range(ii, n_act - 1):
+                    order[i], order[i + 1] = order[i + 1], order[i]
+                del sign[ii]
+                n_act -= 1
+            A = order[:n_act]
+            L = _chol_of(G, A)
+            j = order[n_act]
+            # the dropped feature's correlation from the residual (the remaining active set)
+            cj = c0[j]
+            for i in A:
+                cj -= G[j, i] * coef[i]
+            cov = np.r_[cj, cov]
+        prev_C = C
     return np.array(path).T
 
 

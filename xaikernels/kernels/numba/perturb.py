@@ -828,104 +828,205 @@ def _stable_top(v, k):
 _LARS_ALPHA_EPS = float(np.finfo(np.float32).eps)  # scikit-learn's lars_path stopping tolerance
 
 
+_LARS_DEGENERATE = 1e-7
+_TINY32 = 1.1754943508222875e-38
+_EPS64 = 2.220446049250313e-16
+
+
+@njit(cache=True)
+def _lower_solve(L, n, b):
+    # L[:n, :n] x = b (lower triangular)
+    x = b.copy()
+    for i in range(n):
+        t = x[i]
+        for k in range(i):
+            t -= L[i, k] * x[k]
+        x[i] = t / L[i, i]
+    return x
+
+
+@njit(cache=True)
+def _cho_solve_n(L, n, b):
+    y = _lower_solve(L, n, b)
+    for i in range(n - 1, -1, -1):
+        t = y[i]
+        for k in range(i + 1, n):
+            t -= L[k, i] * y[k]
+        y[i] = t / L[i, i]
+    return y
+
+
+@njit(cache=True)
+def _chol_rows(G, order, n, L):
+    # L[:n, :n] = the Cholesky factor of G[order[:n], order[:n]], column by column as the
+    # path appends features (pivots floored at eps)
+    for k in range(n):
+        gk = np.empty(k)
+        for i in range(k):
+            gk[i] = G[order[k], order[i]]
+        w = _lower_solve(L, k, gk)
+        v = 0.0
+        for i in range(k):
+            L[k, i] = w[i]
+            v += w[i] * w[i]
+        L[k, k] = max(math.sqrt(abs(G[order[k], order[k]] - v)), _EPS64)
+
+
+@njit(cache=True)
+def _round15(x):
+    # np.around(x, 15): scale, round half to even, unscale
+    return np.round(x * 1e15) / 1e15
+
+
 @njit(cache=True)
 def _lars_lasso_gram(G, c0, n_rows, max_steps):
-    """LARS-lasso path from the Gram matrix (see the reference, its stopping rule included);
-    columns = breakpoints."""
+    """LARS-lasso path from the Gram matrix, scikit-learn's ``lars_path(method='lasso')``
+    step for step (see the reference: working order, stopping rules, degenerate features,
+    regularised directions, drops); columns = breakpoints."""
     F = G.shape[0]
-    tiny = 2.2250738585072014e-308
-    beta = np.zeros(F)
+    order = np.arange(F)
+    cov = c0.copy()  # correlations of order[n_act:], at positions 0 .. F - n_act - 1
+    n_cov = F
+    coef = np.zeros(F)
     path = np.zeros((F, max_steps + 1))
     n_path = 1
-    active = np.empty(F, dtype=np.int64)
-    n_act = 0
-    is_act = np.zeros(F, dtype=np.bool_)
     sign = np.zeros(F)
-    corr = c0.copy()
+    L = np.zeros((F, F))
+    n_act = 0
     drop = False
-    for _ in range(max_steps):
-        cin = 0.0
-        for f in range(F):
-            if not is_act[f]:
-                cin = max(cin, abs(corr[f]))
-        if cin / n_rows <= _LARS_ALPHA_EPS:
+    prev_C = 0.0
+    n_iter = 0
+    while True:
+        c_idx = 0
+        C_ = 0.0
+        C = 0.0
+        for i in range(n_cov):
+            if abs(cov[i]) > C:
+                C = abs(cov[i])
+                C_ = cov[i]
+                c_idx = i
+        if C / n_rows <= _LARS_ALPHA_EPS or n_iter >= max_steps or n_act >= F:
             break
         if not drop:
-            j = -1
-            cj = -1.0
-            for f in range(F):
-                if not is_act[f] and abs(corr[f]) > cj:
-                    j = f
-                    cj = abs(corr[f])
-            C = cj
-            active[n_act] = j
-            n_act += 1
-            is_act[j] = True
-            sign[j] = 1.0 if corr[j] > 0 else (-1.0 if corr[j] < 0 else 0.0)
-        else:
-            C = 0.0
-            for i in range(n_act):
-                C = max(C, abs(corr[active[i]]))
-        drop = False
-        GA = np.empty((n_act, n_act))
-        for i in range(n_act):
-            for k in range(n_act):
-                GA[i, k] = G[active[i], active[k]] * sign[active[i]] * sign[active[k]]
-        ones_sol = np.linalg.solve(GA, np.ones(n_act))
-        denom = ones_sol.sum()
-        if denom <= 0:
-            break
-        AA = 1.0 / math.sqrt(denom)
-        wdir = np.empty(n_act)
-        for i in range(n_act):
-            wdir[i] = AA * ones_sol[i] * sign[active[i]]
-        a = np.zeros(F)
-        for f in range(F):
-            s = 0.0
-            for i in range(n_act):
-                s += G[f, active[i]] * wdir[i]
-            a[f] = s
-        gamma = C / AA
-        for jj in range(F):
-            if is_act[jj]:
+            m = n_act
+            nn = c_idx + n_act
+            t = cov[c_idx]
+            cov[c_idx] = cov[0]
+            cov[0] = t
+            o = order[nn]
+            order[nn] = order[m]
+            order[m] = o
+            j = order[m]
+            gj = np.empty(m)
+            for i in range(m):
+                gj[i] = G[j, order[i]]
+            w = _lower_solve(L, m, gj)
+            v = 0.0
+            for i in range(m):
+                v += w[i] * w[i]
+            diag = max(math.sqrt(abs(G[j, j] - v)), _EPS64)
+            if diag < _LARS_DEGENERATE:
+                # not added: scikit-learn zeroes the correlation at its working position
+                # and swaps the correlations back, not the features
+                cov[0] = 0.0
+                t = cov[c_idx]
+                cov[c_idx] = cov[0]
+                cov[0] = t
                 continue
-            den = AA - a[jj]
-            if den > tiny:
-                g = (C - corr[jj]) / den
-                if 0 < g < gamma:
-                    gamma = g
-            den = AA + a[jj]
-            if den > tiny:
-                g = (C + corr[jj]) / den
-                if 0 < g < gamma:
-                    gamma = g
-        idx = -1
-        zmin = np.inf
+            for i in range(m):
+                L[m, i] = w[i]
+            L[m, m] = diag
+            for i in range(n_cov - 1):
+                cov[i] = cov[i + 1]
+            n_cov -= 1
+            sign[m] = 1.0 if C_ > 0 else (-1.0 if C_ < 0 else 0.0)
+            n_act += 1
+        if n_iter > 0 and prev_C < C:
+            break  # alpha increasing: scikit-learn's early stop
+        s = sign[:n_act].copy()
+        ls = _cho_solve_n(L, n_act, s)
+        if n_act == 1 and ls[0] == 0:
+            ls[0] = 1.0
+            AA = 1.0
+        else:
+            tot = 0.0
+            for i in range(n_act):
+                tot += ls[i] * s[i]
+            AA = 1.0 / math.sqrt(tot) if tot > 0 else np.inf
+            k = 0
+            while not math.isfinite(AA):
+                L_ = L[:n_act, :n_act].copy()
+                for i in range(n_act):
+                    L_[i, i] += (2.0 ** k) * _EPS64
+                ls = _cho_solve_n(L_, n_act, s)
+                tot = 0.0
+                for i in range(n_act):
+                    tot += ls[i] * s[i]
+                AA = 1.0 / math.sqrt(max(tot, _EPS64))
+                k += 1
+            for i in range(n_act):
+                ls[i] *= AA
+        a = np.empty(n_cov)
+        for q in range(n_cov):
+            f = order[n_act + q]
+            acc = 0.0
+            for i in range(n_act):
+                acc += G[f, order[i]] * ls[i]
+            a[q] = _round15(acc)
+        gamma = C / AA
+        for q in range(n_cov):
+            g1 = (C - cov[q]) / (AA - a[q] + _TINY32)
+            if g1 > 0 and g1 < gamma:
+                gamma = g1
+            g2 = (C + cov[q]) / (AA + a[q] + _TINY32)
+            if g2 > 0 and g2 < gamma:
+                gamma = g2
+        drop = False
+        z_pos = np.inf
         for i in range(n_act):
-            if wdir[i] != 0:
-                z = -beta[active[i]] / wdir[i]
-                if z > 0 and z < zmin:
-                    zmin = z
-                    idx = i
-        if idx >= 0 and zmin < gamma:
-            gamma = zmin
+            z = -coef[order[i]] / (ls[i] + _TINY32)
+            if z > 0 and z < z_pos:
+                z_pos = z
+        if z_pos < gamma:
+            gamma = z_pos
             drop = True
+        n_iter += 1
+        new = np.zeros(F)
         for i in range(n_act):
-            beta[active[i]] += gamma * wdir[i]
-        for f in range(F):
-            corr[f] -= gamma * a[f]
+            new[order[i]] = coef[order[i]] + gamma * ls[i]
+        outs = np.empty(n_act, dtype=np.int64)
+        n_out = 0
         if drop:
-            j_out = active[idx]
-            beta[j_out] = 0.0
-            for i in range(idx, n_act - 1):
-                active[i] = active[i + 1]
-            n_act -= 1
-            is_act[j_out] = False
-            sign[j_out] = 0.0
-        path[:, n_path] = beta
-        n_path += 1
-        if not drop and n_act == F:
-            break
+            for i in range(n_act - 1, -1, -1):
+                if -coef[order[i]] / (ls[i] + _TINY32) == z_pos:
+                    outs[n_out] = i
+                    n_out += 1
+        coef = new
+        for q in range(n_cov):
+            cov[q] -= gamma * a[q]
+        if n_path < path.shape[1]:
+            path[:, n_path] = coef
+            n_path += 1
+        if drop:
+            for r in range(n_out):
+                ii = outs[r]
+                for i in range(ii, n_act - 1):
+                    o = order[i]
+                    order[i] = order[i + 1]
+                    order[i + 1] = o
+                for i in range(ii, n_act - 1):
+                    sign[i] = sign[i + 1]
+                n_act -= 1
+            _chol_rows(G, order, n_act, L)
+            j = order[n_act]
+            cj = c0[j]
+            for i in range(n_act):
+                cj -= G[j, order[i]] * coef[order[i]]
+            for q in range(n_cov, 0, -1):
+                cov[q] = cov[q - 1]
+            cov[0] = cj
+            n_cov += 1
+        prev_C = C
     return path[:, :n_path]
 
 
