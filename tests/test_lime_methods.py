@@ -584,3 +584,56 @@ def test_captum_lime_default_batched_runs_and_reproduces():
     assert a.shape == x.shape and torch.equal(a, b)
     c = XC.Lime(model).attribute(x, target=[0, 1], feature_mask=fm, n_samples=30, return_input_shape=False)
     assert c.shape == (2, 4)
+
+
+class _Scores(torch.nn.Module):
+    """``net``'s class 0 as one score per sample (N,), or its outputs in a tuple."""
+
+    def __init__(self, net, tuple_out=False):
+        super().__init__()
+        self.net, self.tuple_out = net, tuple_out
+
+    def forward(self, x):
+        out = self.net(x)
+        return (out,) if self.tuple_out else out[:, 0]
+
+
+@pytest.mark.parametrize("method", ["lime_image", "kernel_shap", "lime_tabular"])
+def test_model_outputs_one_score_per_sample_or_the_wrong_kind(method):
+    """A model returning one score per sample (N,) is explained as (N, 1): the same
+    coefficients as the (N, K) model's class 0 with output='logits' (it raised torch's
+    IndexError from the softmax before); softmax over that single output, constant 1, is an
+    error rather than all-zero coefficients; a tuple output is a TypeError that says what to
+    do."""
+    from xaikernels.methods.kernel_shap import kernel_shap
+
+    torch.manual_seed(0)
+    if method == "lime_tabular":
+        net = torch.nn.Linear(5, 3)
+        X = torch.randn(100, 5)
+        x = X[:2]
+
+        def run(model, **kw):
+            return lime_tabular(model, x, training_data=X, n_samples=200, **kw)
+    else:
+        net = SmallCNN(classes=3).eval().double()  # float64: no channels-last probe for either model
+        x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+        seg = np.zeros((16, 16), dtype=np.int64)
+        seg[:, 8:] = 1
+        seg[8:, :4] = 2
+        if method == "lime_image":
+            def run(model, **kw):
+                return lime_image(model, x, segments=seg, n_samples=40, **kw)
+        else:
+            def run(model, **kw):
+                return kernel_shap(model, x, feature_mask=torch.as_tensor(seg), n_samples=40, **kw)
+
+    one = run(_Scores(net), output="logits")
+    full = run(net, output="logits", target=0)
+    got = one.coef if method != "kernel_shap" else one.phi
+    want = full.coef if method != "kernel_shap" else full.phi
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="softmax"):
+        run(_Scores(net), output="softmax")
+    with pytest.raises(TypeError, match="single tensor"):
+        run(_Scores(net, tuple_out=True))

@@ -178,7 +178,7 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
         guard.__enter__()
     try:
         with torch.no_grad():
-            first = _validate.check_output(postprocess(model(x.detach(), *forward_args), output))
+            first = postprocess(_validate.check_output(model(x.detach(), *forward_args)), output)
         targets = _resolve_targets(target, first, top_labels)
         tables, tail, stem_info = stem_or_reason(
             stem, lambda: _kernel_shap_tables(model, x, xc, base, plans, forward_args, backend, stem))
@@ -204,7 +204,7 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike 
 
             streamer = _Streamer(model, inner, xc.dtype, x.device, batch_size, output, forward_args, progress,
                                  "kernel_shap")
-        Y = streamer.run(int(starts[-1]), fill_rows).numpy()
+        Y = streamer.run(int(starts[-1]), fill_rows, first.shape[1]).numpy()
         layout = "channels_last (the tables' tail)" if tables is not None else streamer.layout
     finally:
         if guard is not None:

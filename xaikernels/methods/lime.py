@@ -74,6 +74,9 @@ def postprocess(out: torch.Tensor, output: Union[str, Callable, None]) -> torch.
     if output is None or output == "logits" or output == "identity":
         return out
     if output == "softmax":
+        if out.dim() == 2 and out.shape[1] == 1:
+            raise ValueError("output='softmax' over a single model output is the constant 1 (every coefficient "
+                             "would be 0): pass output='logits' to explain the score itself, or 'sigmoid'")
         return torch.softmax(out.float() if out.dtype in (torch.float16, torch.bfloat16) else out, dim=1)
     if output == "sigmoid":
         return torch.sigmoid(out)
@@ -187,8 +190,10 @@ class _Streamer:
     def layout(self) -> str:
         return self.probe.layout or "contiguous"
 
-    def run(self, n_rows: int, fill_rows: Callable[[torch.Tensor, int, int], None]) -> torch.Tensor:
-        """``fill_rows(buf_view, start, stop)`` writes global rows start..stop-1."""
+    def run(self, n_rows: int, fill_rows: Callable[[torch.Tensor, int, int], None],
+            n_outputs: Optional[int] = None) -> torch.Tensor:
+        """``fill_rows(buf_view, start, stop)`` writes global rows start..stop-1;
+        ``n_outputs``: the outputs per row every batch must return (the first call's)."""
         outs = []
         bar = None
         if self.progress:
@@ -202,10 +207,15 @@ class _Streamer:
             inp = view.to(self.device, non_blocking=True) if self.device.type != "cpu" else view
             with torch.no_grad():
                 out = self.probe(inp)
-            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != stop - start:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            if isinstance(out, torch.Tensor) and out.dim() == 1:
+                out = out.unsqueeze(1)  # one score per sample, as the first call took it
+            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != stop - start or (
+                    n_outputs is not None and out.shape[1] != n_outputs):
                 raise ValueError(
-                    f"the model must return (batch, outputs) for a batch of {stop - start}, got "
-                    f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+                    f"the model must return (batch, outputs) for a batch of {stop - start}"
+                    + (f" with the {n_outputs} outputs of its first call" if n_outputs is not None else "")
+                    + f", got {got}")
             outs.append(postprocess(out, self.output).detach().to("cpu", torch.float64))
             if bar is not None:
                 bar.update(stop - start)
@@ -370,8 +380,9 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
         guard.__enter__()
     try:
         with torch.no_grad():
-            first = postprocess(model(x.detach(), *forward_args), output)
-        first = _validate.check_output(first)
+            # the raw output checked first: a 1-D score per sample is (N, 1), anything else
+            # but (N, K) a clear error instead of the post-processing's IndexError
+            first = postprocess(_validate.check_output(model(x.detach(), *forward_args)), output)
         targets = _resolve_targets(target, first, top_labels)
         feats, fills, mask_list = [], [], []
         for n in range(N):
@@ -408,7 +419,7 @@ def lime_image(model: nn.Module, x: torch.Tensor, target: _validate.TargetLike =
 
             streamer = _Streamer(model, (C, H, W), xc.dtype, x.device, batch_size, output, forward_args,
                                  progress, "lime_image")
-        Y = streamer.run(N * n_samples, fill_rows).numpy().reshape(N, n_samples, -1)
+        Y = streamer.run(N * n_samples, fill_rows, first.shape[1]).numpy().reshape(N, n_samples, -1)
         layout = "channels_last (the tables' tail)" if plans is not None else streamer.layout
     finally:
         if guard is not None:
@@ -800,8 +811,7 @@ def lime_tabular(model: Callable, x: Union[np.ndarray, torch.Tensor], training_d
         dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
     dev = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     with torch.no_grad():
-        first = postprocess(model(torch.as_tensor(xn, dtype=dtype, device=dev)), output)
-    first = _validate.check_output(first)
+        first = postprocess(_validate.check_output(model(torch.as_tensor(xn, dtype=dtype, device=dev))), output)
     targets = _resolve_targets(target, first, top_labels)
     coefs, used_l = [], []
     icpt = np.zeros(targets.shape)
