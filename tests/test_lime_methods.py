@@ -637,3 +637,34 @@ def test_model_outputs_one_score_per_sample_or_the_wrong_kind(method):
         run(_Scores(net), output="softmax")
     with pytest.raises(TypeError, match="single tensor"):
         run(_Scores(net, tuple_out=True))
+
+
+def test_effective_samples_reported_and_collapsed_weights_warn():
+    """extras['effective_samples'] is the kernel weights' Kish size; when the kernel puts all
+    its weight on the instance (euclidean distances with lime image's width 0.25: one hidden
+    segment already weighs exp(-8)), the fit warns instead of returning zero coefficients
+    and a score of 1 silently; a sensible width neither warns nor reports a collapse."""
+    from xaikernels.methods.lime import effective_samples, lime_text
+
+    assert effective_samples(np.ones(7)) == pytest.approx(7.0)
+    assert effective_samples(np.r_[1.0, np.zeros(9)]) == pytest.approx(1.0)
+    assert effective_samples(np.zeros(3)) == 0.0
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3)).eval()
+    x = torch.rand(1, 3, 8, 8)
+    seg = np.arange(64).reshape(8, 8) // 4
+    with pytest.warns(RuntimeWarning, match="effective samples"):
+        r = lime_image(net, x, segments=seg, n_samples=50, distance="euclidean")
+    assert r.extras["effective_samples"][0] < 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        r = lime_image(net, x, segments=seg, n_samples=50)  # cosine, lime's default
+        assert r.extras["effective_samples"][0] > 10
+        t = lime_tabular(torch.nn.Linear(5, 3), torch.randn(2, 5), training_data=torch.randn(100, 5),
+                         n_samples=300)
+        assert np.all(t.extras["effective_samples"] > 100)
+    with pytest.warns(RuntimeWarning, match="lime_tabular"):
+        lime_tabular(torch.nn.Linear(5, 3), torch.randn(1, 5), training_data=torch.randn(100, 5), n_samples=300,
+                     kernel_width=1e-3)
+    with pytest.warns(RuntimeWarning, match="lime_text"):
+        _, fit, _ = lime_text(lambda d: np.ones((len(d), 2)) / 2, "a b c d e f", n_samples=50, kernel_width=1e-3)
+    assert fit["effective_samples"] < 2

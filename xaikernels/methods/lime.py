@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
@@ -47,6 +48,10 @@ class LimeResult:
     feature_map : list of int64 arrays — feature id of every position (segments), or None.
     used : list of (T, F_n) int32 — selection order + 1 (0 = not selected).
     n_evals : int — model evaluations (samples) per instance.
+    extras : dict — ``"effective_samples"`` (N,): the kernel weights' Kish effective sample
+        size ``(Σw)²/Σw²`` per instance (below 2 the fit warns: the weight sits on the
+        instance alone and the surrogate explains nothing); image runs add ``"stem"``,
+        ``"layout"`` and ``"spatial"``, tabular runs ``"sampler"``.
     """
 
     coef: List[np.ndarray]
@@ -521,6 +526,24 @@ def _image_fill(x_chw: torch.Tensor, x_apb, seg, F, fill, n):
     raise ValueError(f"fill must be 'mean', 'blur', ('blur', sigma), a number or a tensor, got {fill!r}")
 
 
+def effective_samples(w: np.ndarray) -> float:
+    """Kish's effective sample size of kernel weights, ``(Σw)² / Σw²``: the number of equally
+    weighted samples that carry as much information (1 when one sample has all the weight)."""
+    w = np.asarray(w, dtype=np.float64)
+    s2 = float(np.dot(w, w))
+    return float(w.sum()) ** 2 / s2 if s2 > 0 else 0.0
+
+
+def _check_weights(n_eff: float, n_samples: int, kernel_width: float, distance: str, where: str) -> None:
+    # fewer than two effective samples: lime's kernel has put (nearly) all its weight on the
+    # instance itself, and the surrogate's coefficients and score describe nothing
+    if n_eff < 2.0:
+        warnings.warn(f"{where}: the kernel weights carry {n_eff:.2f} effective samples of {n_samples} "
+                      f"(kernel_width={kernel_width:g} is small for these {distance} distances): the surrogate "
+                      "fits the instance alone, its coefficients and score mean nothing; increase kernel_width "
+                      "(extras['effective_samples'] reports the figure)", RuntimeWarning, stacklevel=3)
+
+
 def _fit_instances(mask_list, Y, targets, distance, kernel_width, alpha, feature_selection, num_features,
                    backend, feature_maps, spatial, n_samples) -> LimeResult:
     N, T = targets.shape
@@ -528,9 +551,13 @@ def _fit_instances(mask_list, Y, targets, distance, kernel_width, alpha, feature
     icpt = np.zeros((N, T))
     score = np.zeros((N, T))
     pred = np.zeros((N, T))
+    n_eff = np.zeros(N)
     for n in range(N):
         m = mask_list[n]
         F = m.shape[1]
+        n_eff[n] = effective_samples(P.exp_kernel(P.row_distances(m, np.ones(F), distance, backend=backend),
+                                                  kernel_width, backend=backend))
+        _check_weights(n_eff[n], m.shape[0], kernel_width, distance, "lime")
         # distances of the coalitions to the all-ones row, lime's kernel and the fit in one
         # kernel call (0/1 coalitions: the weighted Gram by class popcounts)
         fit = P.fit_lime(m, Y[n], targets[n], None, weights=distance, kernel_width=kernel_width, alpha=alpha,
@@ -539,7 +566,7 @@ def _fit_instances(mask_list, Y, targets, distance, kernel_width, alpha, feature
         used_l.append(fit["used"])
         icpt[n], score[n], pred[n] = fit["intercept"], fit["score"], fit["local_pred"]
     return LimeResult(coefs, icpt, score, pred, targets, feature_maps, used_l, n_samples,
-                      extras={"spatial": spatial})
+                      extras={"spatial": spatial, "effective_samples": n_eff})
 
 
 def bin_stats(col: np.ndarray, qts: np.ndarray):
@@ -817,6 +844,7 @@ def lime_tabular(model: Callable, x: Union[np.ndarray, torch.Tensor], training_d
     icpt = np.zeros(targets.shape)
     score = np.zeros(targets.shape)
     pred = np.zeros(targets.shape)
+    n_eff = np.zeros(N)
     for n in range(N):
         # one kernel call: samples, standardised surrogate rows, distances, kernel weights and
         # the weighted Gram of the surrogate rows (the fit then adds the label products)
@@ -828,12 +856,15 @@ def lime_tabular(model: Callable, x: Union[np.ndarray, torch.Tensor], training_d
                 o = model(torch.as_tensor(inv[s0: s0 + batch_size], dtype=dtype, device=dev))
             outs.append(postprocess(_validate.check_output(o), output).detach().cpu().double())
         Y = torch.cat(outs).numpy()
+        n_eff[n] = effective_samples(w)
+        _check_weights(n_eff[n], n_samples, width, distance, "lime_tabular")
         fit = P.fit_lime_gram(scaled, Y, targets[n], w, g, alpha=alpha, feature_selection=feature_selection,
                               num_features=num_features or D, backend=backend)
         coefs.append(fit["coef"])
         used_l.append(fit["used"])
         icpt[n], score[n], pred[n] = fit["intercept"], fit["score"], fit["local_pred"]
-    return LimeResult(coefs, icpt, score, pred, targets, None, used_l, n_samples, extras={"sampler": sampler})
+    return LimeResult(coefs, icpt, score, pred, targets, None, used_l, n_samples,
+                      extras={"sampler": sampler, "effective_samples": n_eff})
 
 
 # --------------------------------------------------------------------------------------- text
@@ -947,7 +978,9 @@ def lime_text(classifier_fn: Callable[[List[str]], np.ndarray], text: str, *, la
 
     ``classifier_fn`` maps a list of strings to (n, K) probabilities.  Returns
     ``(index, fit, Y)``: the :class:`TextIndex`, the :func:`~xaikernels.ops.perturb.fit_surrogate`
-    dict for the explained labels, and the model outputs (n_samples, K).
+    dict for the explained labels (plus ``labels``, ``masks``, ``weights`` and
+    ``effective_samples``, the kernel weights' Kish size: below 2 it warns), and the model
+    outputs (n_samples, K).
     """
     idx = TextIndex(text, split_expression, bow, mask_string, char_level)
     F = idx.n_features
@@ -965,9 +998,12 @@ def lime_text(classifier_fn: Callable[[List[str]], np.ndarray], text: str, *, la
     lab = list(np.argsort(Y[0])[-top_labels:][::-1]) if top_labels else list(labels)
     d = P.row_distances(m, np.ones(F), distance, backend=backend) * 100
     w = P.exp_kernel(d, kernel_width, backend=backend)
+    n_eff = effective_samples(w)
+    _check_weights(n_eff, m.shape[0], kernel_width, distance, "lime_text")
     fit = P.fit_surrogate(m.astype(np.float64), np.ascontiguousarray(Y[:, lab]), w, alpha=alpha,
                           feature_selection=feature_selection, num_features=num_features or F, backend=backend)
     fit["labels"] = lab
     fit["masks"] = m
     fit["weights"] = w
+    fit["effective_samples"] = n_eff
     return idx, fit, Y
