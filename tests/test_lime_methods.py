@@ -662,6 +662,8 @@ def test_effective_samples_reported_and_collapsed_weights_warn():
         t = lime_tabular(torch.nn.Linear(5, 3), torch.randn(2, 5), training_data=torch.randn(100, 5),
                          n_samples=300)
         assert np.all(t.extras["effective_samples"] > 100)
+    with pytest.raises(ValueError, match="4 features per row, the training data 5"):
+        lime_tabular(torch.nn.Linear(5, 3), torch.randn(2, 4), training_data=torch.randn(100, 5), n_samples=50)
     with pytest.warns(RuntimeWarning, match="lime_tabular"):
         lime_tabular(torch.nn.Linear(5, 3), torch.randn(1, 5), training_data=torch.randn(100, 5), n_samples=300,
                      kernel_width=1e-3)

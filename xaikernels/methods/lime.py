@@ -831,6 +831,8 @@ def lime_tabular(model: Callable, x: Union[np.ndarray, torch.Tensor], training_d
         sampler = TabularSampler(training_data, categorical_features, discretize_continuous, discretizer,
                                  training_labels, sample_around_instance)
     N, D = xn.shape
+    if D != sampler.n_features:
+        raise ValueError(f"x has {D} features per row, the training data {sampler.n_features}")
     width = float(np.sqrt(D) * 0.75) if kernel_width is None else float(kernel_width)
     dtype = torch.float32
     if isinstance(model, nn.Module):
