@@ -908,7 +908,9 @@ class LimeTabularExplainer:
     package's counter-based generator (lime's sampling law; reproducible, not lime's draws).
     ``draws="lime"``: lime's own draws from ``random_state`` (the normals, the training-value
     choices, then each bin's truncated normal through the discretizer's generator), so for
-    the same ``random_state`` a dense row's explanation is lime's to rounding (the
+    the same ``random_state`` a dense row's explanation is lime's to rounding (dense
+    training data only: an explainer on scipy-sparse data, where lime's own sampling fails
+    for many rows, always takes the counter draws; the
     truncated normals by inverse CDF instead of scipy's; the entropy discretizer's trees
     draw their seeds from the explainer's generator, one per feature, as lime's do; a
     training column constant at a non-zero value reaches the model as lime's z-score 0.0,
