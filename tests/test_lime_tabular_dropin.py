@@ -419,3 +419,12 @@ def test_counter_draws_give_a_constant_column_its_value():
         return _clf(X.shape[1])(Z)
     XL.LimeTabularExplainer(X, random_state=7).explain_instance(X[3], fn, num_samples=300)
     assert np.all(rows[0][:, 4] == 1.5)
+
+
+def test_lime_draws_on_sparse_data_raise():
+    """draws='lime' replays lime's dense sampling; with scipy-sparse training data it raises
+    instead of quietly taking the counter draws (whose explanations are not lime's)."""
+    X = sps.random(60, 6, density=0.4, random_state=0, format="csr")
+    with pytest.raises(ValueError, match="draws='counter'"):
+        XL.LimeTabularExplainer(X, draws="lime")
+    XL.LimeTabularExplainer(X)  # the default counter draws

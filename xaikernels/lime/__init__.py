@@ -909,8 +909,8 @@ class LimeTabularExplainer:
     ``draws="lime"``: lime's own draws from ``random_state`` (the normals, the training-value
     choices, then each bin's truncated normal through the discretizer's generator), so for
     the same ``random_state`` a dense row's explanation is lime's to rounding (dense
-    training data only: an explainer on scipy-sparse data, where lime's own sampling fails
-    for many rows, always takes the counter draws; the
+    training data only: with scipy-sparse data, where lime's own sampling fails for many
+    rows, ``draws="lime"`` raises ``ValueError``; the
     truncated normals by inverse CDF instead of scipy's; the entropy discretizer's trees
     draw their seeds from the explainer's generator, one per feature, as lime's do; a
     training column constant at a non-zero value reaches the model as lime's z-score 0.0,
@@ -944,7 +944,10 @@ class LimeTabularExplainer:
         if training_data_stats:
             self.validate_training_data_stats(training_data_stats)
         sparse = _is_sparse(training_data)
-        given = training_data  # lime's scaler is fitted on the data as given (float32 stays float32)
+        given = training_data
+        if sparse and draws == "lime":
+            raise ValueError("draws='lime' replays lime's sampling of dense training data only (lime's sampler "
+                             "fails on many sparse rows); use draws='counter' with scipy-sparse training data")  # lime's scaler is fitted on the data as given (float32 stays float32)
         if not sparse:
             training_data = np.asarray(training_data, dtype=np.float64)
             if training_data.ndim != 2:
