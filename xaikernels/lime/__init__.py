@@ -908,16 +908,17 @@ class LimeTabularExplainer:
     package's counter-based generator (lime's sampling law; reproducible, not lime's draws).
     ``draws="lime"``: lime's own draws from ``random_state`` (the normals, the training-value
     choices, then each bin's truncated normal through the discretizer's generator), so for
-    the same ``random_state`` a dense row's explanation is lime's to rounding (dense
-    training data only: with scipy-sparse data, where lime's own sampling fails for many
-    rows, ``draws="lime"`` raises ``ValueError``; the
-    truncated normals by inverse CDF instead of scipy's; the entropy discretizer's trees
-    draw their seeds from the explainer's generator, one per feature, as lime's do; a
-    training column constant at a non-zero value reaches the model as lime's z-score 0.0,
-    lime's zero-width-bin quirk, see :mod:`xaikernels.lime.discretize`); 6.8 ms of library
-    time against 0.48 ms for ``"counter"`` in the same run at 5000 × 20 (one thread,
-    ``bench/results/lime_parts.md``), lime's 23 ms in ``lime.md``.  The counter draws give
-    such a constant column its value.
+    the same ``random_state`` a row's explanation is lime's to rounding (the truncated
+    normals by inverse CDF instead of scipy's).  As in lime, the entropy discretizer's trees
+    draw their seeds from the explainer's generator, one per feature, and a training column
+    constant at a non-zero value reaches the model as lime's z-score 0.0 (its zero-width-bin
+    quirk, see :mod:`xaikernels.lime.discretize`; the counter draws give such a column its
+    value).  Dense training data only: with scipy-sparse data, where lime's own sampling
+    fails for many rows, ``draws="lime"`` raises ``ValueError``.  6.8 ms of library time
+    against 0.48 ms for ``"counter"`` in the same run at 5000 × 20 (one thread,
+    ``bench/results/lime_parts.md``), lime's 23 ms in ``lime.md``;
+    ``bench/fuzz_dropins.py`` compares the explanations with lime's on random
+    configurations.
 
     ``training_data_stats`` whose ``means`` (``stds``, ``mins``, ``maxs``) also hold a
     categorical feature: lime's discretizer "undiscretises" every feature of ``means``, so the
@@ -944,10 +945,10 @@ class LimeTabularExplainer:
         if training_data_stats:
             self.validate_training_data_stats(training_data_stats)
         sparse = _is_sparse(training_data)
-        given = training_data
+        given = training_data  # lime's scaler is fitted on the data as given (float32 stays float32)
         if sparse and draws == "lime":
             raise ValueError("draws='lime' replays lime's sampling of dense training data only (lime's sampler "
-                             "fails on many sparse rows); use draws='counter' with scipy-sparse training data")  # lime's scaler is fitted on the data as given (float32 stays float32)
+                             "fails on many sparse rows); use draws='counter' with scipy-sparse training data")
         if not sparse:
             training_data = np.asarray(training_data, dtype=np.float64)
             if training_data.ndim != 2:
