@@ -13,6 +13,7 @@ installed and falls back to the NumPy reference twin otherwise.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Optional, Tuple, Union
 
@@ -28,23 +29,21 @@ _CPU = torch.device("cpu")
 SELECTIONS = ("auto", "none", "highest_weights", "forward_selection", "lasso_path")
 
 
-def _numba_attr(name):
+def _numba_attr(name, module="perturb"):
     fn = []  # the kernel module's function, looked up on first call (Numba imported lazily)
 
     def launcher(*args, **kwargs):
         if not fn:
-            from xaikernels.kernels.numba import perturb as k
-
-            fn.append(getattr(k, name))
+            fn.append(getattr(importlib.import_module(f"xaikernels.kernels.numba.{module}"), name))
         return fn[0](*args, **kwargs)
 
     launcher.__name__ = f"numba_{name}"
     return launcher
 
 
-def _define(name: str, ref_fn):
+def _define(name: str, ref_fn, module="perturb"):
     op = _backend.define_op(f"perturb_{name}", auto_order=_ORDER)
-    op.register("numba", _numba_attr(name))
+    op.register("numba", _numba_attr(name, module))
     op.register("reference", ref_fn)
     return op
 
@@ -68,22 +67,16 @@ OP_STEM_REPS = _define("stem_representatives", _ref.stem_representatives)
 OP_STEM_LEVEL_IDS = _define("stem_level_ids", _ref.stem_level_ids)
 
 
-def _mt_attr(name):
-    def launcher(*args, **kwargs):
-        from xaikernels.kernels.numba import mt19937 as k
-
-        return getattr(k, name)(*args, **kwargs)
-
-    launcher.__name__ = f"numba_{name}"
-    return launcher
+OP_LIME_TEXT_DRAWS = _define("lime_text_draws", _ref.lime_text_draws, "mt19937")
+OP_LIME_COIN_FLIPS = _define("lime_coin_flips", _ref.lime_coin_flips, "mt19937")
 
 
-OP_LIME_TEXT_DRAWS = _backend.define_op("perturb_lime_text_draws", auto_order=_ORDER)
-OP_LIME_TEXT_DRAWS.register("numba", _mt_attr("lime_text_draws"))
-OP_LIME_TEXT_DRAWS.register("reference", _ref.lime_text_draws)
-OP_LIME_COIN_FLIPS = _backend.define_op("perturb_lime_coin_flips", auto_order=_ORDER)
-OP_LIME_COIN_FLIPS.register("numba", _mt_attr("lime_coin_flips"))
-OP_LIME_COIN_FLIPS.register("reference", _ref.lime_coin_flips)
+def _legacy_backend(random_state, backend):
+    """The Numba replays follow NumPy's MT19937 stream: another bit generator takes the
+    reference (NumPy's own calls) in auto mode."""
+    if backend == "auto" and type(getattr(random_state, "_bit_generator", None)) is not np.random.MT19937:
+        return "reference"
+    return backend
 
 
 def _impl(op, backend):
@@ -100,8 +93,7 @@ def lime_text_draws(random_state: np.random.RandomState, n_samples: int, n_words
         raise ValueError(f"need n_samples >= 1 and n_words >= 1, got {n_samples}, {n_words}")
     if not isinstance(random_state, np.random.RandomState):
         raise TypeError(f"random_state must be a numpy RandomState, got {type(random_state).__name__}")
-    if backend == "auto" and type(getattr(random_state, "_bit_generator", None)) is not np.random.MT19937:
-        backend = "reference"
+    backend = _legacy_backend(random_state, backend)
     return _impl(OP_LIME_TEXT_DRAWS, backend)(random_state, int(n_samples), int(n_words))
 
 
@@ -114,8 +106,7 @@ def lime_coin_flips(random_state: np.random.RandomState, n: int, backend: str = 
         raise ValueError(f"n must be >= 0, got {n}")
     if not isinstance(random_state, np.random.RandomState):
         raise TypeError(f"random_state must be a numpy RandomState, got {type(random_state).__name__}")
-    if backend == "auto" and type(getattr(random_state, "_bit_generator", None)) is not np.random.MT19937:
-        backend = "reference"
+    backend = _legacy_backend(random_state, backend)
     return _impl(OP_LIME_COIN_FLIPS, backend)(random_state, int(n))
 
 

@@ -982,11 +982,12 @@ def _lars_lasso_gram(G, c0, n_rows, max_steps):
             if g2 > 0 and g2 < gamma:
                 gamma = g2
         drop = False
+        z = np.empty(n_act)
         z_pos = np.inf
         for i in range(n_act):
-            z = -coef[order[i]] / (ls[i] + _TINY32)
-            if z > 0 and z < z_pos:
-                z_pos = z
+            z[i] = -coef[order[i]] / (ls[i] + _TINY32)
+            if z[i] > 0 and z[i] < z_pos:
+                z_pos = z[i]
         if z_pos < gamma:
             gamma = z_pos
             drop = True
@@ -998,7 +999,7 @@ def _lars_lasso_gram(G, c0, n_rows, max_steps):
         n_out = 0
         if drop:
             for i in range(n_act - 1, -1, -1):
-                if -coef[order[i]] / (ls[i] + _TINY32) == z_pos:
+                if z[i] == z_pos:
                     outs[n_out] = i
                     n_out += 1
         coef = new
