@@ -170,6 +170,32 @@ def main(argv=None):
     rows.append(("tail max pool, same: strided_max (maxima of strided slices, fast_tail's rewrite)",
                  _med(lambda: _stem.strided_max(ymap, 2, 2), r)))
 
+    # the Captum drop-ins' batches: 20 batches of 50 3×64×64 float32 images (run_lime.py's
+    # Captum case) built into a new tensor each (as before) or into one reused tensor; the
+    # two alternate, as the bench's providers do (new tensors then page-fault more)
+    xb = torch.rand(3, 64 * 64, 1)
+    fm = ((np.arange(64)[:, None] * 7 // 64) * 7 + (np.arange(64)[None, :] * 7 // 64)).reshape(-1)
+    bld = P.PerturbedBuilder(xb.numpy(), np.zeros_like(xb.numpy()), fm)
+    cm = (np.random.RandomState(1).rand(1000, 49) < 0.5).astype(np.uint8)
+    one = torch.empty((50, 3, 64 * 64, 1))
+
+    def batches(reuse):
+        t0 = time.perf_counter()
+        for s in range(0, 1000, 50):
+            bld(cm[s:s + 50], (one if reuse else torch.empty((50, 3, 64 * 64, 1))).numpy())
+        return time.perf_counter() - t0
+
+    batches(False)
+    batches(True)
+    new_t, one_t = [], []
+    for _ in range(max(5, r // 4)):
+        new_t.append(batches(False))
+        one_t.append(batches(True))
+    rows.append(("Captum drop-ins' batches, 20 × 50 images 3×64×64 float32: a new tensor per batch",
+                 1e3 * statistics.median(new_t)))
+    rows.append(("same: one tensor reused (the drop-ins' _BatchBuffer, while the forward keeps none)",
+                 1e3 * statistics.median(one_t)))
+
     cmd = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *(argv or sys.argv[1:])])
     lines = [f"# LIME parts ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"Command: `NUMBA_THREADING_LAYER=workqueue {cmd}` (one thread; medians)", "",

@@ -678,3 +678,81 @@ def test_integer_baseline_outside_the_dtype_wraps_as_captum(method, dtype, base)
     assert ours.dtype == dtype and torch.equal(ours, theirs)
     torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
     assert same_state
+
+
+_IMG = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(4))
+_IMG_MASK = (torch.arange(12)[:, None] // 4 * 3 + torch.arange(10)[None, :] // 4)[None, None]
+
+
+def _keeping_forward(keep, kept):
+    """A forward on (k, 3, 12, 10) batches that keeps something of each batch (``keep``)."""
+    w = torch.linspace(-1, 1, 3 * 12 * 10).reshape(3 * 12 * 10, 1)
+
+    def fwd(t):
+        if keep == "tensor":
+            kept.append(t)
+        elif keep == "view":
+            kept.append(t[:, 1])
+        elif keep == "numpy":
+            kept.append(t.numpy())
+        elif keep == "storage":
+            kept.append((t.untyped_storage(), t.storage_offset(), t.shape, t.stride()))
+        elif keep == "inplace":
+            y = t.flatten(1) @ w
+            t.mul_(-3.0)  # scribbles on its input after using it
+            return y
+        elif keep == "alias":
+            return t.flatten(1)[:, :1]  # the output is a view of the input
+        return t.flatten(1) @ w
+    return fwd
+
+
+def _kept_values(keep, kept):
+    if keep == "storage":
+        return [torch.empty(0).set_(st, off, shape, stride).clone() for st, off, shape, stride in kept]
+    return [torch.as_tensor(k).clone() for k in kept]
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+@pytest.mark.parametrize("keep", ["tensor", "view", "numpy", "storage", "inplace", "alias"])
+def test_forward_keeping_its_batches_sees_captums(method, keep):
+    """The drop-in reuses one batch tensor while the forward keeps nothing of it; a forward
+    that keeps the batch, a view, a NumPy array or the storage of it, or returns an output
+    aliasing it, finds what it kept as Captum's fresh batches left it, and one that scribbles
+    on its input changes nothing."""
+    seen = {}
+
+    def run(lib):
+        kept = seen.setdefault(lib.__name__, [])
+        return getattr(lib, method)(_keeping_forward(keep, kept)).attribute(
+            _IMG, target=0, feature_mask=_IMG_MASK, n_samples=23, perturbations_per_eval=5)
+
+    a, b, same = _pair(run, seed=2)
+    _close(b, a)
+    assert same
+    ours, theirs = _kept_values(keep, seen["xaikernels.captum"]), _kept_values(keep, seen["captum.attr"])
+    assert len(ours) == len(theirs)
+    for o, t in zip(ours, theirs):
+        assert torch.equal(o, t)
+
+
+@pytest.mark.parametrize("method", ["Lime", "KernelShap"])
+def test_batches_reuse_one_tensor_when_the_forward_keeps_none(method):
+    """A forward that keeps nothing of its batches gets every full batch in one tensor (no
+    allocation per batch), with Captum's attributions."""
+    ptrs = []
+    w = torch.linspace(-1, 1, 3 * 12 * 10).reshape(-1, 1)
+
+    def fwd(t):
+        ptrs.append((t.shape[0], t.data_ptr()))
+        return t.flatten(1) @ w
+
+    torch.manual_seed(1)
+    a = getattr(captum_attr, method)(lambda t: t.flatten(1) @ w).attribute(
+        _IMG, target=0, feature_mask=_IMG_MASK, n_samples=23, perturbations_per_eval=5)
+    torch.manual_seed(1)
+    b = getattr(XCP, method)(fwd).attribute(_IMG, target=0, feature_mask=_IMG_MASK, n_samples=23,
+                                          perturbations_per_eval=5)
+    _close(b, a)
+    assert [k for k, _ in ptrs] == [5, 5, 5, 5, 3]
+    assert len({p for k, p in ptrs if k == 5}) == 1
