@@ -4,6 +4,7 @@ explainer's ``scaler`` and static methods, ``training_data_stats`` with categori
 statistics, and the HTML views of an explanation (lime as the oracle where installed)."""
 import sys
 import types
+import warnings
 from html.parser import HTMLParser
 
 import numpy as np
@@ -470,3 +471,78 @@ def test_id_generator_as_limes():
         LE.id_generator(5)
     with pytest.raises(AttributeError):
         XE.id_generator(5)
+
+
+def _underflow_case():
+    rs = np.random.RandomState(0)
+    img = rs.rand(16, 16, 3)
+    seg = (np.arange(16)[:, None] // 4) * 4 + np.arange(16)[None, :] // 4
+    Wm = rs.randn(4, 3)
+
+    def clf(b):
+        b = np.asarray(b, dtype=np.float64)
+        f = np.stack([b[:, :8, :8].mean((1, 2, 3)), b[:, 8:, :8].mean((1, 2, 3)), b[:, :8, 8:].mean((1, 2, 3)),
+                      b[:, 8:, 8:].mean((1, 2, 3))], 1)
+        z = f @ Wm * 5.0
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+    return img, seg, clf
+
+
+@pytest.mark.peer
+@needs_numba
+@pytest.mark.parametrize("metric", ["euclidean", "manhattan"])
+def test_weights_underflowed_onto_the_instance_score_as_lime(metric):
+    """Euclidean distances of 16-segment coalitions at kernel width 0.25: every weight but
+    the instance's is below 1e-30, and the surrogate explains none of the weighted variation.
+    lime's score (scikit-learn's r2_score) is then 0; with manhattan distances (scikit-learn's,
+    then the kernels' fit) the Gram-form fit called the target constant and reported 1
+    before."""
+    li_mod = pytest.importorskip("lime.lime_image")
+    img, seg, clf = _underflow_case()
+    exps = []
+    for cls in (li_mod.LimeImageExplainer, XL.LimeImageExplainer):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exps.append(cls(kernel_width=0.25, random_state=3).explain_instance(
+                img, clf, top_labels=3, num_samples=40, segmentation_fn=lambda im: seg, distance_metric=metric,
+                hide_color=0, batch_size=10))
+    theirs, ours = exps
+    assert theirs.score < 0.5  # (the case is the degenerate one)
+    assert ours.score == pytest.approx(theirs.score, abs=1e-6)
+    for lab in theirs.local_exp:
+        assert ours.intercept[lab] == pytest.approx(theirs.intercept[lab], abs=1e-9)
+
+
+@needs_numba
+def test_exact_score_conventions():
+    """The direct score follows scikit-learn's r2_score for a varying target (1 - ratio; 0
+    for a residual where the weighted variation is exactly 0, 1 where the residual is 0 up
+    to rounding too) and stays 1 for a target without variation."""
+    from sklearn.metrics import r2_score
+
+    rs = np.random.RandomState(1)
+    data = (rs.rand(30, 5) < 0.5).astype(np.uint8)
+    w = np.exp(-rs.rand(30) * 3)
+    coef = np.array([[0.1, -0.2, 0, 0, 0], [0, 0, 0.3, 0, 0]])
+    used = np.array([[1, 2, 0, 0, 0], [0, 0, 1, 0, 0]])
+
+    def scores(yss, w, coef, icpt):
+        fit = {"score": np.array([1.0, 1.0]), "used": used, "coef": coef, "intercept": np.asarray(icpt, float)}
+        XL._exact_scores(fit, data, yss, [0, 1], w)
+        return fit["score"]
+
+    y_var = rs.rand(30, 2)
+    got = scores(y_var, w, coef, [0.5, 0.4])
+    for j in range(2):
+        pred = data.astype(float) @ coef[j] + [0.5, 0.4][j]
+        assert got[j] == pytest.approx(r2_score(y_var[:, j], pred, sample_weight=w), abs=1e-12)
+    assert list(scores(np.full((30, 2), 0.5), w, coef, [0.5, 0.4])) == [1.0, 1.0]
+    # the weight all on rows of one value: no weighted variation; a residual there scores 0,
+    # none (our intercept's rounding aside) scores 1
+    y_one = y_var.copy()
+    y_one[:3] = 0.25
+    w_one = np.zeros(30)
+    w_one[:3] = 1.0
+    assert list(scores(y_one, w_one, coef, [0.5, 0.4])) == [0.0, 0.0]
+    assert list(scores(y_one, w_one, np.zeros((2, 5)), [np.nextafter(0.25, 1.0), 0.25])) == [1.0, 1.0]

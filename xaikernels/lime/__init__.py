@@ -34,6 +34,10 @@ purpose:
   (lime's image and text explainers raise it after).
 * all-zero kernel weights raise ``ValueError`` instead of fitting NaNs.
 * tabular: a discretised bin of zero width yields its edge value (lime returns a z-score).
+* the score of a label whose outputs do not vary at all is 1 (scikit-learn's ridge usually
+  fits such a target exactly too; where its rounding leaves noise, lime's score is that
+  noise's ratio).  Fits whose kernel weight has underflowed onto the instance score as
+  lime's (0: the surrogate explains none of the weighted variation).
 
 ``distance_metric`` is any metric of scikit-learn's ``pairwise_distances`` (as lime):
 'euclidean' / 'l2' and 'cosine' are computed in the kernels (fused with the sampling for
@@ -275,7 +279,7 @@ class _SurrogateFitter:
         if model_regressor is None and self.kernel_fn is None and gram is not None and weights is not None:
             fit = P.fit_lime_gram(data, yss, labels, weights, gram, alpha=1.0, feature_selection=self.feature_selection,
                                   num_features=k, backend=self.backend)
-            return self._store(exp, fit, labels, yss)
+            return self._store(exp, fit, labels, yss, data, lambda: weights)
         if model_regressor is None and self.kernel_fn is None:
             # lime's default kernel: weights, Gram products, selection and every label's
             # solve in one kernel call
@@ -286,7 +290,14 @@ class _SurrogateFitter:
             fit = P.fit_lime(data, yss, labels, wd, weights=mode,
                              kernel_width=self.kernel_width, alpha=1.0, feature_selection=self.feature_selection,
                              num_features=k, backend=self.backend)
-            return self._store(exp, fit, labels, yss)
+
+            def lime_weights():
+                if weights is not None:
+                    return weights
+                d = distances if distances is not None else P.row_distances(data, np.ones(data.shape[1]), metric,
+                                                                            backend=self.backend)
+                return _weights(d, None, self.kernel_width, self.backend)
+            return self._store(exp, fit, labels, yss, data, lime_weights)
         if distances is None:
             distances = P.row_distances(data, np.ones(data.shape[1]), metric, backend=self.backend)
         weights = _weights(distances, self.kernel_fn, self.kernel_width, self.backend)
@@ -310,12 +321,15 @@ class _SurrogateFitter:
                 fit["intercept"][j] = reg.intercept_
                 fit["score"][j] = reg.score(data[:, used], Y[:, j], sample_weight=weights)
                 fit["local_pred"][j] = reg.predict(data[0, used].reshape(1, -1))[0]
-        return self._store(exp, fit, labels, yss)
+            return self._store(exp, fit, labels, yss)
+        return self._store(exp, fit, labels, yss, data, lambda: weights)
 
-    def _store(self, exp, fit, labels, yss):
+    def _store(self, exp, fit, labels, yss, data=None, weights_of=None):
         exp.score_per_label = {}
         exp.local_pred_per_label = {}
         lists = _local_exps(fit["coef"], fit["used"])
+        if weights_of is not None and (fit["score"] == 1.0).any():
+            _exact_scores(fit, data, yss, labels, weights_of())
         for j, lab in enumerate(labels):
             exp.intercept[lab] = float(fit["intercept"][j])
             exp.local_exp[lab] = lists[j]
@@ -328,6 +342,35 @@ class _SurrogateFitter:
                 print("Prediction_local", exp.local_pred)
                 print("Right:", yss[0, lab])
         return exp
+
+
+def _exact_scores(fit, data, yss, labels, w):
+    """lime's score (scikit-learn's weighted ``r2_score`` of the fitted ridge) recomputed
+    directly for the labels whose Gram-form fit reported exactly 1: a target constant up to
+    the rounding of its weighted sums.  The kernels call such a target constant and its fit
+    perfect; scikit-learn computes Σ w (y - ŷ)² and Σ w (y - ȳ)² as they are and reports
+    1 - ratio (0 for the fits whose weight has underflowed onto the instance, where both
+    sums are tiny and equal).  A target without any variation stays at 1 (scikit-learn's
+    ridge fits it exactly; ours leaves rounding noise in both sums, whose ratio is
+    meaningless).  Where the second sum is exactly 0 for a varying target (its weight all
+    on rows of one value), scikit-learn reports 1 when the first is 0 too, else 0; the
+    first is then our intercept's rounding (not scikit-learn's, bit for bit), taken as 0 up
+    to the kernels' rounding floor ``sw·(n·eps·max|y|)²``.  Rare, and O(samples × selected)
+    each."""
+    w = np.asarray(w, dtype=np.float64)
+    for j in np.flatnonzero(fit["score"] == 1.0):
+        used = np.flatnonzero(fit["used"][j])
+        y = np.asarray(yss[:, labels[j]], dtype=np.float64)
+        if y.size == 0 or y.max() == y.min():
+            continue
+        pred = np.asarray(data[:, used], dtype=np.float64) @ fit["coef"][j, used] + fit["intercept"][j]
+        num = float((w * (y - pred) ** 2).sum())
+        den = float((w * (y - np.average(y, weights=w)) ** 2).sum())
+        if den != 0:
+            fit["score"][j] = 1.0 - num / den if num != 0 else 1.0
+        else:
+            floor = float(w.sum()) * (len(y) * np.finfo(np.float64).eps * float(np.abs(y).max(initial=0.0))) ** 2
+            fit["score"][j] = 1.0 if num <= floor else 0.0
 
 
 def _fitter(kernel, kernel_width, feature_selection, verbose, backend):
