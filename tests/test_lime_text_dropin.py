@@ -115,13 +115,16 @@ def test_empty_and_wordless_texts():
 
 
 TRICKY = ["Please, take your time", "", "   ", "naïve café — crème brûlée, déjà vu", "a\x00b\x00 c",
-          "lone \ud800 surrogate, kept", "emoji 🙂 and 😀😀, twice", "one"]
+          "lone \ud800 surrogate, kept", "emoji 🙂 and 😀😀, twice", "one",
+          # pieces longer than the renderer's 16-byte copies (one, two and three of them)
+          "supercalifragilisticexpialidocious, antidisestablishmentarianism;;;;;;;;;;;;;;;;;;;;;;;; x "
+          "pneumonoultramicroscopicsilicovolcanoconiosis"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("s", TRICKY)
 @pytest.mark.parametrize("bow", [True, False])
-@pytest.mark.parametrize("mask_string", [None, "UNKWORDZ", "█", "\x00"])
+@pytest.mark.parametrize("mask_string", [None, "UNKWORDZ", "█", "\x00", "<a removed word, 31 bytes long>"])
 @pytest.mark.parametrize("chars", [False, True])
 def test_batch_render_equals_inverse_removing(backend, s, bow, mask_string, chars):
     """The explainer's batch rendering (one kernel call per block) gives, row by row, the

@@ -126,6 +126,19 @@ def coin_flips(key, pos, n):
     return out
 
 
+@njit(cache=True, inline="always")
+def _temper_into(key, p, tw):
+    """``tw[p:]`` = the tempered outputs of ``key[p:]`` (a loop without calls or branches: it
+    vectorises)."""
+    for j in range(p, _N):
+        y = key[j]
+        y ^= y >> np.uint32(11)
+        y ^= (y << np.uint32(7)) & np.uint32(0x9D2C5680)
+        y ^= (y << np.uint32(15)) & np.uint32(0xEFC60000)
+        y ^= y >> np.uint32(18)
+        tw[j] = y
+
+
 @njit(cache=True)
 def lime_text_masks(key, pos, n_samples, n_words):
     """lime's text coalitions: row 0 all ones; row i ≥ 1 removes ``size_i`` words, ``size_i =
@@ -137,13 +150,26 @@ def lime_text_masks(key, pos, n_samples, n_words):
     sizes = randint(key, pos, 1, n_words + 1, n_samples - 1)
     p = pos[0]
     perm = np.empty(n_words, dtype=np.int64)
+    # the state's outputs tempered a run at a time (after each twist) instead of draw by draw
+    tw = np.empty(_N, dtype=np.uint32)
+    _temper_into(key, min(p, _N), tw)
     for r in range(1, n_samples):
         for j in range(n_words):
             perm[j] = j
         # Fisher-Yates from the top (NumPy's legacy shuffle); only the first `size` entries
         # are used, but every swap consumes the stream, so all are made
         for i in range(n_words - 1, 0, -1):
-            v, p = _bounded(key, p, np.uint32(i), _mask_of(i))
+            rng = np.uint32(i)
+            mask = _mask_of(i)
+            while True:  # masked rejection, as _bounded
+                if p >= _N:
+                    _twist(key)
+                    _temper_into(key, 0, tw)
+                    p = 0
+                v = tw[p] & mask
+                p += 1
+                if v <= rng:
+                    break
             j = np.int64(v)
             t = perm[i]
             perm[i] = perm[j]

@@ -2075,6 +2075,28 @@ def _store8(typingctx, dst, r, c, v):
 
 
 @intrinsic
+def _copy16(typingctx, dst, di, src, si):
+    """``dst[di:di + 16] = src[si:si + 16]``: one unaligned 16-byte load and store between
+    C-contiguous uint8 1-D arrays (in range, not checked).  Generic LLVM vectors."""
+    if not all(isinstance(a, nbtypes.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == nbtypes.uint8
+               for a in (dst, src)) or not (isinstance(di, nbtypes.Integer) and isinstance(si, nbtypes.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ts = signature.args
+        vp = llvm_ir.VectorType(llvm_ir.IntType(8), 16).as_pointer()
+        da = context.make_array(ts[0])(context, builder, args[0])
+        sa = context.make_array(ts[2])(context, builder, args[2])
+        d_, s_ = (context.cast(builder, args[k], ts[k], nbtypes.int64) for k in (1, 3))
+        ps = cgutils.get_item_pointer(context, builder, ts[2], sa, [s_])
+        pd = cgutils.get_item_pointer(context, builder, ts[0], da, [d_])
+        builder.store(builder.load(builder.bitcast(ps, vp), align=1), builder.bitcast(pd, vp), align=1)
+        return context.get_dummy_value()
+
+    return nbtypes.void(dst, di, src, si), codegen
+
+
+@intrinsic
 def _far64(typingctx, src, off):
     """Bit i = ``abs(src[off + i] - 0.5) > 0.425`` for i < 64 (``src`` a C-contiguous float64
     1-D array with 64 elements from ``off``, not checked): the elements outside AS241's
@@ -2798,11 +2820,12 @@ def _render_pieces(pb, po, pf, rb, masks):
         if pf[p] >= F:
             raise ValueError("render: a piece's feature is outside the masks' columns")
     # the removed bytes after the pieces' bytes: every piece of a row is then a copy from one
-    # buffer, source and length picked without a branch (keep is a coin flip per piece)
+    # buffer, source and length picked without a branch (keep is a coin flip per piece);
+    # 16 bytes of slack after it and after the output for the 16-byte copies
     B = po[P]
-    src = np.empty(B + R, dtype=np.uint8)
+    src = np.zeros(B + R + 16, dtype=np.uint8)
     src[:B] = pb[:B]
-    src[B:] = rb
+    src[B:B + R] = rb
     off = np.empty(S + 1, dtype=np.int64)
     off[0] = 0
     for s in range(S):
@@ -2812,7 +2835,7 @@ def _render_pieces(pb, po, pf, rb, masks):
             keep = (f < 0) | (masks[s, max(f, 0)] != 0)
             n += po[p + 1] - po[p] if keep else R
         off[s + 1] = off[s] + n
-    out = np.empty(off[S], dtype=np.uint8)
+    buf = np.empty(off[S] + 16, dtype=np.uint8)
     for s in range(S):
         k = off[s]
         for p in range(P):
@@ -2820,11 +2843,13 @@ def _render_pieces(pb, po, pf, rb, masks):
             keep = (f < 0) | (masks[s, max(f, 0)] != 0)
             a = po[p] if keep else B
             n = po[p + 1] - po[p] if keep else R
-            # byte loops: pieces are a few bytes, where a slice copy costs more than the copy
-            for i in range(n):
-                out[k + i] = src[a + i]
+            # pieces are a few bytes: one 16-byte copy each (more for longer ones), whose bytes
+            # past the piece the next piece's copy overwrites (the last row's: the slack)
+            _copy16(buf, k, src, a)
+            for i in range(16, n, 16):
+                _copy16(buf, k + i, src, a + i)
             k += n
-    return out, off
+    return buf[:off[S]], off
 
 
 def render_pieces(piece_bytes, piece_offsets, piece_feature, removed, masks):
