@@ -20,9 +20,10 @@ Cases (each trial draws its data, model and arguments from ``RandomState(trial)`
 Outcomes per trial: ``equal`` (the same features in the same order, values, intercept and
 score to 1e-6 — Captum's attributions to 1e-4, its surrogates being fitted in float32 — or
 the same exception type); ``ties`` (the same values to 1e-12, listed in
-another order among exact ties); ``degenerate`` (every coefficient of both below 1e-9: the
-kernel weights have underflowed onto the instance, the fit is rounding noise); ``differs``
-(printed with its configuration).
+another order among exact ties); ``degenerate`` (the same intercept and score, every
+coefficient of both below 1e-9, listed in another order: the kernel weights have underflowed
+onto the instance and the coefficients are rounding noise); ``differs`` (printed with its
+configuration).
 
 Usage::
 
@@ -62,7 +63,8 @@ def _classify(a, b, tol=1e-6):
         lb, ib, sb = b[1][lab]
         if _lists_equal(la, lb, tol) and abs(ia - ib) <= tol * max(1.0, abs(ia)) and abs(sa - sb) <= tol:
             continue
-        if max([abs(v) for _, v in la] + [0.0]) < 1e-9 and max([abs(v) for _, v in lb] + [0.0]) < 1e-9:
+        if (max([abs(v) for _, v in la] + [0.0]) < 1e-9 and max([abs(v) for _, v in lb] + [0.0]) < 1e-9
+                and abs(ia - ib) <= tol * max(1.0, abs(ia)) and abs(sa - sb) <= tol):
             worst = "degenerate" if worst == "equal" else worst
             continue
         va, vb = sorted(v for _, v in la), sorted(v for _, v in lb)
