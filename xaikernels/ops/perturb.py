@@ -14,6 +14,7 @@ installed and falls back to the NumPy reference twin otherwise.
 from __future__ import annotations
 
 import importlib
+import codecs
 import math
 from typing import Optional, Tuple, Union
 
@@ -679,12 +680,13 @@ def render_texts(pieces, piece_feature: np.ndarray, removed: str, masks: np.ndar
     out: list = []
     for a in range(0, masks.shape[0], step):
         flat, off = render(pb, po, pf, rb, masks[a:a + step])
-        data = flat.tobytes()
         bounds = zip(off[:-1].tolist(), off[1:].tolist())
         if ascii_only:
-            big = data.decode("ascii")
+            # decoded straight from the kernel's buffer (no bytes copy of it first)
+            big = codecs.ascii_decode(flat)[0]
             out.extend(big[i:j] for i, j in bounds)
         else:
+            data = flat.tobytes()
             out.extend(data[i:j].decode("utf-8", "surrogatepass") for i, j in bounds)
     return out
 
