@@ -858,7 +858,7 @@ class Lime(LimeBase):
                 buf = holders[0].get((k,) + plan.out_hwc, xs[0].dtype)
                 plan.gather(s0, s1, buf.view(k, -1, plan.out_hwc[2]))
                 t = exp_target if k == per_eval else _expand_target(target, k)
-                out = _run_forward(tail, (buf.permute(0, 3, 1, 2),), t, None)
+                out = _run_forward(tail, (buf.permute(0, 3, 1, 2),), t, None, takes_args=True)
                 buf = None
                 assert out.numel() == k, \
                     "Number of outputs is not appropriate, must return one output per perturbed input"
@@ -887,7 +887,7 @@ class Lime(LimeBase):
                     sims.append(float(s.flatten()[0]) if isinstance(s, Tensor) else float(s))
             a = exp_args if k == per_eval else _expand_args(args, k)
             t = exp_target if k == per_eval else _expand_target(target, k)
-            outs.append(self._evaluate_batch_tuple(tuple(batch), k, t, a, device, probe))
+            outs.append(self._evaluate_batch_tuple(tuple(batch), k, t, a, device, probe, not no_params))
             batch = pert = None  # (the buffers' reuse checks count every reference)
             if bar is not None:
                 bar.update()
@@ -957,8 +957,8 @@ class Lime(LimeBase):
         self.stem_info = info
         return plans[0], tail
 
-    def _evaluate_batch_tuple(self, batch, k, target, args, device, probe=None) -> Tensor:
-        out = _run_forward(self.forward_func if probe is None else probe, batch, target, args)
+    def _evaluate_batch_tuple(self, batch, k, target, args, device, probe=None, takes_args=None) -> Tensor:
+        out = _run_forward(self.forward_func if probe is None else probe, batch, target, args, takes_args)
         if isinstance(out, Tensor):
             assert out.numel() == k, "Number of outputs is not appropriate, must return one output per perturbed input"
             return out.flatten()
