@@ -49,7 +49,7 @@ def test_stem_rows_number_every_distinct_key(backend, Q, M, F_, S_):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("S_,Q,C,T", [(1, 1, 1, 1), (9, 37, 5, 50), (33, 64, 8, 700)])
+@pytest.mark.parametrize("S_,Q,C,T", [(1, 1, 1, 1), (9, 37, 5, 50), (33, 64, 8, 700), (70, 300, 16, 5000)])
 def test_stem_gather_equals_indexing(backend, dtype, S_, Q, C, T):
     rng = np.random.default_rng(S_ + Q)
     table = rng.standard_normal((T, C)).astype(dtype)

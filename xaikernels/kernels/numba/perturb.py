@@ -2097,6 +2097,31 @@ def _copy16(typingctx, dst, di, src, si):
 
 
 @intrinsic
+def _prefetch_row(typingctx, arr, r):
+    """A hint to fetch row ``r`` of the C-contiguous 2-D ``arr`` into the caches (LLVM's
+    prefetch: read, high locality, data cache); no effect on any value, and no check of
+    ``r`` (a prefetch of any address is harmless)."""
+    if not (isinstance(arr, nbtypes.Array) and arr.ndim == 2 and arr.layout == "C" and isinstance(r, nbtypes.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ts = signature.args
+        a = context.make_array(ts[0])(context, builder, args[0])
+        r_ = context.cast(builder, args[1], ts[1], nbtypes.int64)
+        p = cgutils.get_item_pointer(context, builder, ts[0], a, [r_, llvm_ir.Constant(llvm_ir.IntType(64), 0)])
+        i8p, i32 = llvm_ir.IntType(8).as_pointer(), llvm_ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(llvm_ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch")
+        builder.call(fn, [builder.bitcast(p, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return nbtypes.void(arr, r), codegen
+
+
+_GATHER_AHEAD = 16  # table rows requested ahead by the stem gather (8: 0.39, 16: 0.32, 32: 0.59 ms a batch)
+
+
+@intrinsic
 def _far64(typingctx, src, off):
     """Bit i = ``abs(src[off + i] - 0.5) > 0.425`` for i < 64 (``src`` a C-contiguous float64
     1-D array with 64 elements from ``off``, not checked): the elements outside AS241's
@@ -2922,6 +2947,14 @@ def _stem_gather(table, index, out):
     for s in prange(S):
         o = out[s]
         for q in range(Q):
+            # the table row _GATHER_AHEAD entries ahead requested now: the rows are scattered
+            # over a table the model's tail evicts between batches, so each read would wait
+            # on memory (the bench's quickshift case: 4.6 ms of gathers per 1000 samples)
+            qa = q + _GATHER_AHEAD
+            if qa < Q:
+                _prefetch_row(table, index[s, qa])
+            elif s + 1 < S:
+                _prefetch_row(table, index[s + 1, qa - Q])
             t = table[index[s, q]]
             for c in range(C):
                 o[q, c] = t[c]
