@@ -170,6 +170,32 @@ def main(argv=None):
     rows.append(("tail max pool, same: strided_max (maxima of strided slices, fast_tail's rewrite)",
                  _med(lambda: _stem.strided_max(ymap, 2, 2), r)))
 
+    # the stem-table gather (the tail's input of a batch of 100 samples) on the bench's
+    # quickshift tables (two levels), with a channels-last 16→16 conv over a batch between
+    # calls (the tail's, which evicts the table), by how many rows it requests ahead
+    from xaikernels.kernels.numba import perturb as KPn
+
+    plans, _ = _stem.build_plans(st, [xi], [torch.zeros_like(xi)], [seg], [cov])
+    tab, gidx = plans[0].table.numpy(), plans[0].index[:100]
+    gout = np.empty(gidx.shape + (tab.shape[1],), tab.dtype)
+    evict_in = torch.randn(100, 16, 16, 16).contiguous(memory_format=torch.channels_last)
+    evict_conv = torch.nn.Conv2d(16, 16, 3, padding=1).to(memory_format=torch.channels_last)
+    aheads = (0, 8, 16, 32)
+    g_t = {a: [] for a in aheads}
+    for a in aheads:
+        KPn.stem_gather(tab, gidx, gout, ahead=a)
+    for _ in range(max(10, r)):
+        for a in aheads:
+            with torch.no_grad():
+                evict_conv(evict_in)
+            t0 = time.perf_counter()
+            KPn.stem_gather(tab, gidx, gout, ahead=a)
+            g_t[a].append(time.perf_counter() - t0)
+    for a in aheads:
+        rows.append((f"stem gather, 100 samples × {gidx.shape[1]} positions × {tab.shape[1]} channels from the "
+                     f"{tab.shape[0]}-row table, after a conv: rows requested {a} ahead"
+                     + (" (the kernel's)" if a == KPn._GATHER_AHEAD else ""), 1e3 * statistics.median(g_t[a])))
+
     # the Captum drop-ins' batches: 20 batches of 50 3×64×64 float32 images (run_lime.py's
     # Captum case) built into a new tensor each (as before) or into one reused tensor; the
     # two alternate, as the bench's providers do (new tensors then page-fault more)

@@ -1,10 +1,14 @@
 """Perturbation ops (LIME / KernelSHAP): Numba kernels against the NumPy reference twins,
 counter-based RNG invariances and sampling statistics, surrogate fits against closed forms."""
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from _boundscheck import assert_in_bounds
 
 from xaikernels import _backend
 from xaikernels.ops import perturb as P
@@ -314,10 +318,6 @@ def test_perturbed_builder_rejects_bad_masks(backend):
 def test_builder_in_bounds_under_numba_boundscheck(tmp_path):
     """The wide-mask case with NUMBA_BOUNDSCHECK=1 (fresh cache): any out-of-bounds index
     in the construction kernels raises IndexError there instead of corrupting memory."""
-    import os
-    import subprocess
-    import sys
-
     code = (
         "import numpy as np\n"
         "from xaikernels.kernels.numba import perturb as K\n"
@@ -333,9 +333,7 @@ def test_builder_in_bounds_under_numba_boundscheck(tmp_path):
         "        kern(b.xv, b.fv, b.ptr, b.word, b.bits, m, o.reshape(33, 1, L).view(b.raw))\n"
         "        assert (o == e).all()\n"
         "print('OK')\n")
-    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path))
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+    assert_in_bounds(code, tmp_path)
 
 
 def test_feature_map_checks():
@@ -800,6 +798,35 @@ def test_lars_path_on_singular_active_sets_runs_and_twins_agree():
         assert a.shape == b.shape, t
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
         assert np.all(np.isfinite(a))
+
+
+@needs_numba
+def test_lars_path_does_not_depend_on_which_caller_compiled_it(tmp_path):
+    """Numba compiles a callee with the fastmath flags of the caller that compiles it first,
+    and keeps that overload (on disk too): the LARS path, first compiled inside the tabular
+    fit (fastmath reassociation), once gave other decisions than the reference on twin
+    columns.  In a fresh process and cache, the fit compiles it first here; the path must
+    still equal the reference's."""
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import numpy as np\n"
+        "from xaikernels.ops import perturb as P\n"
+        "from xaikernels.kernels.numba import perturb as K\n"
+        "from xaikernels.reference import perturb as R\n"
+        "from test_lime_ops import _wide_or_twin_problem\n"
+        "rng = np.random.RandomState(0)\n"
+        "Z = (rng.rand(40, 6) < .5).astype(np.uint8); Y = rng.rand(40, 2); w = rng.rand(40)\n"
+        "Zf = np.c_[Z, np.ones(40)]; g = (Zf * w[:, None]).T @ Zf\n"
+        "P.fit_lime_gram(Z, Y, [0], w, g, feature_selection='lasso_path', num_features=3, backend='numba')\n"
+        "for t in range(80):\n"
+        "    Xc, yc, n = _wide_or_twin_problem(t)\n"
+        "    G, c0 = Xc.T @ Xc, Xc.T @ yc\n"
+        "    a, b = R._lars_lasso_gram(G, c0, n), K._lars_lasso_gram(G, c0, n, 500)\n"
+        "    assert a.shape == b.shape and np.allclose(b, a, rtol=1e-10, atol=1e-12), t\n"
+        "print('OK')\n") % os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and "OK" in r.stdout, f"rc={r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}"
 
 
 @pytest.mark.parametrize("seed", [3, 6, 7, 8, 12, 19, 20, 34])

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _boundscheck import assert_in_bounds
 from _models import MLP, SmallCNN
 from xaikernels.methods import _stem as S
 from xaikernels.methods.lime import lime_image
@@ -756,3 +757,24 @@ def test_lime_image_stem_modes():
     assert lime_image(cnn, x[..., :8, :8], stem="on", **small).extras["stem"].startswith("tables:")
     with pytest.raises(ValueError, match="stem must be"):
         lime_image(mlp, x, stem="yes", **kw)
+
+
+def test_stem_gather_prefetch_in_bounds_under_numba_boundscheck(tmp_path):
+    """The gather's look-ahead reads ``index`` ahead of the row it copies, into the next
+    sample's row: with NUMBA_BOUNDSCHECK=1 (fresh cache) any look-ahead past the index raises
+    instead of reading other memory, for samples shorter than the look-ahead, several
+    look-aheads and both kernels; the values are ``table[index]`` whatever it is."""
+    pytest.importorskip("numba")
+    code = (
+        "import numpy as np\n"
+        "from xaikernels.kernels.numba import perturb as K\n"
+        "rng = np.random.default_rng(0)\n"
+        "for S, Q, C, T in ((5, 3, 4, 20), (4, 1, 2, 3), (3, 40, 2, 50), (2, 16, 3, 9)):\n"
+        "    table = rng.standard_normal((T, C)); index = rng.integers(0, T, (S, Q)).astype(np.int32)\n"
+        "    for kern in (K._stem_gather_serial, K._stem_gather):\n"
+        "        for ahead in (0, 1, 15, 16, 17, 100):\n"
+        "            out = np.full((S, Q, C), np.nan)\n"
+        "            kern(table, index, out, np.int64(ahead))\n"
+        "            assert (out == table[index]).all()\n"
+        "print('OK')\n")
+    assert_in_bounds(code, tmp_path)

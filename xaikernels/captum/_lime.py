@@ -849,7 +849,6 @@ class Lime(LimeBase):
         exp_args, exp_target = _expand_args(args, per_eval), _expand_target(target, per_eval)
         # one buffer per input for every batch, unless the forward kept a reference to one
         holders = [_BatchBuffer() for _ in range(max(1, len(xs)))]
-        pert = None
         for s0 in range(0, n, per_eval):
             s1 = min(n, s0 + per_eval)
             k = s1 - s0
@@ -973,10 +972,11 @@ class _BatchBuffer:
     nothing but this holder refers to it (the builders rewrite every element of it).
 
     Captum hands the forward a new tensor per batch.  A new multi-megabyte tensor can cost
-    page faults, depending on what the allocator has kept (bench/run_lime.py's Captum cases,
-    20 batches of 50 3×64×64 float32 images: overhead 9.0 → 8.3 ms for Lime and 13.1 → 12.6
-    ms for KernelShap; scratch runs alternating the two ways saw 16.7 → 9.5 ms); reusing it
-    is only safe while the forward keeps nothing of it.  So a buffer is
+    page faults, depending on what the allocator has kept (bench/profile_lime_parts.py's
+    Captum rows, 20 batches of 50 3×64×64 float32 images, where it has kept the memory: 2.9
+    ms either way; bench/run_lime.py's Captum overheads in ``lime.jsonl``, before and after:
+    8.6 → 8.0 ms for Lime, 12.5 → 11.7 ms for KernelShap); reusing it is only safe while the
+    forward keeps nothing of it.  So a buffer is
     reused only when, after the batch, the Python references to it, the uses of its storage
     (views, ``.numpy()`` arrays, outputs that alias the input hold one) and the Python
     references to its storage object are all back at their counts when it was made;

@@ -13,8 +13,8 @@ installed and falls back to the NumPy reference twin otherwise.
 """
 from __future__ import annotations
 
-import importlib
 import codecs
+import importlib
 import math
 from typing import Optional, Tuple, Union
 

@@ -15,10 +15,22 @@ import types
 import numba
 import numpy as np
 from llvmlite import ir as llvm_ir
-from numba import njit, prange
+from numba import prange
 from numba.core import cgutils
 from numba.core import types as nbtypes
 from numba.extending import intrinsic
+
+
+def njit(*args, **options):
+    """``numba.njit`` with ``fastmath=False`` unless a kernel asks for it.  Numba compiles a
+    callee that sets no fastmath with the flags of the caller that compiles it first, and
+    keeps that overload (also in its on-disk cache): the exact helpers' rounding (LARS's
+    solves, ``_xy_rows``'s row-order sums) would depend on which kernel ran first — the
+    LARS path once took other decisions than its reference after the tabular fit
+    (``fastmath={"reassoc"}``) had compiled it."""
+    options.setdefault("fastmath", False)
+    return numba.njit(*args, **options)
+
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -2118,7 +2130,9 @@ def _prefetch_row(typingctx, arr, r):
     return nbtypes.void(arr, r), codegen
 
 
-_GATHER_AHEAD = 16  # table rows requested ahead by the stem gather (8: 0.39, 16: 0.32, 32: 0.59 ms a batch)
+# table rows the stem gather requests ahead (bench/profile_lime_parts.py's gather rows: 0, 8,
+# 16 and 32 ahead on the bench's quickshift table)
+_GATHER_AHEAD = 16
 
 
 @intrinsic
@@ -2942,19 +2956,20 @@ def stem_rows(segs, masks):
 
 
 @njit(cache=True, parallel=True)
-def _stem_gather(table, index, out):
+def _stem_gather(table, index, out, ahead):
     S, Q, C = out.shape
     for s in prange(S):
         o = out[s]
         for q in range(Q):
-            # the table row _GATHER_AHEAD entries ahead requested now: the rows are scattered
-            # over a table the model's tail evicts between batches, so each read would wait
-            # on memory (the bench's quickshift case: 4.6 ms of gathers per 1000 samples)
-            qa = q + _GATHER_AHEAD
-            if qa < Q:
-                _prefetch_row(table, index[s, qa])
-            elif s + 1 < S:
-                _prefetch_row(table, index[s + 1, qa - Q])
+            # the table row `ahead` entries ahead requested now (0: none): the rows are
+            # scattered over a table the model's tail evicts between batches, so each read
+            # would wait on memory
+            if ahead > 0:
+                qa = q + ahead
+                if qa < Q:
+                    _prefetch_row(table, index[s, qa])
+                elif s + 1 < S and qa - Q < Q:
+                    _prefetch_row(table, index[s + 1, qa - Q])
             t = table[index[s, q]]
             for c in range(C):
                 o[q, c] = t[c]
@@ -2964,10 +2979,11 @@ def _stem_gather(table, index, out):
 _stem_gather_serial = _serial_twin(_stem_gather)
 
 
-def stem_gather(table, index, out):
-    """``out[s, q] = table[index[s, q]]``."""
+def stem_gather(table, index, out, ahead=_GATHER_AHEAD):
+    """``out[s, q] = table[index[s, q]]``; ``ahead``: table rows requested that many entries
+    ahead (a cache hint, no effect on the values; 0 for none)."""
     k = _pick(_stem_gather, _stem_gather_serial, out.size)
-    return k(table, index, out)
+    return k(table, index, out, np.int64(ahead))
 
 
 @njit(cache=True)
