@@ -12,10 +12,13 @@ times, one thread, medians:
 * the per-sample part with one table level (gather + the tail from the second stage on)
   against two levels (gather + the tail from the third stage on);
 * what building the second level costs: ``stem_rows`` at depth 2, the representatives, the
-  ``U`` product, and the rows two ways — a fused Numba kernel (a prototype kept here for the
-  comparison) and ``embedding_bag`` over the package's bags (``ops.perturb.stem_level_ids``)
-  — checked against the model's own second-stage output; then the package's
-  ``level_plan`` whole.
+  ``U`` product, and the rows three ways — a first fused Numba kernel (a prototype kept here
+  for the comparison), ``embedding_bag`` over the package's bags
+  (``ops.perturb.stem_level_ids``) and the package's fused kernel
+  (``ops.perturb.stem_level_max``: bags, sums and the pool's max in one pass, 64 bytes of
+  channels per vector, rows requested ahead) — checked against the model's own
+  second-stage output; then the package's ``level_plan`` whole (max-pool stages take
+  ``stem_level_max``).
 
 Usage::
 
@@ -148,6 +151,20 @@ def main(argv=None):
         return (m + bt).clamp_min_(0)
 
     err_bag = np.abs(by_bags().numpy() - out2).max()
+    # the package's: bags, sums and the pool's max fused (P.stem_level_max), bias and ReLU after
+    Un = _stem._scratch(tuple(Ubag.shape), Ubag.dtype)
+    Un.copy_(Ubag)
+    un = Un.numpy()
+
+    def by_max():
+        m = torch.from_numpy(P.stem_level_max(p1.index, rep, row_pos2, Wi // 2, un, **geo))
+        return (m + bt).clamp_min_(0)
+
+    def bags_chunked():
+        for _ in P.stem_level_id_chunks(p1.index, rep, row_pos2, Wi // 2, chunk_rows=8192, **geo):
+            pass
+
+    err_max = np.abs(by_max().numpy() - out2).max()
     rows = [(f"per sample, one level ({p1.rows} rows): gather + tail from the second stage, 1000 samples",
              _med(per_sample(1), r)),
             (f"per sample, two levels ({len(row_pos2)} rows): gather + tail from the third stage",
@@ -159,13 +176,17 @@ def main(argv=None):
             ("second level: the rows, prototype Numba kernel", _med(lambda: level2(*args2), r)),
             ("second level: the rows by embedding_bag — the bags (stem_level_ids)", _med(bags, r)),
             ("second level: the rows by embedding_bag — the sums, max, bias, ReLU", _med(by_bags, r)),
+            ("second level: the bags in chunks of 8192 rows (stem_level_id_chunks, one buffer)",
+             _med(bags_chunked, r)),
+            ("second level: the rows by stem_level_max (bags, sums and max fused) + bias, ReLU", _med(by_max, r)),
             ("second level: all of it as the package builds it (_stem.level_plan, from stem_rows on)",
              _med(lambda: _stem.level_plan(st, p1, w2, masks), r))]
     cmd = shlex.join([os.path.relpath(sys.executable), os.path.relpath(__file__), *(argv or sys.argv[1:])])
     lines = [f"# Stem tables: a second level from the first ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"Command: `NUMBA_THREADING_LAYER=workqueue {cmd}` (one thread; medians)", "",
              f"The second level's rows against the model's second-stage output on {k} samples: max |Δ| = "
-             f"{err:.2g} (float32); the embedding_bag rows against the prototype's: {err_bag:.2g}.", "",
+             f"{err:.2g} (float32); the embedding_bag rows against the prototype's: {err_bag:.2g}; "
+             f"stem_level_max's: {err_max:.2g}.", "",
              "| part | ms |", "|---|---:|"]
     lines += [f"| {name} | {v:.2f} |" for name, v in rows]
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -206,15 +206,18 @@ def test_stem_representatives_are_first_samples(backend, S_, Q, T):
         P.stem_representatives(index.astype(np.int64), backend=backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("geo", [
+_LEVEL_GEOS = [
     dict(map_hw=(6, 5), window=(2, 2), step=(2, 2), origin=(0, 0), stride=(1, 1), pad=(1, 1), dilation=(1, 1),
          kernel=(3, 3)),
     dict(map_hw=(7, 9), window=(3, 3), step=(2, 2), origin=(-1, -1), stride=(2, 1), pad=(2, 0), dilation=(2, 1),
          kernel=(3, 2)),
     dict(map_hw=(1, 1), window=(1, 1), step=(1, 1), origin=(0, 0), stride=(1, 1), pad=(0, 0), dilation=(1, 1),
          kernel=(1, 1)),
-])
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("geo", _LEVEL_GEOS)
 def test_stem_level_ids_against_reference(backend, geo):
     rng = np.random.default_rng(sum(geo["map_hw"]))
     Hi, Wi = geo["map_hw"]
@@ -238,6 +241,82 @@ def test_stem_level_ids_against_reference(backend, geo):
         P.stem_level_ids(index1, rep, row_pos, n_cols, n_rows1=R1 - 30, backend=backend, **geo)
     with pytest.raises(ValueError, match="rep"):
         P.stem_level_ids(index1, rep + S_, row_pos, n_cols, n_rows1=R1, backend=backend, **geo)
+
+
+def _level_case(geo, C, dtype, T=17, seed=0):
+    rng = np.random.default_rng(seed + C)
+    Hi, Wi = geo["map_hw"]
+    R1, S_, n_cols = 23, 11, 4
+    K = geo["kernel"][0] * geo["kernel"][1]
+    index1 = rng.integers(0, R1, (S_, Hi * Wi)).astype(np.int32)
+    rep, row_pos = rng.integers(0, S_, T), rng.integers(0, 3 * n_cols, T)
+    u = rng.standard_normal((R1 * K + 1, C)).astype(dtype)
+    u[-1] = 0
+    return index1, rep, row_pos, n_cols, u, R1, rng
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("geo", _LEVEL_GEOS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", [1, 5, 8, 16, 21, 33])
+def test_stem_level_max_is_the_max_of_the_bag_sums(backend, geo, dtype, C):
+    """The fused level rows equal embedding_bag over stem_level_ids' bags, reduced by max over
+    each row's window (masked by ok): bit for bit (both sum in bag order), on whole vectors of
+    channels and the channels past them; -inf for a window with nothing ok; one row alone."""
+    index1, rep, row_pos, n_cols, u, R1, rng = _level_case(geo, C, dtype)
+    T, per = len(rep), geo["window"][0] * geo["window"][1]
+    ids = P.stem_level_ids(index1, rep, row_pos, n_cols, n_rows1=R1, **geo)
+    z = F.embedding_bag(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(u), mode="sum").view(T, per, C)
+    ok = rng.random((T, per)) < 0.6
+    ok[2] = False
+    ok[5] = True
+    for mask in (None, ok):
+        got = P.stem_level_max(index1, rep, row_pos, n_cols, u, n_rows1=R1, ok=mask, backend=backend, **geo)
+        assert got.dtype == dtype and got.shape == (T, C)
+        zz = z if mask is None else z.masked_fill(~torch.from_numpy(mask)[:, :, None], -math.inf)
+        np.testing.assert_array_equal(got, zz.max(1).values.numpy())
+    assert np.all(np.isneginf(got[2])) and np.isfinite(got[5]).all()
+    one = P.stem_level_max(index1, rep[:1], row_pos[:1], n_cols, u, n_rows1=R1, ok=ok[:1], backend=backend, **geo)
+    np.testing.assert_array_equal(one, got[:1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("C", [16, 5])
+def test_stem_level_max_propagates_nan_and_checks_input(backend, C):
+    geo = _LEVEL_GEOS[0]
+    index1, rep, row_pos, n_cols, u, R1, _ = _level_case(geo, C, np.float32)
+    ids = P.stem_level_ids(index1, rep, row_pos, n_cols, n_rows1=R1, **geo)
+    u[ids[0, 0], C - 1] = np.nan  # in the first row's first window output, last channel
+    got = P.stem_level_max(index1, rep, row_pos, n_cols, u, n_rows1=R1, backend=backend, **geo)
+    assert np.isnan(got[0, C - 1]) and not np.isnan(np.delete(got[0], C - 1)).any()
+    with pytest.raises(ValueError, match="u must be"):
+        P.stem_level_max(index1, rep, row_pos, n_cols, u[:-1], n_rows1=R1, backend=backend, **geo)
+    with pytest.raises(ValueError, match="u must be"):
+        P.stem_level_max(index1, rep, row_pos, n_cols, u.astype(np.float16), n_rows1=R1, backend=backend, **geo)
+    with pytest.raises(ValueError, match="ok must be"):
+        P.stem_level_max(index1, rep, row_pos, n_cols, u, n_rows1=R1, ok=np.ones((len(rep), 3), bool),
+                         backend=backend, **geo)
+    with pytest.raises(ValueError, match="index1 rows"):
+        P.stem_level_max(index1, rep, row_pos, n_cols, u, n_rows1=R1 - 30, backend=backend, **geo)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunk", [1, 4, 17, 100])
+def test_stem_level_id_chunks_tile_the_bags(backend, chunk):
+    """Chunks of stem_level_ids' bags, yielded in one reused buffer, are the bags."""
+    geo = _LEVEL_GEOS[1]
+    index1, rep, row_pos, n_cols, _, R1, _ = _level_case(geo, 1, np.float32)
+    whole = P.stem_level_ids(index1, rep, row_pos, n_cols, n_rows1=R1, backend=backend, **geo)
+    per = geo["window"][0] * geo["window"][1]
+    seen = []
+    for t0, t1, ids in P.stem_level_id_chunks(index1, rep, row_pos, n_cols, n_rows1=R1, chunk_rows=chunk,
+                                              backend=backend, **geo):
+        assert t1 - t0 <= chunk and ids.shape == ((t1 - t0) * per, whole.shape[1])
+        np.testing.assert_array_equal(ids, whole[t0 * per:t1 * per])
+        seen.append((t0, t1))
+    assert seen[0][0] == 0 and seen[-1][1] == len(rep) and all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
+    with pytest.raises(ValueError, match="chunk_rows"):
+        next(P.stem_level_id_chunks(index1, rep, row_pos, n_cols, n_rows1=R1, chunk_rows=0, backend=backend, **geo))
 
 
 # ------------------------------------------------------------------- tables against the model
@@ -441,6 +520,61 @@ def test_levels_give_the_model_on_perturbed_images(arch, H, W, dtype, backend, t
             got = stem.tail(plan.depth)(buf.permute(0, 3, 1, 2))
         torch.testing.assert_close(got, want, rtol=10 * rtol, atol=10 * atol)
     assert built >= (0 if arch is Strided else 1)
+
+
+class PaddedMaxLevel(nn.Module):
+    """A second stage whose max pool is padded (its windows at the border hold padding), 19
+    channels (a vector of 16 and 3 more): a level's rows with ``ok`` masks."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                               nn.Conv2d(4, 19, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1))
+        self.fc = nn.LazyLinear(3)
+
+    def forward(self, x):
+        return self.fc(self.f(x).flatten(1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch,H,W", [(TwoPools, 17, 13), (SmallCNN, 9, 12), (PaddedMaxLevel, 19, 14)])
+def test_level_rows_by_max_equal_the_chunked_sums(arch, H, W, backend):
+    """A max-pool stage's level rows made by stem_level_max (max of the sums, then bias and
+    steps) are the chunked embedding_bag path's (bias, steps, masked max) exactly."""
+    torch.manual_seed(0)
+    model = arch().eval()
+    model(torch.zeros(1, 3, H, W))
+    g = torch.Generator().manual_seed(5)
+    x, fill = torch.rand(3, H, W, generator=g), torch.rand(3, H, W, generator=g)
+    seg = _blobs(H, W, 7, 1).reshape(-1)
+    masks = (np.random.default_rng(2).random((31, 7)) < 0.5).astype(np.uint8)
+    stem = S.trace_stem(model)
+    plan = S.plan_stem(stem, S.windows(stem, 1, seg, H, W), x, fill, masks, backend=backend)
+    st = stem.stages[1]
+    assert isinstance(st.pool, nn.MaxPool2d) and st.monotone
+    wd = S.windows(stem, 2, seg, H, W)
+    fused = S.level_plan(stem, plan, wd, masks, backend=backend)
+    if arch is PaddedMaxLevel:  # some windows hold the pool's padding
+        qt = torch.from_numpy(S.P.stem_rows(wd.segs, masks)[1].astype(np.int64))
+        Wo = wd.layout[1][1][-1]
+        ok = st.conv_ok(qt // Wo, qt % Wo, (0, 1, 1), (0, 1, 1), *plan.out_hwc[:2])
+        assert ok is not None and not bool(ok.all())
+    calls = []
+    real = P.stem_level_id_chunks
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    P.stem_level_id_chunks = spy
+    try:
+        st.pool = nn.MaxPool2d(st.pool.kernel_size, st.pool.stride, st.pool.padding)  # same pool ...
+        st.monotone = False  # ... steps before it: the chunked path
+        chunked = S.level_plan(stem, plan, wd, masks, backend=backend)
+    finally:
+        P.stem_level_id_chunks = real
+    assert calls and fused.levels == chunked.levels == 2
+    torch.testing.assert_close(fused.table, chunked.table, rtol=0, atol=0)
 
 
 def test_build_plans_adds_levels_when_they_pay():

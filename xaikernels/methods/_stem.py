@@ -605,41 +605,77 @@ def level_plan(stem: Stem, plan: StemPlan, wd: Windows, masks: np.ndarray, rows=
             or plan.rows * kh * kw * Co > MAX_TABLE_ELEMENTS):
         raise StemUnavailable(f"a level of {T} rows on {plan.rows} for stage {d + 1} is too large")
     rep = P.stem_representatives(index, backend)
-    ids = P.stem_level_ids(plan.index, rep, row_pos, Wo, map_hw=(Hi, Wi), window=k2, step=t2,
-                           origin=(-pp[0], -pp[1]), stride=c.stride, pad=(c.pad[0], c.pad[2]),
-                           dilation=c.dilation, kernel=(kh, kw), n_rows1=plan.rows, backend=backend)
     with torch.no_grad():
         w = c.weight.to(plan.table.dtype)
         # U[r·K + k] = W_k · table[r], straight from one product, then a zero row
-        u = plan.table.new_empty(plan.rows * kh * kw + 1, Co)
+        u = _scratch((plan.rows * kh * kw + 1, Co), plan.table.dtype)
         torch.mm(plan.table, w.permute(1, 2, 3, 0).reshape(Ci, kh * kw * Co), out=u[:-1].view(plan.rows, -1))
         u[-1] = 0
         qt = torch.from_numpy(row_pos.astype(np.int64))
         conv_ok = st.conv_ok(qt // Wo, qt % Wo, (0, 1, 1), (0, 1, 1), Hi, Wi)
-        ids_t = torch.from_numpy(ids)
         bias = c.bias.to(u.dtype) if c.bias is not None else None
         per = k2[0] * k2[1]
-        # in chunks of rows whose convolution outputs stay in cache for the steps and the pool
+        geo = dict(map_hw=(Hi, Wi), window=k2, step=t2, origin=(-pp[0], -pp[1]), stride=c.stride,
+                   pad=(c.pad[0], c.pad[2]), dilation=c.dilation, kernel=(kh, kw), n_rows1=plan.rows)
+        if isinstance(st.pool, nn.MaxPool2d) and st.monotone and u.dtype in (torch.float32, torch.float64):
+            # each row is one pool window: the max of its convolution sums made as they are
+            # summed (P.stem_level_max), then the bias and the steps on the pooled rows —
+            # the same values (max commutes with adding the bias and with the steps), without
+            # the bags or the convolution outputs in memory
+            ok = conv_ok.reshape(T, per).numpy() if conv_ok is not None else None
+            y = torch.from_numpy(P.stem_level_max(plan.index, rep, row_pos, Wo, u.numpy(), ok=ok, backend=backend,
+                                                  **geo))
+            if bias is not None:
+                y += bias
+            y = y.view(T, Co, 1, 1)
+            for f in st.steps:
+                y = f(y)
+            table = y.reshape(T, -1).contiguous()
+            return StemPlan(table, index, d + 1, (Ho, Wo, table.shape[1]), wd.max_segments, backend, plan.levels + 1)
+        # in chunks of rows whose bags and convolution outputs stay in cache for the sums,
+        # the steps and the pool
         step = max(1, LEVEL_CHUNK_BYTES // (per * Co * u.element_size()))
-        parts = []
-        for t0 in range(0, T, step):
-            t1 = min(T, t0 + step)
-            z = F.embedding_bag(ids_t[t0 * per:t1 * per], u, mode="sum").view(t1 - t0, k2[0], k2[1], Co)
+        table = None
+        for t0, t1, ids in P.stem_level_id_chunks(plan.index, rep, row_pos, Wo, chunk_rows=step, backend=backend,
+                                                  **geo):
+            z = F.embedding_bag(torch.from_numpy(ids), u, mode="sum").view(t1 - t0, k2[0], k2[1], Co)
             if bias is not None:
                 z += bias
             ok = conv_ok[t0:t1] if conv_ok is not None else None
             y = st.after_conv(z.permute(0, 3, 1, 2), ok).reshape(t1 - t0, -1)  # (permuted: channels last in memory)
-            parts.append(y)
-        table = torch.cat(parts)
+            if table is None:
+                table = _scratch((T, y.shape[1]), y.dtype)
+            table[t0:t1] = y
     return StemPlan(table, index, d + 1, (Ho, Wo, table.shape[1]), wd.max_segments, backend, plan.levels + 1)
+
+
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
+                 torch.float16: np.dtype(np.float16)}
+
+
+def _scratch(shape, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor whose memory NumPy allocates, rows on 64-byte lines.  For
+    a level's large buffers (megabytes, new on every call): NumPy asks the kernel for
+    transparent huge pages on allocations of 4 MiB and more (``madvise``), torch's CPU
+    allocator does not, and a fresh buffer of 4 KiB pages takes one page fault per page on
+    first touch.  A dtype NumPy lacks (bfloat16) gets a plain torch tensor."""
+    dt = _NUMPY_DTYPES.get(dtype)
+    if dt is None:  # no NumPy twin (bfloat16)
+        return torch.empty(shape, dtype=dtype)
+    n = int(np.prod(shape)) * dt.itemsize
+    raw = np.empty(n + 64, dtype=np.uint8)
+    off = -raw.ctypes.data % 64  # rows on cache lines, as torch's allocator aligns them
+    return torch.from_numpy(raw[off:off + n].view(dt).reshape(shape))
 
 
 LEVEL_CHUNK_BYTES = 2 << 20  # a level's convolution outputs made and reduced at a time
 
 #: A level's bag entries cost this many of a batched model's multiply-adds per channel
 #: (bench/results/stem_levels.md: the bench's second level, 3.1 M entries of 16 channels,
-#: takes 20.7 ms all told, and saves 32 ms of per-sample work — 1.18 G multiply-adds of
-#: convolution, its pool and its ReLU — per 1000 samples)
+#: took 20.7 ms all told by embedding_bag, and saves 32 ms of per-sample work — 1.18 G
+#: multiply-adds of convolution, its pool and its ReLU — per 1000 samples).  Max-pool
+#: stages now take 15.6 ms by stem_level_max (about 12 per entry and channel); the figure
+#: stays that of the embedding_bag path, which the other stages take
 LEVEL_COST = 16
 
 

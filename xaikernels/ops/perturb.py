@@ -66,6 +66,7 @@ OP_STEM_SEGMENT_PATCHES = _define("stem_segment_patches", _ref.stem_segment_patc
 OP_STEM_COMBINE = _define("stem_combine", _ref.stem_combine)
 OP_STEM_REPS = _define("stem_representatives", _ref.stem_representatives)
 OP_STEM_LEVEL_IDS = _define("stem_level_ids", _ref.stem_level_ids)
+OP_STEM_LEVEL_MAX = _define("stem_level_max", _ref.stem_level_max)
 
 
 OP_LIME_TEXT_DRAWS = _define("lime_text_draws", _ref.lime_text_draws, "mt19937")
@@ -899,6 +900,70 @@ def stem_level_ids(index1: np.ndarray, rep: np.ndarray, row_pos: np.ndarray, n_c
     where the input position falls outside the previous level's ``map_hw`` (the
     convolution's zero padding).  Returns (T·window_h·window_w, K) int32.
     """
+    index1, rep, row_pos, geometry = _level_ids_args(index1, rep, row_pos, n_cols, map_hw, window, step, origin,
+                                                     stride, pad, dilation, kernel, n_rows1)
+    out = np.empty((len(row_pos) * window[0] * window[1], kernel[0] * kernel[1]), dtype=np.int32)
+    return _impl(OP_STEM_LEVEL_IDS, backend)(index1, rep, row_pos, int(n_cols), geometry, int(n_rows1), out)
+
+
+def stem_level_id_chunks(index1: np.ndarray, rep: np.ndarray, row_pos: np.ndarray, n_cols: int, *,
+                         map_hw: Tuple[int, int], window: Tuple[int, int], step: Tuple[int, int],
+                         origin: Tuple[int, int], stride: Tuple[int, int], pad: Tuple[int, int],
+                         dilation: Tuple[int, int], kernel: Tuple[int, int], n_rows1: int, chunk_rows: int,
+                         backend: str = "auto"):
+    """:func:`stem_level_ids` for rows ``t0..t1-1`` at a time, ``chunk_rows`` of them: yields
+    ``(t0, t1, ids)``, ids the rows' bags ((t1 - t0)·window_h·window_w, K) int32, checked
+    once.  ``ids`` is one buffer, overwritten by the next chunk: for a consumer that uses
+    each chunk before asking for the next (``level_plan``'s ``embedding_bag``), it stays in
+    cache, and the whole level's bags (12 MB on the bench's quickshift level) are never
+    materialised."""
+    index1, rep, row_pos, geometry = _level_ids_args(index1, rep, row_pos, n_cols, map_hw, window, step, origin,
+                                                     stride, pad, dilation, kernel, n_rows1)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    fn = _impl(OP_STEM_LEVEL_IDS, backend)
+    T, per, K = len(row_pos), window[0] * window[1], kernel[0] * kernel[1]
+    buf = np.empty((min(T, chunk_rows) * per, K), dtype=np.int32)
+    for t0 in range(0, T, chunk_rows):
+        t1 = min(T, t0 + chunk_rows)
+        yield t0, t1, fn(index1, rep[t0:t1], row_pos[t0:t1], int(n_cols), geometry, int(n_rows1),
+                         buf[:(t1 - t0) * per])
+
+
+def stem_level_max(index1: np.ndarray, rep: np.ndarray, row_pos: np.ndarray, n_cols: int, u: np.ndarray, *,
+                   map_hw: Tuple[int, int], window: Tuple[int, int], step: Tuple[int, int],
+                   origin: Tuple[int, int], stride: Tuple[int, int], pad: Tuple[int, int],
+                   dilation: Tuple[int, int], kernel: Tuple[int, int], n_rows1: int,
+                   ok: Optional[np.ndarray] = None, backend: str = "auto") -> np.ndarray:
+    """A level's rows for a stage whose pool is a max (``methods._stem.level_plan``): for
+    every row ``t``, the max over its window's convolution outputs ``w`` (those with
+    ``ok[t, w]``; all without ``ok``) of the sums ``Σ_k u[ids[t·per + w, k]]`` over the
+    bags of :func:`stem_level_ids` (same arguments), i.e. ``embedding_bag(ids, u,
+    mode="sum")`` reduced by max per row, without the bags or the sums in memory.  -inf
+    where no output is ok; NaN propagates (as torch.maximum).
+
+    ``u`` (n_rows1·K + 1, C) C-contiguous float32 / float64 (its last row the zero row);
+    ``ok`` (T, window_h·window_w) bool.  Returns (T, C) of ``u``'s dtype."""
+    index1, rep, row_pos, geometry = _level_ids_args(index1, rep, row_pos, n_cols, map_hw, window, step, origin,
+                                                     stride, pad, dilation, kernel, n_rows1)
+    u = _np_view(u)
+    K, per, T = kernel[0] * kernel[1], window[0] * window[1], len(row_pos)
+    if u.ndim != 2 or u.shape[0] != n_rows1 * K + 1 or u.dtype not in (np.float32, np.float64):
+        raise ValueError(f"u must be ({n_rows1}·{K} + 1, C) float32 or float64, got {u.shape}/{u.dtype}")
+    u = np.ascontiguousarray(u)
+    if ok is None:
+        okv = np.empty((0, per), dtype=np.uint8)
+    else:
+        okv = _np_view(ok)
+        if okv.shape != (T, per) or okv.dtype != np.bool_:
+            raise ValueError(f"ok must be ({T}, {per}) bool, got {okv.shape}/{okv.dtype}")
+        okv = np.ascontiguousarray(okv).view(np.uint8)
+    out = np.empty((T, u.shape[1]), dtype=u.dtype)
+    return _impl(OP_STEM_LEVEL_MAX, backend)(index1, rep, row_pos, int(n_cols), geometry, int(n_rows1), u, okv, out)
+
+
+def _level_ids_args(index1, rep, row_pos, n_cols, map_hw, window, step, origin, stride, pad, dilation, kernel,
+                    n_rows1):
     index1 = np.ascontiguousarray(index1)
     rep = np.ascontiguousarray(rep, dtype=np.int64)
     row_pos = np.ascontiguousarray(row_pos, dtype=np.int64)
@@ -915,8 +980,7 @@ def stem_level_ids(index1: np.ndarray, rep: np.ndarray, row_pos: np.ndarray, n_c
     if (n_rows1 + 1) * kh * kw >= 2 ** 31 or min(window + stride + dilation + kernel) < 1 or n_cols < 1:
         raise ValueError("level geometry out of range")
     geometry = np.array([Hi, Wi, *window, *step, *origin, *stride, *pad, *dilation, kh, kw], dtype=np.int64)
-    out = np.empty((len(row_pos) * window[0] * window[1], kh * kw), dtype=np.int32)
-    return _impl(OP_STEM_LEVEL_IDS, backend)(index1, rep, row_pos, int(n_cols), geometry, int(n_rows1), out)
+    return index1, rep, row_pos, geometry
 
 
 def stem_windows(seg_pad: np.ndarray, n_rows: int, n_cols: int, window: Tuple[int, int], step: Tuple[int, int],

@@ -1090,6 +1090,27 @@ def stem_level_ids(index1: np.ndarray, rep: np.ndarray, row_pos: np.ndarray, n_c
     return out
 
 
+def stem_level_max(index1: np.ndarray, rep: np.ndarray, row_pos: np.ndarray, n_cols: int, geometry: np.ndarray,
+                   n_rows1: int, u: np.ndarray, ok: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The next stage's convolution sums over the previous level's rows, reduced by max over
+    each row's window: ``out[t] = max over w with ok[t, w] of Σ_k u[ids[t·per + w, k]]``,
+    ``ids`` :func:`stem_level_ids`' bags (per = ch·cw outputs per row), the sums in ``k``
+    order, -inf where no output of the window is ok, NaN where a sum is NaN (as
+    torch.maximum).  ``ok`` (T, per) uint8, or (0, per): all ok; ``out`` (T, C) of ``u``'s
+    dtype."""
+    ch, cw, kh, kw = (int(geometry[i]) for i in (2, 3, 14, 15))
+    per, K, T = ch * cw, kh * kw, len(row_pos)
+    ids = stem_level_ids(index1, rep, row_pos, n_cols, geometry, n_rows1,
+                         np.empty((T * per, K), dtype=np.int32)).reshape(T, per, K)
+    sums = np.zeros((T, per, u.shape[1]), dtype=u.dtype)
+    for k in range(K):
+        sums += u[ids[:, :, k]]
+    if ok.shape[0]:
+        sums[~ok.astype(bool)] = -np.inf
+    out[:] = sums.max(axis=1) if per else -np.inf
+    return out
+
+
 def stem_windows(seg_pad: np.ndarray, n_rows: int, n_cols: int, window: tuple, step: tuple):
     """The segments each stem output position's input window meets.
 

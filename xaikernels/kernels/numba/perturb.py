@@ -3069,18 +3069,16 @@ def stem_representatives(index, out):
 
 
 @njit(cache=True)
-def stem_level_ids(index1, rep, row_pos, n_cols, geometry, n_rows1, out):
-    """Bags of the previous level's rows per (row, convolution output); see the reference
-    twin.  A row whose inputs all lie inside the map (most) takes a branch-free loop over a
-    table of input offsets relative to its window's corner."""
-    Hi, Wi, ch, cw = geometry[0], geometry[1], geometry[2], geometry[3]
-    sth, stw, oh, ow = geometry[4], geometry[5], geometry[6], geometry[7]
-    csh, csw, ph, pw = geometry[8], geometry[9], geometry[10], geometry[11]
+def _level_entries(geometry):
+    """A level's bag entries relative to a row's window corner: entry e = (i·cw + j)·K +
+    a·kw + b (convolution output (i, j) of the window, kernel offset (a, b)) reads input
+    (dy[e], dx[e]) from the corner (rel[e] flat in a map Wi wide) with offset kk[e];
+    (ylo, yhi, xlo, xhi) their extent."""
+    Wi, ch, cw = geometry[1], geometry[2], geometry[3]
+    csh, csw = geometry[8], geometry[9]
     dh, dw, kh, kw = geometry[12], geometry[13], geometry[14], geometry[15]
     K = kh * kw
     E = ch * cw * K
-    zero = np.int32(n_rows1 * K)
-    # entry e = ((i·cw + j)·K + a·kw + b): input (dy, dx) from the window corner, offset k
     dy = np.empty(E, dtype=np.int64)
     dx = np.empty(E, dtype=np.int64)
     kk = np.empty(E, dtype=np.int64)
@@ -3094,7 +3092,22 @@ def stem_level_ids(index1, rep, row_pos, n_cols, geometry, n_rows1, out):
                     dx[e] = j * csw + b * dw
                     kk[e] = a * kw + b
                     rel[e] = dy[e] * Wi + dx[e]
-    ylo, yhi, xlo, xhi = dy.min(), dy.max(), dx.min(), dx.max()
+    return dy, dx, kk, rel, (dy.min(), dy.max(), dx.min(), dx.max()) if E else (0, 0, 0, 0)
+
+
+@njit(cache=True)
+def stem_level_ids(index1, rep, row_pos, n_cols, geometry, n_rows1, out):
+    """Bags of the previous level's rows per (row, convolution output); see the reference
+    twin.  A row whose inputs all lie inside the map (most) takes a branch-free loop over a
+    table of input offsets relative to its window's corner."""
+    Hi, Wi, ch, cw = geometry[0], geometry[1], geometry[2], geometry[3]
+    sth, stw, oh, ow = geometry[4], geometry[5], geometry[6], geometry[7]
+    csh, csw, ph, pw = geometry[8], geometry[9], geometry[10], geometry[11]
+    kh, kw = geometry[14], geometry[15]
+    K = kh * kw
+    E = ch * cw * K
+    zero = np.int32(n_rows1 * K)
+    dy, dx, kk, rel, (ylo, yhi, xlo, xhi) = _level_entries(geometry)
     flat = out.reshape(-1)
     for t in range(row_pos.shape[0]):
         qy = row_pos[t] // n_cols
@@ -3115,6 +3128,131 @@ def stem_level_ids(index1, rep, row_pos, n_cols, geometry, n_rows1, out):
                     flat[o + e] = np.int32(idx[iy * Wi + ix] * K + kk[e])
                 else:
                     flat[o + e] = zero
+    return out
+
+
+@intrinsic
+def _bag_max(typingctx, dst, drow, src, rr, okw, per, K, c0):
+    """``dst[drow, c0:c0 + L] = max over w < per with okw[w] of Σ_{k<K} src[rr[w·K + k],
+    c0:c0 + L]`` (-inf with none; NaN wins, as torch.maximum), L = 64 bytes of the dtype
+    (16 float32 / 8 float64 lanes), the sums in k order from zero.  C-contiguous 2-D float
+    ``dst``/``src`` of one dtype, ``rr`` int64 and ``okw`` uint8 1-D; indices in range, not
+    checked.  One vector register per accumulator: generic LLVM vectors, any target."""
+    ok_types = (isinstance(dst, nbtypes.Array) and dst.ndim == 2 and dst.layout == "C" and dst.dtype in
+                (nbtypes.float32, nbtypes.float64) and isinstance(src, nbtypes.Array) and src.ndim == 2
+                and src.layout == "C" and src.dtype == dst.dtype and isinstance(rr, nbtypes.Array) and rr.ndim == 1
+                and rr.dtype == nbtypes.int64 and isinstance(okw, nbtypes.Array) and okw.ndim == 1
+                and okw.dtype == nbtypes.uint8
+                and all(isinstance(t, nbtypes.Integer) for t in (drow, per, K, c0)))
+    if not ok_types:
+        return None
+
+    def codegen(context, builder, signature, args):
+        ts = signature.args
+        da = context.make_array(ts[0])(context, builder, args[0])
+        sa = context.make_array(ts[2])(context, builder, args[2])
+        ra = context.make_array(ts[3])(context, builder, args[3])
+        oa = context.make_array(ts[4])(context, builder, args[4])
+        drow_, per_, K_, c0_ = (context.cast(builder, args[k], ts[k], nbtypes.int64) for k in (1, 5, 6, 7))
+        ft = llvm_ir.FloatType() if ts[0].dtype == nbtypes.float32 else llvm_ir.DoubleType()
+        L = 16 if ts[0].dtype == nbtypes.float32 else 8
+        vt = llvm_ir.VectorType(ft, L)
+        vp = vt.as_pointer()
+        m_p = cgutils.alloca_once(builder, vt)
+        acc_p = cgutils.alloca_once(builder, vt)
+        builder.store(llvm_ir.Constant(vt, [float("-inf")] * L), m_p)
+        with cgutils.for_range(builder, per_) as wl:
+            w = wl.index
+            okv = builder.load(cgutils.get_item_pointer(context, builder, ts[4], oa, [w]))
+            with builder.if_then(builder.icmp_unsigned("!=", okv, llvm_ir.Constant(okv.type, 0))):
+                builder.store(llvm_ir.Constant(vt, None), acc_p)
+                e0 = builder.mul(w, K_)
+                with cgutils.for_range(builder, K_) as kl:
+                    r = builder.load(cgutils.get_item_pointer(context, builder, ts[3], ra, [builder.add(e0, kl.index)]))
+                    v = builder.load(builder.bitcast(cgutils.get_item_pointer(context, builder, ts[2], sa, [r, c0_]), vp),
+                                     align=4)
+                    builder.store(builder.fadd(builder.load(acc_p), v), acc_p)
+                acc, m = builder.load(acc_p), builder.load(m_p)
+                take = builder.or_(builder.fcmp_ordered(">", acc, m), builder.fcmp_unordered("uno", acc, acc))
+                builder.store(builder.select(take, acc, m), m_p)
+        pd = cgutils.get_item_pointer(context, builder, ts[0], da, [drow_, c0_])
+        builder.store(builder.load(m_p), builder.bitcast(pd, vp), align=4)
+        return context.get_dummy_value()
+
+    return nbtypes.void(dst, drow, src, rr, okw, per, K, c0), codegen
+
+
+# rows of the level whose u rows stem_level_max requests ahead of the row it sums
+_LEVEL_AHEAD = 2
+
+
+@njit(cache=True, error_model="numpy")
+def stem_level_max(index1, rep, row_pos, n_cols, geometry, n_rows1, u, ok, out):
+    """The max over each row's window of the level's convolution sums (see the reference
+    twin): the bags of :func:`stem_level_ids` summed over ``u``'s rows and reduced by max as
+    they are made, 64 bytes of channels per vector register, the ``u`` rows of the row
+    ``_LEVEL_AHEAD`` ahead requested while this one sums."""
+    Hi, Wi, ch, cw = geometry[0], geometry[1], geometry[2], geometry[3]
+    sth, stw, oh, ow = geometry[4], geometry[5], geometry[6], geometry[7]
+    csh, csw, ph, pw = geometry[8], geometry[9], geometry[10], geometry[11]
+    kh, kw = geometry[14], geometry[15]
+    K = kh * kw
+    per = ch * cw
+    E = per * K
+    Co = u.shape[1]
+    L = 64 // u.itemsize
+    Cv = Co - Co % L  # channels in whole vectors; the rest one by one
+    zero = n_rows1 * K
+    dy, dx, kk, rel, (ylo, yhi, xlo, xhi) = _level_entries(geometry)
+    T = row_pos.shape[0]
+    nb = _LEVEL_AHEAD + 1
+    rr = np.empty((nb, E), dtype=np.int64)  # a ring of the rows' bags, filled _LEVEL_AHEAD ahead
+    okw = np.ones((nb, per), dtype=np.uint8)
+    all_ok = ok.shape[0] == 0
+    acc = np.zeros(1, dtype=u.dtype)  # the remainder channels' sum and max, in u's dtype
+    mc = np.zeros(1, dtype=u.dtype)
+    for t in range(T + _LEVEL_AHEAD):
+        if t < T:
+            cur = rr[t % nb]
+            qy = row_pos[t] // n_cols
+            qx = row_pos[t] % n_cols
+            y0 = (qy * sth + oh) * csh - ph
+            x0 = (qx * stw + ow) * csw - pw
+            idx = index1[rep[t]]
+            if y0 + ylo >= 0 and y0 + yhi < Hi and x0 + xlo >= 0 and x0 + xhi < Wi:
+                base = y0 * Wi + x0
+                for e in range(E):
+                    cur[e] = idx[base + rel[e]] * K + kk[e]
+            else:
+                for e in range(E):
+                    iy = y0 + dy[e]
+                    ix = x0 + dx[e]
+                    if 0 <= iy < Hi and 0 <= ix < Wi:
+                        cur[e] = idx[iy * Wi + ix] * K + kk[e]
+                    else:
+                        cur[e] = zero
+            if not all_ok:
+                ow_ = okw[t % nb]
+                for w in range(per):
+                    ow_[w] = ok[t, w]
+            for e in range(E):
+                _prefetch_row(u, cur[e])
+        s = t - _LEVEL_AHEAD
+        if s >= 0:
+            bag = rr[s % nb]
+            okr = okw[s % nb]
+            for c0 in range(0, Cv, L):
+                _bag_max(out, s, u, bag, okr, per, K, c0)
+            for c in range(Cv, Co):
+                mc[0] = -np.inf
+                for w in range(per):
+                    if okr[w]:
+                        acc[0] = 0
+                        for k in range(K):
+                            acc[0] += u[bag[w * K + k], c]
+                        if acc[0] > mc[0] or acc[0] != acc[0]:
+                            mc[0] = acc[0]
+                out[s, c] = mc[0]
     return out
 
 
