@@ -10,7 +10,7 @@
   explanation's library time (total minus the classifier's); then the sampler, the fused fit
   and the whole explanation each timed right after one of lime's explanations (the cache state
   ``run_lime.py`` measures in), which shows how much of the 50× budget the two kernels alone
-  take.
+  take; and NumPy drawing as many plain uniforms and plain normals, for scale.
 
 Usage::
 
@@ -141,6 +141,13 @@ def main(argv=None):
                      "kernel", sampler_cold))
         rows.append(("tabular, same condition: the fused fit (fit_lime_gram, lime's defaults)", fit_cold))
         rows.append(("tabular, same condition: a whole explanation's library time", whole_cold))
+    # reference points for the sampler: NumPy drawing as many (5000 × 20) plain uniforms and
+    # plain normals, nothing else (the sampler draws truncated normals in bins, standardises,
+    # and sums distances, weights and the Gram)
+    g = np.random.default_rng(0)
+    rows.append(("tabular reference: NumPy Generator.random(100000) alone (uniforms)", _med(lambda: g.random(100000), r)))
+    rows.append(("tabular reference: NumPy Generator.standard_normal(100000) alone (normals)",
+                 _med(lambda: g.standard_normal(100000), r)))
 
     # stem tables: run_lime.py's small CNN on the 64×64 astronaut, lime's quickshift segments
     from skimage import data as skdata
