@@ -654,7 +654,8 @@ _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np
 
 
 def _scratch(shape, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor whose memory NumPy allocates, rows on 64-byte lines.  For
+    """An uninitialised CPU tensor whose memory NumPy allocates, starting on a 64-byte line
+    (as torch's allocator aligns; 16 float32 channels a row then put each row on one).  For
     a level's large buffers (megabytes, new on every call): NumPy asks the kernel for
     transparent huge pages on allocations of 4 MiB and more (``madvise``), torch's CPU
     allocator does not, and a fresh buffer of 4 KiB pages takes one page fault per page on
