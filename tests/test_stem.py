@@ -912,3 +912,27 @@ def test_stem_gather_prefetch_in_bounds_under_numba_boundscheck(tmp_path):
         "            assert (out == table[index]).all()\n"
         "print('OK')\n")
     assert_in_bounds(code, tmp_path)
+
+
+def test_stem_level_max_in_bounds_under_numba_boundscheck(tmp_path):
+    """The fused level kernel's indexing (the bag ring filled ahead, the ok rows, the channels
+    past the last whole vector) stays in bounds: with NUMBA_BOUNDSCHECK=1 (fresh cache) an
+    out-of-bounds index raises; the rows equal the reference twin's, for border windows,
+    rows fewer than the look-ahead and odd channel counts."""
+    pytest.importorskip("numba")
+    code = (
+        "import numpy as np\n"
+        "from xaikernels.ops import perturb as P\n"
+        "rng = np.random.default_rng(0)\n"
+        "geo = dict(map_hw=(5, 4), window=(2, 2), step=(2, 2), origin=(0, 0), stride=(1, 1), pad=(1, 1),\n"
+        "           dilation=(1, 1), kernel=(3, 3))\n"
+        "for T, C, dt in ((1, 3, np.float32), (2, 17, np.float32), (9, 8, np.float64), (9, 11, np.float64)):\n"
+        "    index1 = rng.integers(0, 7, (3, 20)).astype(np.int32)\n"
+        "    rep, row_pos = rng.integers(0, 3, T), rng.integers(0, 6, T)\n"
+        "    u = rng.standard_normal((7 * 9 + 1, C)).astype(dt)\n"
+        "    ok = rng.random((T, 4)) < 0.7\n"
+        "    a = P.stem_level_max(index1, rep, row_pos, 2, u, n_rows1=7, ok=ok, backend='numba', **geo)\n"
+        "    b = P.stem_level_max(index1, rep, row_pos, 2, u, n_rows1=7, ok=ok, backend='reference', **geo)\n"
+        "    assert np.array_equal(a, b)\n"
+        "print('OK')\n")
+    assert_in_bounds(code, tmp_path)
