@@ -3191,7 +3191,9 @@ def stem_level_max(index1, rep, row_pos, n_cols, geometry, n_rows1, u, ok, out):
     """The max over each row's window of the level's convolution sums (see the reference
     twin): the bags of :func:`stem_level_ids` summed over ``u``'s rows and reduced by max as
     they are made, 64 bytes of channels per vector register, the ``u`` rows of the row
-    ``_LEVEL_AHEAD`` ahead requested while this one sums."""
+    ``_LEVEL_AHEAD`` ahead requested while this one sums.  The entries' input positions are
+    worked out once per run of rows at one position (rows come position by position);
+    any order of rows gives the same result."""
     Hi, Wi, ch, cw = geometry[0], geometry[1], geometry[2], geometry[3]
     sth, stw, oh, ow = geometry[4], geometry[5], geometry[6], geometry[7]
     csh, csw, ph, pw = geometry[8], geometry[9], geometry[10], geometry[11]
@@ -3211,32 +3213,40 @@ def stem_level_max(index1, rep, row_pos, n_cols, geometry, n_rows1, u, ok, out):
     all_ok = ok.shape[0] == 0
     acc = np.zeros(1, dtype=u.dtype)  # the remainder channels' sum and max, in u's dtype
     mc = np.zeros(1, dtype=u.dtype)
+    # the entries' input positions in the previous map (-1: its zero padding), recomputed
+    # only when the position changes (rows run position by position)
+    pabs = np.empty(E, dtype=np.int64)
+    last = np.int64(-1)
     for t in range(T + _LEVEL_AHEAD):
         if t < T:
             cur = rr[t % nb]
-            qy = row_pos[t] // n_cols
-            qx = row_pos[t] % n_cols
-            y0 = (qy * sth + oh) * csh - ph
-            x0 = (qx * stw + ow) * csw - pw
+            q = np.int64(row_pos[t])
+            if q != last:
+                last = q
+                qy = q // n_cols
+                qx = q % n_cols
+                y0 = (qy * sth + oh) * csh - ph
+                x0 = (qx * stw + ow) * csw - pw
+                if y0 + ylo >= 0 and y0 + yhi < Hi and x0 + xlo >= 0 and x0 + xhi < Wi:
+                    base = y0 * Wi + x0
+                    for e in range(E):
+                        pabs[e] = base + rel[e]
+                else:
+                    for e in range(E):
+                        iy = y0 + dy[e]
+                        ix = x0 + dx[e]
+                        pabs[e] = iy * Wi + ix if 0 <= iy < Hi and 0 <= ix < Wi else -1
             idx = index1[rep[t]]
-            if y0 + ylo >= 0 and y0 + yhi < Hi and x0 + xlo >= 0 and x0 + xhi < Wi:
-                base = y0 * Wi + x0
-                for e in range(E):
-                    cur[e] = idx[base + rel[e]] * K + kk[e]
-            else:
-                for e in range(E):
-                    iy = y0 + dy[e]
-                    ix = x0 + dx[e]
-                    if 0 <= iy < Hi and 0 <= ix < Wi:
-                        cur[e] = idx[iy * Wi + ix] * K + kk[e]
-                    else:
-                        cur[e] = zero
+            for e in range(E):
+                pe = pabs[e]
+                v = np.int64(idx[max(pe, 0)]) * K + kk[e]
+                v = v if pe >= 0 else zero
+                cur[e] = v
+                _prefetch_row(u, v)
             if not all_ok:
                 ow_ = okw[t % nb]
                 for w in range(per):
                     ow_[w] = ok[t, w]
-            for e in range(E):
-                _prefetch_row(u, cur[e])
         s = t - _LEVEL_AHEAD
         if s >= 0:
             bag = rr[s % nb]
