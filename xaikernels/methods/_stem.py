@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from xaikernels._memory import placed_empty
 from xaikernels._model_guard import _HOOK_DICTS
 from xaikernels.ops import perturb as P
 
@@ -631,21 +632,22 @@ def level_plan(stem: Stem, plan: StemPlan, wd: Windows, masks: np.ndarray, rows=
             for f in st.steps:
                 y = f(y)
             table = y.reshape(T, -1).contiguous()
-            return StemPlan(table, index, d + 1, (Ho, Wo, table.shape[1]), wd.max_segments, backend, plan.levels + 1)
-        # in chunks of rows whose bags and convolution outputs stay in cache for the sums,
-        # the steps and the pool
-        step = max(1, LEVEL_CHUNK_BYTES // (per * Co * u.element_size()))
-        table = None
-        for t0, t1, ids in P.stem_level_id_chunks(plan.index, rep, row_pos, Wo, chunk_rows=step, backend=backend,
-                                                  **geo):
-            z = F.embedding_bag(torch.from_numpy(ids), u, mode="sum").view(t1 - t0, k2[0], k2[1], Co)
-            if bias is not None:
-                z += bias
-            ok = conv_ok[t0:t1] if conv_ok is not None else None
-            y = st.after_conv(z.permute(0, 3, 1, 2), ok).reshape(t1 - t0, -1)  # (permuted: channels last in memory)
-            if table is None:
-                table = _scratch((T, y.shape[1]), y.dtype)
-            table[t0:t1] = y
+        else:
+            # in chunks of rows whose bags and convolution outputs stay in cache for the sums,
+            # the steps and the pool
+            step = max(1, LEVEL_CHUNK_BYTES // (per * Co * u.element_size()))
+            table = None
+            for t0, t1, ids in P.stem_level_id_chunks(plan.index, rep, row_pos, Wo, chunk_rows=step, backend=backend,
+                                                      **geo):
+                z = F.embedding_bag(torch.from_numpy(ids), u, mode="sum").view(t1 - t0, k2[0], k2[1], Co)
+                if bias is not None:
+                    z += bias
+                ok = conv_ok[t0:t1] if conv_ok is not None else None
+                # (permuted: channels last in memory)
+                y = st.after_conv(z.permute(0, 3, 1, 2), ok).reshape(t1 - t0, -1)
+                if table is None:
+                    table = _scratch((T, y.shape[1]), y.dtype)
+                table[t0:t1] = y
     return StemPlan(table, index, d + 1, (Ho, Wo, table.shape[1]), wd.max_segments, backend, plan.levels + 1)
 
 
@@ -654,19 +656,16 @@ _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np
 
 
 def _scratch(shape, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor whose memory NumPy allocates, starting on a 64-byte line
-    (as torch's allocator aligns; 16 float32 channels a row then put each row on one).  For
-    a level's large buffers (megabytes, new on every call): NumPy asks the kernel for
-    transparent huge pages on allocations of 4 MiB and more (``madvise``), torch's CPU
-    allocator does not, and a fresh buffer of 4 KiB pages takes one page fault per page on
-    first touch.  A dtype NumPy lacks (bfloat16) gets a plain torch tensor."""
+    """An uninitialised CPU tensor whose memory NumPy allocates, starting a page (so each
+    row of 64 bytes on one cache line).  For a level's large buffers (megabytes, new on every
+    call): NumPy asks the kernel for transparent huge pages on allocations of 4 MiB and more
+    (``madvise``), torch's CPU allocator does not, and a fresh buffer of 4 KiB pages takes one
+    page fault per page on first touch.  A dtype NumPy lacks (bfloat16) gets a plain torch
+    tensor."""
     dt = _NUMPY_DTYPES.get(dtype)
     if dt is None:  # no NumPy twin (bfloat16)
         return torch.empty(shape, dtype=dtype)
-    n = int(np.prod(shape)) * dt.itemsize
-    raw = np.empty(n + 64, dtype=np.uint8)
-    off = -raw.ctypes.data % 64  # rows on cache lines, as torch's allocator aligns them
-    return torch.from_numpy(raw[off:off + n].view(dt).reshape(shape))
+    return torch.from_numpy(placed_empty(shape, dt, 0))
 
 
 LEVEL_CHUNK_BYTES = 2 << 20  # a level's convolution outputs made and reduced at a time

@@ -1107,7 +1107,7 @@ def stem_level_max(index1: np.ndarray, rep: np.ndarray, row_pos: np.ndarray, n_c
         sums += u[ids[:, :, k]]
     if ok.shape[0]:
         sums[~ok.astype(bool)] = -np.inf
-    out[:] = sums.max(axis=1) if per else -np.inf
+    out[:] = sums.max(axis=1)
     return out
 
 

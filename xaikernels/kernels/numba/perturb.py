@@ -20,6 +20,8 @@ from numba.core import cgutils
 from numba.core import types as nbtypes
 from numba.extending import intrinsic
 
+from xaikernels._memory import _PAGE, placed_copy, placed_empty
+
 
 def njit(*args, **options):
     """``numba.njit`` with ``fastmath=False`` unless a kernel asks for it.  Numba compiles a
@@ -417,27 +419,6 @@ def _build_parallel(x, fill, ptr, word, bits, masks, out):
 
 _RAW = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _PARALLEL_MIN = 1 << 21  # elements; below this a parallel launch costs more than it saves
-
-
-_PAGE = 4096
-
-
-def placed_empty(shape, dtype, offset):
-    """``np.empty(shape, dtype)`` whose data starts ``offset`` bytes (mod 4 KiB, rounded to the
-    dtype's alignment) into a page: a view into a slightly larger buffer."""
-    dtype = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(n + _PAGE + dtype.itemsize, dtype=np.uint8)
-    start = (offset - raw.ctypes.data) % _PAGE
-    start += (-(raw.ctypes.data + start)) % dtype.itemsize
-    return raw[start:start + n].view(dtype).reshape(shape)
-
-
-def placed_copy(a, offset):
-    """A C-contiguous copy of ``a`` at page offset ``offset`` (:func:`placed_empty`)."""
-    out = placed_empty(a.shape, a.dtype, offset)
-    out[...] = a
-    return out
 
 
 _X_SHIFT, _FILL_SHIFT = 2048, 3072  # page offsets of x and fill past the output's
@@ -3092,7 +3073,7 @@ def _level_entries(geometry):
                     dx[e] = j * csw + b * dw
                     kk[e] = a * kw + b
                     rel[e] = dy[e] * Wi + dx[e]
-    return dy, dx, kk, rel, (dy.min(), dy.max(), dx.min(), dx.max()) if E else (0, 0, 0, 0)
+    return dy, dx, kk, rel, (dy.min(), dy.max(), dx.min(), dx.max())  # E >= 1: window and kernel >= 1
 
 
 @njit(cache=True)
